@@ -1,0 +1,1 @@
+//! Adapters dock department systems onto tiersync (filled in by the adapters issue).

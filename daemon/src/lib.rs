@@ -1,0 +1,2 @@
+//! The tiersync daemon as a library: the binary in `main.rs` is a thin shell
+//! over [`App`], so end-to-end tests run whole nodes in process.

@@ -1,0 +1,55 @@
+//! Regenerates the Rust bindings and the descriptor set from `proto/` with
+//! protox (no system `protoc`) and fails if they differ from the committed
+//! files in `src/gen/`. On a difference the fresh files are written, so
+//! running the test once more after a schema change passes.
+
+use std::path::{Path, PathBuf};
+
+const PROTOS: &[&str] = &[
+    "tiersync/v1/options.proto",
+    "tiersync/v1/record.proto",
+    "tiersync/v1/sync.proto",
+    "tiersync/v1/api.proto",
+    "civil/v1/resident.proto",
+    "service/v1/application.proto",
+    "gov/v1/notice.proto",
+];
+
+#[test]
+fn generated_code_is_up_to_date() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fds = protox::compile(PROTOS, [&root]).expect("protos compile");
+    let scratch = tempfile::tempdir().unwrap();
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .emit_rerun_if_changed(false)
+        .out_dir(scratch.path())
+        .compile_fds(fds.clone())
+        .expect("code generation");
+    std::fs::write(
+        scratch.path().join("descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )
+    .unwrap();
+
+    let gen_dir = root.join("src/gen");
+    let mut stale = Vec::new();
+    for entry in std::fs::read_dir(scratch.path()).unwrap() {
+        let entry = entry.unwrap();
+        let fresh = std::fs::read(entry.path()).unwrap();
+        let committed = gen_dir.join(entry.file_name());
+        if read_or_empty(&committed) != fresh {
+            std::fs::write(&committed, &fresh).unwrap();
+            stale.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "generated files were stale and have been rewritten: {stale:?}; commit them"
+    );
+}
+
+fn read_or_empty(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
