@@ -186,6 +186,11 @@ pub struct Hello {
     /// peer's log was recreated and restarts its cursor from zero.
     #[prost(string, tag = "4")]
     pub epoch: ::prost::alloc::string::String,
+    /// The epoch of the receiver's store that `applied_through` refers to. A
+    /// receiver whose own epoch differs (its store was recreated) streams from
+    /// zero instead.
+    #[prost(string, tag = "5")]
+    pub applied_epoch: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Batch {
