@@ -1,0 +1,654 @@
+//! Node configuration: versioned TOML in, a validated [`NodeConfig`] out.
+//!
+//! [`RawConfig`] is the file as written (`deny_unknown_fields`, so a typo is an
+//! error, not a silently ignored key). [`RawConfig::validate`] checks every
+//! field, collects *every* problem with its key path and value, and returns
+//! either the typed config or all the errors at once, so an operator fixes a
+//! file in one pass. `tiersync check-config` runs exactly this.
+//!
+//! Relative paths in a file resolve against the file's directory, so a
+//! config works wherever the daemon's working directory is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tiersync_proto::types::{DivisionCode, Tier};
+
+/// The config format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub version: Option<u32>,
+    pub node: Option<RawNode>,
+    pub storage: Option<RawStorage>,
+    #[serde(default)]
+    pub listen: RawListen,
+    pub parent: Option<RawParent>,
+    pub tls: Option<RawTls>,
+    pub deployment: Option<RawDeployment>,
+    #[serde(default)]
+    pub sync: RawSync,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub code: Option<String>,
+    pub tier: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// `sqlite://PATH` or a plain path to the SQLite file.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Peer port for children (mutual TLS). Absent on a node without children.
+    pub peer: Option<String>,
+    /// Local API (plain gRPC, keep it on loopback).
+    pub api: Option<String>,
+    /// Admin HTTP: /metrics, /healthz, /readyz, status page.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParent {
+    pub code: Option<String>,
+    /// `host:port` of the parent's peer listener.
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    /// File holding the deployment-wide HMAC secret (hex) for ID-number digests.
+    pub digest_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSync {
+    pub batch_records: Option<usize>,
+    pub batch_bytes: Option<usize>,
+    pub window: Option<usize>,
+    pub heartbeat_secs: Option<u64>,
+    pub stall_secs: Option<u64>,
+    pub max_frame_bytes: Option<usize>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.problem)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for tiersync: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// Sync tuning with production defaults.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// Most records in one batch.
+    pub batch_records: usize,
+    /// Soft cap on one batch's encoded size.
+    pub batch_bytes: usize,
+    /// Batches in flight without an ack.
+    pub window: usize,
+    pub heartbeat: Duration,
+    /// A link with lag and no progress for this long is reported stalled.
+    pub stall_after: Duration,
+    /// Largest frame a peer may send; larger ones end the session.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        Self {
+            batch_records: 1000,
+            batch_bytes: 4 << 20,
+            window: 4,
+            heartbeat: Duration::from_secs(5),
+            stall_after: Duration::from_secs(30),
+            max_frame_bytes: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParentConfig {
+    pub code: DivisionCode,
+    pub address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub code: DivisionCode,
+    pub name: Option<String>,
+    pub storage: PathBuf,
+    pub listen_peer: Option<SocketAddr>,
+    pub listen_api: Option<SocketAddr>,
+    pub listen_admin: Option<SocketAddr>,
+    pub parent: Option<ParentConfig>,
+    pub tls: TlsPaths,
+    pub digest_key_file: PathBuf,
+    pub sync: SyncTuning,
+}
+
+impl NodeConfig {
+    pub fn tier(&self) -> Tier {
+        self.code.tier()
+    }
+
+    /// Reads, parses and validates a file; `env` overrides keys
+    /// (`TIERSYNC_STORAGE_PATH`, `TIERSYNC_PARENT_ADDRESS`, ...), injected so
+    /// tests never touch the process environment.
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.with_env(env)
+            .validate(base)
+            .map_err(|issues| ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            })
+    }
+}
+
+/// The environment variables that override config keys.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TIERSYNC_STORAGE_PATH", "storage.path"),
+    ("TIERSYNC_LISTEN_PEER", "listen.peer"),
+    ("TIERSYNC_LISTEN_API", "listen.api"),
+    ("TIERSYNC_LISTEN_ADMIN", "listen.admin"),
+    ("TIERSYNC_PARENT_ADDRESS", "parent.address"),
+];
+
+impl RawConfig {
+    /// Applies environment overrides (see [`ENV_OVERRIDES`]).
+    pub fn with_env(mut self, env: &BTreeMap<String, String>) -> RawConfig {
+        for (var, _) in ENV_OVERRIDES {
+            let Some(value) = env.get(*var).cloned() else {
+                continue;
+            };
+            match *var {
+                "TIERSYNC_STORAGE_PATH" => {
+                    self.storage.get_or_insert(RawStorage { path: None }).path = Some(value)
+                }
+                "TIERSYNC_LISTEN_PEER" => self.listen.peer = Some(value),
+                "TIERSYNC_LISTEN_API" => self.listen.api = Some(value),
+                "TIERSYNC_LISTEN_ADMIN" => self.listen.admin = Some(value),
+                "TIERSYNC_PARENT_ADDRESS" => {
+                    self.parent
+                        .get_or_insert(RawParent {
+                            code: None,
+                            address: None,
+                        })
+                        .address = Some(value)
+                }
+                _ => unreachable!("every override is matched above"),
+            }
+        }
+        self
+    }
+
+    /// Checks every field; returns all problems, not just the first.
+    pub fn validate(self, base: &Path) -> Result<NodeConfig, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut issue = |key: &str, problem: String| {
+            issues.push(ConfigIssue {
+                key: key.to_owned(),
+                problem,
+            })
+        };
+
+        match self.version {
+            Some(CONFIG_VERSION) => {}
+            Some(v) => issue(
+                "version",
+                format!("version {v} is not supported; this build reads version {CONFIG_VERSION}"),
+            ),
+            None => issue(
+                "version",
+                format!("missing; add `version = {CONFIG_VERSION}` at the top"),
+            ),
+        }
+
+        let node = self.node.unwrap_or(RawNode {
+            code: None,
+            tier: None,
+            name: None,
+        });
+        let code = match node.code.as_deref() {
+            None => {
+                issue(
+                    "node.code",
+                    "missing; set the node's statistical division code, e.g. `511102004001`".into(),
+                );
+                None
+            }
+            Some(code) => match DivisionCode::parse(code) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    issue("node.code", e.to_string());
+                    None
+                }
+            },
+        };
+        if let Some(tier) = node.tier.as_deref() {
+            match tier.parse::<Tier>() {
+                Err(e) => issue("node.tier", e.to_string()),
+                Ok(tier) => {
+                    if let Some(c) = &code
+                        && c.tier() != tier
+                    {
+                        issue(
+                            "node.tier",
+                            format!(
+                                "`{tier}` does not match node.code `{c}`, which has {} digits and so is a {} node; a {tier} code has {} digits",
+                                c.as_str().len(),
+                                c.tier(),
+                                tier.code_len()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        let storage = match self.storage.and_then(|s| s.path) {
+            None => {
+                issue(
+                    "storage.path",
+                    "missing; set the SQLite file, e.g. `/var/lib/tiersync/node.db`".into(),
+                );
+                None
+            }
+            Some(p) => {
+                let p = p.strip_prefix("sqlite://").unwrap_or(&p).to_owned();
+                if p.starts_with("postgres://") || p.starts_with("postgresql://") {
+                    issue(
+                        "storage.path",
+                        "PostgreSQL storage is not available in this build; use a SQLite file path"
+                            .into(),
+                    );
+                    None
+                } else {
+                    Some(resolve(base, Path::new(&p)))
+                }
+            }
+        };
+
+        let mut addr = |key: &str, value: Option<String>| -> Option<SocketAddr> {
+            let value = value?;
+            match value.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    issue(
+                        key,
+                        format!("`{value}` is not an IP:port address, e.g. `0.0.0.0:7400`"),
+                    );
+                    None
+                }
+            }
+        };
+        let listen_peer = addr("listen.peer", self.listen.peer);
+        let listen_api = addr("listen.api", self.listen.api);
+        let listen_admin = addr("listen.admin", self.listen.admin);
+
+        let parent = match (&code, self.parent) {
+            (Some(code), parent) => {
+                let expected = code.parent();
+                match (expected, parent) {
+                    (None, None) => None,
+                    (None, Some(_)) => {
+                        issue(
+                            "parent",
+                            format!(
+                                "node `{code}` is a city, the root of a deployment, and has no parent; remove the [parent] table"
+                            ),
+                        );
+                        None
+                    }
+                    (Some(expected), None) => {
+                        issue(
+                            "parent",
+                            format!(
+                                "missing; node `{code}` is a {} and must dial its parent `{expected}`: add [parent] with code = \"{expected}\" and address = \"HOST:PORT\"",
+                                code.tier()
+                            ),
+                        );
+                        None
+                    }
+                    (Some(expected), Some(p)) => {
+                        let pcode = match p.code.as_deref() {
+                            None => {
+                                issue("parent.code", format!("missing; it must be `{expected}`"));
+                                None
+                            }
+                            Some(pc) => match DivisionCode::parse(pc) {
+                                Err(e) => {
+                                    issue("parent.code", e.to_string());
+                                    None
+                                }
+                                Ok(pc) if pc != expected => {
+                                    issue(
+                                        "parent.code",
+                                        format!(
+                                            "`{pc}` does not own node `{code}`; the parent of `{code}` is `{expected}` (its first {} digits)",
+                                            expected.as_str().len()
+                                        ),
+                                    );
+                                    None
+                                }
+                                Ok(pc) => Some(pc),
+                            },
+                        };
+                        let address = match p.address {
+                            None => {
+                                issue(
+                                    "parent.address",
+                                    "missing; set the parent's peer address HOST:PORT".into(),
+                                );
+                                None
+                            }
+                            Some(a) => {
+                                let bare = a.strip_prefix("https://").unwrap_or(&a);
+                                if bare
+                                    .rsplit_once(':')
+                                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                                    .is_none()
+                                {
+                                    issue(
+                                        "parent.address",
+                                        format!(
+                                            "`{a}` is not HOST:PORT, e.g. `street.example:7400`"
+                                        ),
+                                    );
+                                    None
+                                } else {
+                                    Some(bare.to_owned())
+                                }
+                            }
+                        };
+                        match (pcode, address) {
+                            (Some(code), Some(address)) => Some(ParentConfig { code, address }),
+                            _ => None,
+                        }
+                    }
+                }
+            }
+            (None, _) => None,
+        };
+
+        let tls = match self.tls {
+            None => {
+                issue(
+                    "tls",
+                    "missing; add [tls] with ca, cert and key (make them with `tiersync pki`)"
+                        .into(),
+                );
+                None
+            }
+            Some(t) => {
+                let mut path = |key: &str, p: Option<PathBuf>| match p {
+                    None => {
+                        issue(key, "missing".into());
+                        None
+                    }
+                    Some(p) => Some(resolve(base, &p)),
+                };
+                let ca = path("tls.ca", t.ca);
+                let cert = path("tls.cert", t.cert);
+                let key = path("tls.key", t.key);
+                match (ca, cert, key) {
+                    (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
+                    _ => None,
+                }
+            }
+        };
+
+        let digest_key_file = match self.deployment.and_then(|d| d.digest_key_file) {
+            None => {
+                issue(
+                    "deployment.digest_key_file",
+                    "missing; point it at the deployment-wide secret `deployment.key` made by `tiersync pki init`".into(),
+                );
+                None
+            }
+            Some(p) => Some(resolve(base, &p)),
+        };
+
+        let defaults = SyncTuning::default();
+        let mut positive = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => {
+                issue(key, "must be greater than 0".into());
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+        let sync = SyncTuning {
+            batch_records: positive(
+                "sync.batch_records",
+                self.sync.batch_records,
+                defaults.batch_records,
+            ),
+            batch_bytes: positive(
+                "sync.batch_bytes",
+                self.sync.batch_bytes,
+                defaults.batch_bytes,
+            ),
+            window: positive("sync.window", self.sync.window, defaults.window),
+            heartbeat: Duration::from_secs(positive(
+                "sync.heartbeat_secs",
+                self.sync.heartbeat_secs.map(|v| v as usize),
+                defaults.heartbeat.as_secs() as usize,
+            ) as u64),
+            stall_after: Duration::from_secs(positive(
+                "sync.stall_secs",
+                self.sync.stall_secs.map(|v| v as usize),
+                defaults.stall_after.as_secs() as usize,
+            ) as u64),
+            max_frame_bytes: positive(
+                "sync.max_frame_bytes",
+                self.sync.max_frame_bytes,
+                defaults.max_frame_bytes,
+            ),
+        };
+        if sync.batch_bytes > sync.max_frame_bytes / 2 {
+            issue(
+                "sync.batch_bytes",
+                format!(
+                    "{} is more than half of sync.max_frame_bytes ({}); a full batch could exceed the frame limit",
+                    sync.batch_bytes, sync.max_frame_bytes
+                ),
+            );
+        }
+
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(NodeConfig {
+            code: code.expect("checked"),
+            name: node.name,
+            storage: storage.expect("checked"),
+            listen_peer,
+            listen_api,
+            listen_admin,
+            parent,
+            tls: tls.expect("checked"),
+            digest_key_file: digest_key_file.expect("checked"),
+            sync,
+        })
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Result<NodeConfig, Vec<String>> {
+        let raw: RawConfig = toml::from_str(text).expect("toml");
+        raw.validate(Path::new("/etc/tiersync"))
+            .map_err(|issues| issues.into_iter().map(|i| i.to_string()).collect())
+    }
+
+    const COMMUNITY: &str = r#"
+version = 1
+[node]
+code = "511102004001"
+tier = "community"
+[storage]
+path = "node.db"
+[listen]
+api = "127.0.0.1:7401"
+[parent]
+code = "511102004"
+address = "street.example:7400"
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/511102004001.pem"
+key = "pki/511102004001.key"
+[deployment]
+digest_key_file = "pki/deployment.key"
+"#;
+
+    #[test]
+    fn a_good_community_config_validates() {
+        let c = validate(COMMUNITY).unwrap();
+        assert_eq!(c.code.as_str(), "511102004001");
+        assert_eq!(c.parent.as_ref().unwrap().code.as_str(), "511102004");
+        assert_eq!(c.storage, PathBuf::from("/etc/tiersync/node.db"));
+        assert_eq!(c.tls.ca, PathBuf::from("/etc/tiersync/pki/ca.pem"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = COMMUNITY
+            .replace("tier = \"community\"", "tier = \"street\"")
+            .replace("code = \"511102004\"", "code = \"511102005\"")
+            .replace("api = \"127.0.0.1:7401\"", "api = \"localhost\"");
+        let errors = validate(&text).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "`node.tier`: `street` does not match node.code `511102004001`, which has 12 digits and so is a community node; a street code has 9 digits".to_owned(),
+                "`listen.api`: `localhost` is not an IP:port address, e.g. `0.0.0.0:7400`".to_owned(),
+                "`parent.code`: `511102005` does not own node `511102004001`; the parent of `511102004001` is `511102004` (its first 9 digits)".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_misplaced_parent() {
+        let no_parent = COMMUNITY.split("[parent]").next().unwrap().to_owned()
+            + "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[deployment]\ndigest_key_file = \"d\"\n";
+        assert_eq!(
+            validate(&no_parent).unwrap_err(),
+            vec!["`parent`: missing; node `511102004001` is a community and must dial its parent `511102004`: add [parent] with code = \"511102004\" and address = \"HOST:PORT\"".to_owned()]
+        );
+        let city = COMMUNITY
+            .replace("code = \"511102004001\"", "code = \"5111\"")
+            .replace("tier = \"community\"", "tier = \"city\"");
+        assert_eq!(
+            validate(&city).unwrap_err(),
+            vec!["`parent`: node `5111` is a city, the root of a deployment, and has no parent; remove the [parent] table".to_owned()]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_refused() {
+        let raw: Result<RawConfig, _> =
+            toml::from_str("version = 1\n[node]\ncode = \"5111\"\ncolour = \"red\"\n");
+        assert!(
+            raw.unwrap_err()
+                .to_string()
+                .contains("unknown field `colour`")
+        );
+        let errors = validate(&COMMUNITY.replace("version = 1", "version = 7")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["`version`: version 7 is not supported; this build reads version 1".to_owned()]
+        );
+    }
+
+    #[test]
+    fn env_overrides_apply_before_validation() {
+        let raw: RawConfig = toml::from_str(COMMUNITY).unwrap();
+        let env = BTreeMap::from([
+            ("TIERSYNC_STORAGE_PATH".to_owned(), "/data/x.db".to_owned()),
+            (
+                "TIERSYNC_PARENT_ADDRESS".to_owned(),
+                "10.0.0.1:7400".to_owned(),
+            ),
+        ]);
+        let c = raw.with_env(&env).validate(Path::new("/etc")).unwrap();
+        assert_eq!(c.storage, PathBuf::from("/data/x.db"));
+        assert_eq!(c.parent.unwrap().address, "10.0.0.1:7400");
+    }
+}

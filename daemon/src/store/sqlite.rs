@@ -1,0 +1,503 @@
+//! The embedded SQLite store: one file per node, WAL, migrations embedded in
+//! the binary.
+//!
+//! Writes are serialised through one mutex that also owns the next sequence
+//! number, so sequence numbers are assigned and become visible strictly in
+//! order; reads use the pool's other connections concurrently (WAL).
+//! `synchronous = FULL`: an acknowledged batch or local write survives power
+//! loss, at the cost of one WAL fsync per transaction (batches amortise it).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prost::Message;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use tiersync_proto::types::DivisionCode;
+use tiersync_proto::wire;
+use tokio::sync::Mutex;
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound parameters).
+const CHUNK: usize = 500;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: Mutex<Writer>,
+    epoch: String,
+}
+
+struct Writer {
+    next_seq: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store of node `node` at `path`.
+    pub async fn open(path: &Path, node: &DivisionCode) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-16000");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+
+        let mut tx = pool.begin().await?;
+        let stored_node: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'node'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        match stored_node {
+            Some(stored) if stored != node.as_str() => {
+                return Err(StoreError::WrongNode {
+                    path: path.display().to_string(),
+                    stored,
+                    configured: node.to_string(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                let epoch = hex::encode(rand::random::<[u8; 16]>());
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('node', ?1), ('epoch', ?2)")
+                    .bind(node.as_str())
+                    .bind(epoch)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(SqliteStore {
+            pool,
+            writer: Mutex::new(Writer {
+                next_seq: head as u64 + 1,
+            }),
+            epoch,
+        })
+    }
+
+    /// Direct pool access for tests that tamper behind the daemon's back.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn stored(row: &SqliteRow) -> Result<Stored> {
+    let seq: i64 = row.get(0);
+    let via: String = row.get(1);
+    let body: Vec<u8> = row.get(2);
+    let record = wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
+        seq: seq as u64,
+        source,
+    })?;
+    Ok(Stored {
+        seq: seq as u64,
+        via,
+        record,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn id_text(id: &[u8]) -> String {
+    match uuid::Uuid::from_slice(id) {
+        Ok(u) => u.to_string(),
+        Err(_) => hex::encode(id),
+    }
+}
+
+/// Writes records (new or changed) at the given sequence numbers, replacing
+/// their natural keys.
+async fn write_records(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[(u64, &wire::Record)],
+    via: &str,
+    replaced: &[&[u8]],
+) -> Result<()> {
+    for chunk in replaced.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM natural_keys WHERE record_id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.to_vec());
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) ",
+        );
+        q.push_values(chunk, |mut b, (seq, r)| {
+            b.push_bind(*seq as i64)
+                .push_bind(r.id.clone())
+                .push_bind(r.kind.clone())
+                .push_bind(r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default())
+                .push_bind(r.version as i64)
+                .push_bind(r.updated_at as i64)
+                .push_bind(r.deleted)
+                .push_bind(r.withdrawn)
+                .push_bind(via.to_owned())
+                .push_bind(r.encode_to_vec());
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, owner = excluded.owner, \
+             version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted, \
+             withdrawn = excluded.withdrawn, via = excluded.via, body = excluded.body",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+    let keys: Vec<(&wire::Record, &wire::NaturalKey)> = rows
+        .iter()
+        .filter(|(_, r)| !r.deleted)
+        .flat_map(|(_, r)| r.keys.iter().map(move |k| (*r, k)))
+        .collect();
+    for chunk in keys.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO natural_keys (kind, name, value, record_id) ",
+        );
+        q.push_values(chunk, |mut b, (r, k)| {
+            b.push_bind(r.kind.clone())
+                .push_bind(k.name.clone())
+                .push_bind(k.value.clone())
+                .push_bind(r.id.clone());
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn quarantine(
+    tx: &mut Transaction<'_, Sqlite>,
+    peer: &str,
+    refused: &[Refusal],
+) -> Result<()> {
+    let at = now_ms();
+    for chunk in refused.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO quarantine (peer, record_id, kind, origin, reason, body, at_ms) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(peer.to_owned())
+                .push_bind(r.record_id.clone())
+                .push_bind(r.kind.clone())
+                .push_bind(r.origin.clone())
+                .push_bind(r.reason.clone())
+                .push_bind(r.body.clone())
+                .push_bind(at);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn head_seq(&self) -> Result<u64> {
+        Ok(self.writer.lock().await.next_seq - 1)
+    }
+
+    async fn get(&self, id: &[u8]) -> Result<Option<Stored>> {
+        let row = sqlx::query("SELECT seq, via, body FROM records WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored).transpose()
+    }
+
+    async fn lookup(&self, kind: &str, name: &str, value: &str) -> Result<Vec<Stored>> {
+        let rows = sqlx::query(
+            "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.id = k.record_id \
+             WHERE k.kind = ?1 AND k.name = ?2 AND k.value = ?3 AND r.deleted = 0 ORDER BY r.id",
+        )
+        .bind(kind)
+        .bind(name)
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Stored>> {
+        let limit = if query.limit == 0 {
+            100
+        } else {
+            query.limit.min(10_000)
+        };
+        let rows = sqlx::query(
+            "SELECT seq, via, body FROM records WHERE (?1 = '' OR kind = ?1) AND owner LIKE ?2 || '%' \
+             AND (?3 OR deleted = 0) AND id > ?4 ORDER BY id LIMIT ?5",
+        )
+        .bind(&query.kind)
+        .bind(&query.owner_prefix)
+        .bind(query.include_deleted)
+        .bind(&query.after_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Stored>> {
+        let rows =
+            sqlx::query("SELECT seq, via, body FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .bind(after as i64)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn cursor(&self, peer: &DivisionCode) -> Result<Option<Cursor>> {
+        let row = sqlx::query("SELECT applied_through, peer_epoch FROM cursors WHERE peer = ?1")
+            .bind(peer.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Cursor {
+            applied_through: r.get::<i64, _>(0) as u64,
+            peer_epoch: r.get(1),
+        }))
+    }
+
+    async fn apply(&self, batch: ApplyBatch) -> Result<ApplyReport> {
+        let mut report = ApplyReport {
+            refused: batch.refused,
+            ..Default::default()
+        };
+        // Keep, per id, the newest incoming version; older copies within the
+        // same batch are duplicates or stale like any other.
+        let mut newest: HashMap<Vec<u8>, wire::Record> =
+            HashMap::with_capacity(batch.records.len());
+        let mut order: Vec<Vec<u8>> = Vec::with_capacity(batch.records.len());
+        for r in batch.records {
+            match newest.get(&r.id) {
+                None => {
+                    order.push(r.id.clone());
+                    newest.insert(r.id.clone(), r);
+                }
+                Some(prev)
+                    if version_key(r.version, r.withdrawn)
+                        > version_key(prev.version, prev.withdrawn) =>
+                {
+                    newest.insert(r.id.clone(), r);
+                }
+                Some(_) => report.duplicates += 1,
+            }
+        }
+
+        let mut writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut held: HashMap<Vec<u8>, (u64, bool)> = HashMap::new();
+        for chunk in order.chunks(CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT id, version, withdrawn FROM records WHERE id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.clone());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                held.insert(row.get(0), (row.get::<i64, _>(1) as u64, row.get(2)));
+            }
+        }
+
+        let mut seq = writer.next_seq;
+        let mut to_write: Vec<(u64, wire::Record)> = Vec::with_capacity(order.len());
+        let mut replaced: Vec<Vec<u8>> = Vec::new();
+        for id in order {
+            let r = newest.remove(&id).expect("every ordered id is in the map");
+            match held.get(&id) {
+                Some(&(v, w)) if version_key(v, w) == version_key(r.version, r.withdrawn) => {
+                    report.duplicates += 1
+                }
+                Some(&(v, w)) if version_key(v, w) > version_key(r.version, r.withdrawn) => {
+                    let reason = format!(
+                        "stale version: record {} (owner `{}`) arrived at version {}{} but version {v}{} is already held",
+                        id_text(&r.id),
+                        r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or(""),
+                        r.version,
+                        if r.withdrawn { " (withdrawal)" } else { "" },
+                        if w { " (withdrawal)" } else { "" },
+                    );
+                    report.refused.push(Refusal::of(&r, reason));
+                }
+                found => {
+                    if found.is_some() {
+                        replaced.push(id);
+                    }
+                    to_write.push((seq, r));
+                    seq += 1;
+                }
+            }
+        }
+        let rows: Vec<(u64, &wire::Record)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
+        let replaced_refs: Vec<&[u8]> = replaced.iter().map(|v| v.as_slice()).collect();
+        write_records(&mut tx, &rows, &batch.via, &replaced_refs).await?;
+        quarantine(&mut tx, &batch.via, &report.refused).await?;
+        if let Some((peer, cursor)) = &batch.cursor {
+            sqlx::query(
+                "INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (peer) DO UPDATE SET applied_through = excluded.applied_through, \
+                 peer_epoch = excluded.peer_epoch, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(peer.as_str())
+            .bind(cursor.applied_through as i64)
+            .bind(&cursor.peer_epoch)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        writer.next_seq = seq;
+        report.applied = to_write;
+        Ok(report)
+    }
+
+    async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
+        let mut record = write.record;
+        let id = id_text(&record.id);
+        let mut writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = ?1")
+            .bind(&record.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match (current.map(|v| v as u64), write.expected_version) {
+            (Some(current), 0) => return Err(StoreError::AlreadyExists { id, current }),
+            (None, 0) => {}
+            (None, _) => return Err(StoreError::NotFound { id }),
+            (Some(current), expected) if current != expected => {
+                return Err(StoreError::VersionConflict {
+                    id,
+                    current,
+                    expected,
+                });
+            }
+            (Some(_), _) => {}
+        }
+        record.version = write.expected_version + 1;
+        if write.unique_keys && !record.deleted {
+            for key in &record.keys {
+                let existing: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT k.record_id FROM natural_keys k JOIN records r ON r.id = k.record_id \
+                     WHERE k.kind = ?1 AND k.name = ?2 AND k.value = ?3 AND k.record_id <> ?4 AND r.deleted = 0 LIMIT 1",
+                )
+                .bind(&record.kind)
+                .bind(&key.name)
+                .bind(&key.value)
+                .bind(&record.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(existing) = existing {
+                    return Err(StoreError::DuplicateKey {
+                        kind: record.kind.clone(),
+                        key: key.name.clone(),
+                        existing: id_text(&existing),
+                    });
+                }
+            }
+        }
+        let seq = writer.next_seq;
+        let replaced: Vec<&[u8]> = if current.is_some() {
+            vec![record.id.as_slice()]
+        } else {
+            vec![]
+        };
+        write_records(&mut tx, &[(seq, &record)], "", &replaced).await?;
+        tx.commit().await?;
+        writer.next_seq = seq + 1;
+        Ok(Stored {
+            seq,
+            via: String::new(),
+            record,
+        })
+    }
+
+    async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {
+        let rows = sqlx::query(
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine \
+             WHERE resolved = 0 ORDER BY qid LIMIT ?1",
+        )
+        .bind(if limit == 0 { 100 } else { limit } as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(quarantine_row).collect())
+    }
+
+    async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>> {
+        let row = sqlx::query(
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine WHERE qid = ?1 AND resolved = 0",
+        )
+        .bind(qid as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(quarantine_row))
+    }
+
+    async fn quarantine_resolve(&self, qid: u64) -> Result<()> {
+        sqlx::query("UPDATE quarantine SET resolved = 1 WHERE qid = ?1")
+            .bind(qid as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn quarantine_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE resolved = 0")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn quarantine_row(r: &SqliteRow) -> QuarantineRow {
+    QuarantineRow {
+        qid: r.get::<i64, _>(0) as u64,
+        peer: r.get(1),
+        record_id: r.get::<Option<Vec<u8>>, _>(2).unwrap_or_default(),
+        kind: r.get(3),
+        origin: r.get(4),
+        reason: r.get(5),
+        body: r.get(6),
+        at_ms: r.get(7),
+    }
+}
