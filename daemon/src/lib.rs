@@ -1,2 +1,4 @@
 //! The tiersync daemon as a library: the binary in `main.rs` is a thin shell
 //! over [`App`], so end-to-end tests run whole nodes in process.
+
+pub mod pki;
