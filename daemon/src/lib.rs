@@ -2,3 +2,4 @@
 //! over [`App`], so end-to-end tests run whole nodes in process.
 
 pub mod pki;
+pub mod tls;
