@@ -2,5 +2,7 @@
 //! over [`App`], so end-to-end tests run whole nodes in process.
 
 pub mod config;
+pub mod pki;
 pub mod route;
 pub mod store;
+pub mod tls;
