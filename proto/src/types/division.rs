@@ -281,10 +281,7 @@ mod tests {
             Some(code("511102004"))
         );
         assert_eq!(community.common_ancestor(&code("5101")), None);
-        assert_eq!(
-            code("5111").child_towards(&community),
-            Some(code("511102"))
-        );
+        assert_eq!(code("5111").child_towards(&community), Some(code("511102")));
         assert_eq!(community.ancestor_at(Tier::County), Some(code("511102")));
         assert_eq!(code("511102").ancestor_at(Tier::Street), None);
     }
