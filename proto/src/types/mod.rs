@@ -2,5 +2,7 @@
 //! checked, and each error names the value and what is wrong with it.
 
 mod division;
+mod resident_id;
 
 pub use division::{DivisionCode, DivisionError, Tier};
+pub use resident_id::{DigestKey, DigestKeyError, ResidentId, ResidentIdError};
