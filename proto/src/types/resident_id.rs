@@ -248,6 +248,17 @@ fn mask_chars(chars: &[char]) -> Option<String> {
     Some(out)
 }
 
+/// True if `s` has the shape of [`ResidentId::masked`] output, so masking an
+/// already masked record leaves it as it is.
+pub(crate) fn looks_masked(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == LEN
+        && b[..KEEP_FRONT].iter().all(u8::is_ascii_digit)
+        && b[KEEP_FRONT..LEN - KEEP_BACK].iter().all(|&c| c == b'*')
+        && b[LEN - KEEP_BACK..LEN - 1].iter().all(u8::is_ascii_digit)
+        && (b[LEN - 1].is_ascii_digit() || b[LEN - 1] == b'X')
+}
+
 impl fmt::Display for ResidentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked())
@@ -347,7 +358,7 @@ impl fmt::Debug for DigestKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -574,9 +585,19 @@ mod tests {
         assert_eq!(shown, "DigestKey(<16 bytes, not shown>)");
     }
 
+    #[test]
+    fn looks_masked_matches_masked_output() {
+        for s in VALID {
+            assert!(looks_masked(&id(s).masked()));
+            assert!(!looks_masked(s));
+        }
+        assert!(!looks_masked("511102********123"));
+        assert!(!looks_masked("张三丰"));
+    }
+
     /// A valid number from its parts: a region not starting with 0, a real
     /// date in range, a three-digit sequence number.
-    fn valid_number() -> impl Strategy<Value = String> {
+    pub(crate) fn valid_number() -> impl Strategy<Value = String> {
         (
             100_000u32..=999_999,
             1900u16..=2100,
@@ -600,6 +621,7 @@ mod tests {
             prop_assert_eq!(&masked[..6], &number[..6]);
             prop_assert_eq!(&masked[6..14], "********");
             prop_assert_eq!(&masked[14..], &number[14..]);
+            prop_assert!(looks_masked(&masked));
         }
 
         #[test]
