@@ -18,7 +18,13 @@ const PROTOS: &[&str] = &[
 #[test]
 fn generated_code_is_up_to_date() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fds = protox::compile(PROTOS, [&root]).expect("protos compile");
+    let mut compiler = protox::Compiler::new([&root]).expect("include path");
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(PROTOS)
+        .expect("protos compile");
+    let fds = compiler.file_descriptor_set();
     let scratch = tempfile::tempdir().unwrap();
     tonic_prost_build::configure()
         .build_client(true)
@@ -27,9 +33,13 @@ fn generated_code_is_up_to_date() {
         .out_dir(scratch.path())
         .compile_fds(fds.clone())
         .expect("code generation");
+    // Encoded by protox, not from `fds`: prost_types drops unknown fields,
+    // and to it the custom options ((tiersync.v1.personal),
+    // (tiersync.v1.canonical)) are unknown fields of FieldOptions and
+    // MessageOptions. `Schemas` reads them from this file at run time.
     std::fs::write(
         scratch.path().join("descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )
     .unwrap();
 

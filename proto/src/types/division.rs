@@ -232,6 +232,7 @@ impl AsRef<str> for DivisionCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn code(s: &str) -> DivisionCode {
         DivisionCode::parse(s).unwrap()
@@ -284,5 +285,30 @@ mod tests {
         assert_eq!(code("5111").child_towards(&community), Some(code("511102")));
         assert_eq!(community.ancestor_at(Tier::County), Some(code("511102")));
         assert_eq!(code("511102").ancestor_at(Tier::Street), None);
+    }
+
+    proptest! {
+        // Codes arrive in Hello frames and config; fuzzing needs nightly, so
+        // arbitrary strings stand in.
+        #[test]
+        fn parse_never_panics(input in "\\PC{0,20}") {
+            if let Ok(code) = DivisionCode::parse(&input) {
+                prop_assert_eq!(code.as_str(), input.as_str());
+                let _ = code.parent();
+            }
+        }
+
+        #[test]
+        fn digit_strings_parse_exactly_at_tier_lengths(input in "[0-9]{0,14}") {
+            let parsed = DivisionCode::parse(&input);
+            prop_assert_eq!(parsed.is_ok(), Tier::from_code_len(input.len()).is_some());
+            if let Ok(code) = parsed {
+                for tier in Tier::ALL {
+                    if let Some(ancestor) = code.ancestor_at(tier) {
+                        prop_assert!(ancestor.contains(&code));
+                    }
+                }
+            }
+        }
     }
 }
