@@ -35,6 +35,8 @@ pub enum SchemaError {
         field: String,
         fields: Vec<String>,
     },
+    #[error("JSON is not a valid `{kind}`: {reason}")]
+    Json { kind: String, reason: String },
     #[error("field `{field}` of `{kind}` is {found}, not a string")]
     NotAString {
         kind: String,
@@ -150,6 +152,36 @@ impl Schemas {
         let mut message = self.decode(kind, payload)?;
         self.mask_message(&mut message);
         Ok(message.encode_to_vec())
+    }
+
+    /// Encodes a `kind` payload from its protobuf JSON mapping (what the CLI
+    /// and HTTP adapters accept).
+    pub fn payload_from_json(&self, kind: &str, json: &str) -> Result<Vec<u8>, SchemaError> {
+        let desc = self.descriptor(kind)?.clone();
+        let mut de = serde_json::Deserializer::from_str(json);
+        let message =
+            DynamicMessage::deserialize(desc, &mut de).map_err(|e| SchemaError::Json {
+                kind: kind.to_owned(),
+                reason: e.to_string(),
+            })?;
+        de.end().map_err(|e| SchemaError::Json {
+            kind: kind.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(message.encode_to_vec())
+    }
+
+    /// Decodes a `kind` payload to its protobuf JSON mapping.
+    pub fn payload_to_json(
+        &self,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<serde_json::Value, SchemaError> {
+        let message = self.decode(kind, payload)?;
+        serde_json::to_value(&message).map_err(|e| SchemaError::Json {
+            kind: kind.to_owned(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads the singular string field `field` of a `kind` payload: `None`

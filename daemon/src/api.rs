@@ -1,0 +1,332 @@
+//! The local gRPC API of a node (`tiersync.v1.LocalApi`): put, get, list,
+//! lookup and watch records, status, and the quarantine. It listens on its
+//! own port, separate from the peer port, and is meant for loopback: the
+//! CLI and adapters on the same host use it.
+//!
+//! Domain errors become a `tonic::Status` in exactly one place,
+//! [`status_of`], with a restricted set of codes and a message naming what
+//! is wrong.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tiersync_proto::types::{RecordId, ResidentId};
+use tiersync_proto::wire::{self, local_api_server::LocalApi};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::node::{KEY_ID_DIGEST, KIND_RESIDENT, Node, NodeError, PutInput};
+use crate::route::Toward;
+use crate::store::{ListQuery, StoreError};
+
+/// The one mapping from domain errors to gRPC statuses.
+pub fn status_of(error: NodeError) -> Status {
+    match &error {
+        NodeError::UnknownKind { .. } | NodeError::Invalid { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        NodeError::NotFound(_) => Status::not_found(error.to_string()),
+        NodeError::Store(store) => match store {
+            StoreError::AlreadyExists { .. } | StoreError::DuplicateKey { .. } => {
+                Status::already_exists(error.to_string())
+            }
+            StoreError::NotFound { .. } => Status::not_found(error.to_string()),
+            StoreError::VersionConflict { .. } => Status::failed_precondition(error.to_string()),
+            StoreError::Db(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::WrongNode { .. } => {
+                tracing::error!(%error, "store failure serving the local API");
+                Status::internal(error.to_string())
+            }
+        },
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    status_of(NodeError::Store(error))
+}
+
+pub struct LocalApiService {
+    node: Arc<Node>,
+    cancel: CancellationToken,
+}
+
+impl LocalApiService {
+    pub fn new(node: Arc<Node>, cancel: CancellationToken) -> LocalApiService {
+        LocalApiService { node, cancel }
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<wire::Change, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LocalApi for LocalApiService {
+    async fn put(
+        &self,
+        request: Request<wire::PutRequest>,
+    ) -> Result<Response<wire::PutResponse>, Status> {
+        let r = request.into_inner();
+        let outcome = self
+            .node
+            .put(PutInput {
+                id: r.id,
+                kind: r.kind,
+                payload: r.payload,
+                expected_version: r.expected_version,
+                scope: r.scope,
+                delete: r.delete,
+                department: r.department,
+                reason: r.reason,
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(wire::PutResponse {
+            record: Some(self.node.for_reader(outcome.stored.record)),
+            amendment: outcome.amendment,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, Status> {
+        let id = request.into_inner().id;
+        let rid = RecordId::from_bytes(&id)
+            .map_err(|e| Status::invalid_argument(format!("invalid id: {e}")))?;
+        let stored = self
+            .node
+            .store
+            .get(&id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "record {rid} is not held at node `{}`",
+                    self.node.code
+                ))
+            })?;
+        Ok(Response::new(wire::GetResponse {
+            record: Some(self.node.for_reader(stored.record)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<wire::ListRequest>,
+    ) -> Result<Response<wire::ListResponse>, Status> {
+        let r = request.into_inner();
+        let records = self
+            .node
+            .store
+            .list(&ListQuery {
+                kind: r.kind,
+                owner_prefix: r.owner_prefix,
+                include_deleted: r.include_deleted,
+                after_id: r.after_id,
+                limit: r.limit,
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(wire::ListResponse {
+            records: records
+                .into_iter()
+                .map(|s| self.node.for_reader(s.record))
+                .collect(),
+        }))
+    }
+
+    type WatchStream = ChangeStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::WatchRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let r = request.into_inner();
+        let node = self.node.clone();
+        let cancel = self.cancel.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut head = node.subscribe_head();
+            let mut after = r.after_seq;
+            loop {
+                let changes = match node.store.changes_after(after, 500).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                if changes.is_empty() {
+                    head.borrow_and_update();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tx.closed() => return,
+                        changed = head.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                for change in changes {
+                    after = change.seq;
+                    if !r.kind.is_empty() && change.record.kind != r.kind {
+                        continue;
+                    }
+                    let item = wire::Change {
+                        seq: change.seq,
+                        record: Some(node.for_reader(change.record)),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<wire::LookupRequest>,
+    ) -> Result<Response<wire::ListResponse>, Status> {
+        let r = request.into_inner();
+        let (name, value) = if r.kind == KIND_RESIDENT && r.key == "id_number" {
+            let id = ResidentId::parse(&r.value)
+                .map_err(|e| Status::invalid_argument(format!("invalid id_number: {e}")))?;
+            (KEY_ID_DIGEST.to_owned(), self.node.id_digest(&id))
+        } else {
+            (r.key, r.value)
+        };
+        let found = self
+            .node
+            .store
+            .lookup(&r.kind, &name, &value)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(wire::ListResponse {
+            records: found
+                .into_iter()
+                .map(|s| self.node.for_reader(s.record))
+                .collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<wire::StatusRequest>,
+    ) -> Result<Response<wire::StatusResponse>, Status> {
+        let node = &self.node;
+        Ok(Response::new(wire::StatusResponse {
+            node: node.code.to_string(),
+            tier: node.code.tier().to_string(),
+            head_seq: node.store.head_seq().await.map_err(store_status)?,
+            records: node.store.count().await.map_err(store_status)?,
+            quarantined: node.store.quarantine_count().await.map_err(store_status)?,
+            links: node.links.snapshot().iter().map(|l| l.to_wire()).collect(),
+        }))
+    }
+
+    async fn list_quarantine(
+        &self,
+        request: Request<wire::ListQuarantineRequest>,
+    ) -> Result<Response<wire::ListQuarantineResponse>, Status> {
+        let rows = self
+            .node
+            .store
+            .quarantine_list(request.into_inner().limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(wire::ListQuarantineResponse {
+            entries: rows
+                .into_iter()
+                .map(|q| wire::QuarantineEntry {
+                    qid: q.qid,
+                    peer: q.peer,
+                    record_id: q.record_id,
+                    kind: q.kind,
+                    origin: q.origin,
+                    reason: q.reason,
+                    at_ms: q.at_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Re-runs a quarantined record through the checks (after a fix such as
+    /// an upgrade that knows its kind); on success it is applied and leaves
+    /// the quarantine.
+    async fn replay_quarantine(
+        &self,
+        request: Request<wire::ReplayQuarantineRequest>,
+    ) -> Result<Response<wire::ReplayQuarantineResponse>, Status> {
+        let qid = request.into_inner().qid;
+        let node = &self.node;
+        let row = node
+            .store
+            .quarantine_get(qid)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no open quarantine entry {qid}")))?;
+        let record: wire::Record = prost::Message::decode(row.body.as_slice()).map_err(|e| {
+            Status::failed_precondition(format!("quarantined body does not decode: {e}"))
+        })?;
+        let peer = tiersync_proto::types::DivisionCode::parse(&row.peer).map_err(|e| {
+            Status::failed_precondition(format!("quarantine entry {qid} has no peer: {e}"))
+        })?;
+        let from = if node.code.parent().as_ref() == Some(&peer) {
+            Toward::Parent
+        } else {
+            Toward::Child
+        };
+        if let Err(reason) = node.check_incoming(&record, &peer, from) {
+            return Ok(Response::new(wire::ReplayQuarantineResponse {
+                applied: false,
+                reason,
+            }));
+        }
+        if let Some(held) = node.store.get(&record.id).await.map_err(store_status)?
+            && (held.record.version, held.record.withdrawn) >= (record.version, record.withdrawn)
+        {
+            node.store
+                .quarantine_resolve(qid)
+                .await
+                .map_err(store_status)?;
+            node.metrics.quarantined.dec();
+            return Ok(Response::new(wire::ReplayQuarantineResponse {
+                applied: false,
+                reason: format!(
+                    "superseded: version {} is already held; entry closed",
+                    held.record.version
+                ),
+            }));
+        }
+        let report = node
+            .store
+            .apply(crate::store::ApplyBatch {
+                via: row.peer.clone(),
+                cursor: None,
+                records: vec![record],
+                refused: vec![],
+            })
+            .await
+            .map_err(store_status)?;
+        if let Some(refusal) = report.refused.first() {
+            return Ok(Response::new(wire::ReplayQuarantineResponse {
+                applied: false,
+                reason: refusal.reason.clone(),
+            }));
+        }
+        node.store
+            .quarantine_resolve(qid)
+            .await
+            .map_err(store_status)?;
+        node.metrics.quarantined.dec();
+        node.applied_locally(&report);
+        Ok(Response::new(wire::ReplayQuarantineResponse {
+            applied: true,
+            reason: String::new(),
+        }))
+    }
+}

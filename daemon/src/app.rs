@@ -1,0 +1,250 @@
+//! [`App`]: a whole node built from a [`NodeConfig`] and run until
+//! cancelled. The binary and the end-to-end tests both use it, so tests run
+//! exactly what production runs.
+//!
+//! Shutdown: one `CancellationToken` reaches every task. Servers stop
+//! accepting, sessions end, tasks get a grace period to drain, then the rest
+//! is aborted; the store closes last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tiersync_proto::types::DigestKey;
+use tiersync_proto::wire::local_api_server::LocalApiServer;
+use tiersync_proto::wire::sync_server::SyncServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::api::LocalApiService;
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::sync::server::SyncService;
+use crate::tls::TlsMaterial;
+
+/// How long tasks get to finish after cancellation before they are aborted.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+pub struct App;
+
+/// A node that is running.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub peer_addr: Option<SocketAddr>,
+    pub api_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub registry: Arc<Registry>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl App {
+    /// Builds every part of a node from its config and starts it. Listeners
+    /// bind before this returns, so a `:0` port is known to the caller.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+        crate::tls::install_crypto_provider();
+        let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+        if tls.own_code() != &config.code {
+            anyhow::bail!(
+                "the certificate {} is for node `{}`, but node.code is `{}`; issue one for `{}` with `tiersync pki issue --code {}`",
+                config.tls.cert.display(),
+                tls.own_code(),
+                config.code,
+                config.code,
+                config.code
+            );
+        }
+        let key_hex = std::fs::read_to_string(&config.digest_key_file).with_context(|| {
+            format!(
+                "cannot read deployment.digest_key_file {}",
+                config.digest_key_file.display()
+            )
+        })?;
+        let digest_key = DigestKey::from_hex(key_hex.trim()).with_context(|| {
+            format!(
+                "deployment.digest_key_file {}",
+                config.digest_key_file.display()
+            )
+        })?;
+        if let Some(dir) = config.storage.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
+        }
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.storage, &config.code)
+                .await
+                .with_context(|| format!("cannot open store {}", config.storage.display()))?,
+        );
+
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        metrics
+            .quarantined
+            .set(store.quarantine_count().await? as i64);
+        let node = Node::new(
+            config.code.clone(),
+            config.name.clone(),
+            store,
+            digest_key,
+            metrics,
+            config.sync.clone(),
+        )
+        .await?;
+        node.process_amendments(None).await?;
+        let registry = Arc::new(registry);
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tiersync_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("gRPC reflection")?;
+        health_reporter
+            .set_serving::<SyncServer<SyncService>>()
+            .await;
+        health_reporter
+            .set_serving::<LocalApiServer<LocalApiService>>()
+            .await;
+
+        let max = config.sync.max_frame_bytes;
+        let mut peer_addr = None;
+        if let Some(addr) = config.listen_peer {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind listen.peer {addr}"))?;
+            peer_addr = Some(listener.local_addr()?);
+            let incoming = crate::tls::tls_incoming(listener, tls.server_config()?);
+            let sync = SyncServer::new(SyncService::new(node.clone(), cancel.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            let router = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .add_service(health_service.clone())
+                .add_service(reflection.clone())
+                .add_service(sync);
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(error) = router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                {
+                    warn!(%error, "peer server failed");
+                }
+            });
+            info!(addr = %peer_addr.expect("bound"), "peer listener up (mutual TLS)");
+        }
+
+        let mut api_addr = None;
+        if let Some(addr) = config.listen_api {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind listen.api {addr}"))?;
+            api_addr = Some(listener.local_addr()?);
+            let api = LocalApiServer::new(LocalApiService::new(node.clone(), cancel.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            let router = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .add_service(reflection.clone())
+                .add_service(api);
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(error) = router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                {
+                    warn!(%error, "local API server failed");
+                }
+            });
+            info!(addr = %api_addr.expect("bound"), "local API up");
+        }
+
+        let mut admin_addr = None;
+        if let Some(addr) = config.listen_admin {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind listen.admin {addr}"))?;
+            admin_addr = Some(listener.local_addr()?);
+            let admin = Arc::new(Admin {
+                node: node.clone(),
+                registry: registry.clone(),
+            });
+            tasks.spawn(admin.serve(listener, cancel.clone()));
+            info!(addr = %admin_addr.expect("bound"), "admin listener up");
+        }
+
+        if let Some(parent) = config.parent.clone() {
+            let client = tls.client_config()?;
+            tasks.spawn(crate::sync::client::parent_link(
+                node.clone(),
+                parent,
+                client,
+                cancel.clone(),
+            ));
+        }
+
+        info!(node = %node.code, tier = %node.code.tier(), "node started");
+        Ok(RunningNode {
+            node,
+            peer_addr,
+            api_addr,
+            admin_addr,
+            registry,
+            cancel,
+            tasks,
+        })
+    }
+}
+
+impl RunningNode {
+    /// A token that stops this node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Runs until the token is cancelled, then shuts down.
+    pub async fn wait(self) {
+        self.cancel.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops the node abruptly, as a crash would: its tasks are aborted at
+    /// once, nothing drains, the store is not closed cleanly. Tests use it.
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops accepting, drains within [`GRACE`], aborts the rest, closes the
+    /// store last.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(node = %self.node.code, "tasks did not drain within the grace period; aborting them");
+            self.tasks.shutdown().await;
+        }
+        self.node.store.close().await;
+        info!(node = %self.node.code, "node stopped");
+    }
+}

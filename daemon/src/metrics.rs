@@ -1,0 +1,146 @@
+//! Prometheus metrics of one node, registered on an explicit registry (no
+//! global). Names follow `tiersync_<subsystem>_<name>_<unit>[_total]`.
+//!
+//! Labels stay bounded: `peer` is a *direct* peer (a node has one parent and
+//! at most a few dozen children), never a subtree code; `kind` is a canonical
+//! kind this build knows, or `other` for relayed kinds it does not, so a peer
+//! cannot blow up cardinality by inventing kinds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tiersync_proto::types::Schemas;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub peer: String,
+    /// `parent` or `child`: which side of this node the peer is on.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    pub link_up: Family<LinkLabels, Gauge>,
+    pub link_stalled: Family<LinkLabels, Gauge>,
+    pub link_lag_changes: Family<LinkLabels, Gauge>,
+    pub link_lag_seconds: Family<LinkLabels, Gauge<f64, AtomicU64>>,
+    pub link_sent: Family<LinkLabels, Counter>,
+    pub link_received: Family<LinkLabels, Counter>,
+    pub link_sessions: Family<LinkLabels, Counter>,
+    pub link_errors: Family<LinkLabels, Counter>,
+    pub applied: Family<KindLabels, Counter>,
+    pub rejected: Family<KindLabels, Counter>,
+    pub head_seq: Gauge,
+    pub quarantined: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            link_up: Family::default(),
+            link_stalled: Family::default(),
+            link_lag_changes: Family::default(),
+            link_lag_seconds: Family::default(),
+            link_sent: Family::default(),
+            link_received: Family::default(),
+            link_sessions: Family::default(),
+            link_errors: Family::default(),
+            applied: Family::default(),
+            rejected: Family::default(),
+            head_seq: Gauge::default(),
+            quarantined: Gauge::default(),
+        };
+        let sync = registry.sub_registry_with_prefix("tiersync");
+        sync.register(
+            "link_up",
+            "1 while the link to a direct peer has a session",
+            m.link_up.clone(),
+        );
+        sync.register(
+            "link_stalled",
+            "1 while a link has lag but made no progress for sync.stall_secs",
+            m.link_stalled.clone(),
+        );
+        sync.register(
+            "link_lag_changes",
+            "Changes in the peer's log not yet applied here",
+            m.link_lag_changes.clone(),
+        );
+        sync.register(
+            "link_lag_seconds",
+            "Age of the newest change applied from the peer while behind; 0 when caught up",
+            m.link_lag_seconds.clone(),
+        );
+        sync.register(
+            "link_records_sent",
+            "Records sent to the peer",
+            m.link_sent.clone(),
+        );
+        sync.register(
+            "link_records_received",
+            "Records received from the peer",
+            m.link_received.clone(),
+        );
+        sync.register(
+            "link_sessions",
+            "Link sessions established",
+            m.link_sessions.clone(),
+        );
+        sync.register(
+            "link_errors",
+            "Link sessions that ended in an error",
+            m.link_errors.clone(),
+        );
+        sync.register(
+            "sync_records_applied",
+            "Records applied, by kind",
+            m.applied.clone(),
+        );
+        sync.register(
+            "sync_records_rejected",
+            "Records rejected and quarantined, by kind",
+            m.rejected.clone(),
+        );
+        sync.register(
+            "store_head_seq",
+            "Newest sequence number in this node's change log",
+            m.head_seq.clone(),
+        );
+        sync.register(
+            "store_quarantined_records",
+            "Records waiting in quarantine",
+            m.quarantined.clone(),
+        );
+        m
+    }
+
+    fn kind_label(kind: &str, schemas: &Schemas) -> KindLabels {
+        KindLabels {
+            kind: if schemas.is_canonical(kind) {
+                kind.to_owned()
+            } else {
+                "other".to_owned()
+            },
+        }
+    }
+
+    pub fn record_applied(&self, kind: &str, schemas: &Schemas) {
+        self.applied
+            .get_or_create(&Self::kind_label(kind, schemas))
+            .inc();
+    }
+
+    pub fn record_rejected(&self, kind: &str, schemas: &Schemas) {
+        self.rejected
+            .get_or_create(&Self::kind_label(kind, schemas))
+            .inc();
+        self.quarantined.inc();
+    }
+}

@@ -1,0 +1,676 @@
+//! A node: its identity, its store, and the rules every record passes on the
+//! way in, whether from the local API or from a peer.
+//!
+//! - Owner-only writes (一数一源): only the owner changes a record, and its
+//!   version rises by exactly one per change. A put for a record owned
+//!   elsewhere becomes an [`wire::Amendment`] routed to the owner, which
+//!   applies or rejects it and routes an [`wire::AmendmentResult`] back.
+//! - Every record from a peer is checked before it is applied: well-formed
+//!   envelope, plausible origin for the link it came over, a scope that lets
+//!   it be here, and, for kinds this node knows, a payload that decodes and
+//!   passes the kind's rules. A record that fails is quarantined with the
+//!   reason; the rest of its batch applies.
+//! - Kinds this node does not know are relayed without decoding, so a tree
+//!   upgraded one node at a time keeps syncing; the local API refuses them.
+//! - Reads at any node but the owner mask the fields the schema marks
+//!   personal.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tiersync_proto::pb::civil;
+use tiersync_proto::types::{
+    DigestKey, DivisionCode, Hlc, HlcTimestamp, RecordId, ResidentId, Schemas,
+};
+use tiersync_proto::wire;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::SyncTuning;
+use crate::metrics::Metrics;
+use crate::route::{self, Scope, Toward};
+use crate::status::LinkTable;
+use crate::store::{
+    ApplyBatch, ApplyReport, Cursor, LocalWrite, Refusal, Store, StoreError, Stored,
+};
+
+pub const KIND_RESIDENT: &str = "civil.v1.Resident";
+pub const KIND_AMENDMENT: &str = "tiersync.v1.Amendment";
+pub const KIND_AMENDMENT_RESULT: &str = "tiersync.v1.AmendmentResult";
+/// Natural key of a resident: the keyed digest of the ID number.
+pub const KEY_ID_DIGEST: &str = "id_digest";
+const KEY_TARGET_OWNER: &str = "target_owner";
+const KEY_AMENDMENT_ID: &str = "amendment_id";
+
+/// Largest payload a record may carry; documents travel out of band.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Errors of the local API, each mapped to one gRPC status in `api.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("unknown kind `{kind}`; this node accepts: {}", known.join(", "))]
+    UnknownKind { kind: String, known: Vec<String> },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("record {0} not found")]
+    NotFound(String),
+}
+
+/// A put, as the local API received it.
+#[derive(Debug, Default, Clone)]
+pub struct PutInput {
+    pub id: Vec<u8>,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub expected_version: u64,
+    pub scope: Option<wire::Scope>,
+    pub delete: bool,
+    pub department: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct PutOutcome {
+    pub stored: Stored,
+    pub amendment: bool,
+}
+
+pub struct Node {
+    pub code: DivisionCode,
+    pub name: Option<String>,
+    pub store: Arc<dyn Store>,
+    pub hlc: Hlc,
+    pub schemas: &'static Schemas,
+    digest_key: DigestKey,
+    pub metrics: Arc<Metrics>,
+    pub links: LinkTable,
+    pub tuning: SyncTuning,
+    head: watch::Sender<u64>,
+}
+
+impl Node {
+    pub async fn new(
+        code: DivisionCode,
+        name: Option<String>,
+        store: Arc<dyn Store>,
+        digest_key: DigestKey,
+        metrics: Arc<Metrics>,
+        tuning: SyncTuning,
+    ) -> Result<Arc<Node>, StoreError> {
+        let head = store.head_seq().await?;
+        metrics.head_seq.set(head as i64);
+        Ok(Arc::new(Node {
+            code,
+            name,
+            store,
+            hlc: Hlc::new(),
+            schemas: Schemas::global(),
+            digest_key,
+            metrics,
+            links: LinkTable::default(),
+            tuning,
+            head: watch::Sender::new(head),
+        }))
+    }
+
+    /// Wakes whoever waits for new changes (link senders, watchers).
+    pub fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Publishes changes applied outside a link session (quarantine replay).
+    pub fn applied_locally(&self, report: &ApplyReport) {
+        for (_, r) in &report.applied {
+            self.metrics.record_applied(&r.kind, self.schemas);
+        }
+        if let Some((seq, _)) = report.applied.last() {
+            self.advance_head(*seq);
+        }
+    }
+
+    fn advance_head(&self, seq: u64) {
+        self.head.send_if_modified(|h| {
+            if seq > *h {
+                *h = seq;
+                true
+            } else {
+                false
+            }
+        });
+        self.metrics.head_seq.set(*self.head.borrow() as i64);
+    }
+
+    /// The keyed digest of a resident ID number, as used for matching.
+    pub fn id_digest(&self, id: &ResidentId) -> String {
+        self.digest_key.digest(id)
+    }
+
+    // === local writes ===
+
+    /// A put from the local API.
+    pub async fn put(&self, input: PutInput) -> Result<PutOutcome, NodeError> {
+        if !self.schemas.is_canonical(&input.kind)
+            || input.kind == KIND_AMENDMENT
+            || input.kind == KIND_AMENDMENT_RESULT
+        {
+            let known = self
+                .schemas
+                .canonical_kinds()
+                .into_iter()
+                .filter(|k| k != KIND_AMENDMENT && k != KIND_AMENDMENT_RESULT)
+                .collect();
+            return Err(NodeError::UnknownKind {
+                kind: input.kind,
+                known,
+            });
+        }
+        if !input.delete {
+            self.schemas
+                .validate_payload(&input.kind, &input.payload)
+                .map_err(|e| NodeError::Invalid {
+                    field: "payload",
+                    reason: e.to_string(),
+                })?;
+            if input.payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(NodeError::Invalid {
+                    field: "payload",
+                    reason: format!(
+                        "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                        input.payload.len()
+                    ),
+                });
+            }
+        }
+        let existing = if input.id.is_empty() {
+            None
+        } else {
+            RecordId::from_bytes(&input.id).map_err(|e| NodeError::Invalid {
+                field: "id",
+                reason: e.to_string(),
+            })?;
+            self.store.get(&input.id).await?
+        };
+        if let Some(existing) = &existing {
+            let owner = owner_code(&existing.record).map_err(|reason| NodeError::Invalid {
+                field: "id",
+                reason,
+            })?;
+            if owner != self.code {
+                return self.send_amendment(input, existing, owner).await;
+            }
+            if existing.record.kind != input.kind {
+                return Err(NodeError::Invalid {
+                    field: "kind",
+                    reason: format!(
+                        "record is a `{}`, not a `{}`",
+                        existing.record.kind, input.kind
+                    ),
+                });
+            }
+        }
+        let keys = if input.delete {
+            Vec::new()
+        } else {
+            self.natural_keys(&input.kind, &input.payload)?
+        };
+        let scope = match &input.scope {
+            Some(s) => Scope::from_wire(&self.code, Some(s)),
+            None => match &existing {
+                Some(e) => Scope::from_wire(&self.code, e.record.scope.as_ref()),
+                None => Ok(default_scope(&self.code)),
+            },
+        }
+        .map_err(|e| NodeError::Invalid {
+            field: "scope",
+            reason: e.to_string(),
+        })?;
+        let reach = match &existing {
+            Some(e) => Scope::from_wire(
+                &self.code,
+                e.record.reach.as_ref().or(e.record.scope.as_ref()),
+            )
+            .map_err(|e| NodeError::Invalid {
+                field: "scope",
+                reason: e.to_string(),
+            })?
+            .union(&scope),
+            None => scope.clone(),
+        };
+        let id = if input.id.is_empty() {
+            RecordId::new().as_bytes().to_vec()
+        } else {
+            input.id
+        };
+        let record = wire::Record {
+            id,
+            kind: input.kind,
+            owner: Some(wire::Owner {
+                node: self.code.to_string(),
+                department: input.department,
+            }),
+            version: 0,
+            updated_at: self.hlc.now().as_u64(),
+            scope: Some(scope.to_wire()),
+            deleted: input.delete,
+            payload: if input.delete {
+                Vec::new()
+            } else {
+                input.payload
+            },
+            keys,
+            reach: Some(reach.to_wire()),
+            withdrawn: false,
+        };
+        let stored = self
+            .store
+            .put_local(LocalWrite {
+                record,
+                expected_version: input.expected_version,
+                unique_keys: true,
+            })
+            .await?;
+        self.metrics
+            .record_applied(&stored.record.kind, self.schemas);
+        self.advance_head(stored.seq);
+        Ok(PutOutcome {
+            stored,
+            amendment: false,
+        })
+    }
+
+    /// Natural keys the node derives from a payload: for a resident, the
+    /// keyed digest of a valid ID number (the raw number never leaves the
+    /// record's personal field).
+    fn natural_keys(&self, kind: &str, payload: &[u8]) -> Result<Vec<wire::NaturalKey>, NodeError> {
+        if kind != KIND_RESIDENT {
+            return Ok(Vec::new());
+        }
+        let resident = civil::v1::Resident::decode(payload).map_err(|e| NodeError::Invalid {
+            field: "payload",
+            reason: e.to_string(),
+        })?;
+        if resident.id_number.is_empty() {
+            return Err(NodeError::Invalid {
+                field: "id_number",
+                reason: "a resident needs an ID number (GB 11643)".into(),
+            });
+        }
+        let id = ResidentId::parse(&resident.id_number).map_err(|e| NodeError::Invalid {
+            field: "id_number",
+            reason: e.to_string(),
+        })?;
+        Ok(vec![wire::NaturalKey {
+            name: KEY_ID_DIGEST.into(),
+            value: self.id_digest(&id),
+        }])
+    }
+
+    async fn send_amendment(
+        &self,
+        input: PutInput,
+        target: &Stored,
+        owner: DivisionCode,
+    ) -> Result<PutOutcome, NodeError> {
+        let scope =
+            route::point_to_point(&self.code, &owner).ok_or_else(|| NodeError::Invalid {
+                field: "id",
+                reason: format!("owner `{owner}` is not in this deployment"),
+            })?;
+        let amendment = wire::Amendment {
+            target_id: target.record.id.clone(),
+            target_kind: target.record.kind.clone(),
+            target_owner: owner.to_string(),
+            base_version: if input.expected_version == 0 {
+                target.record.version
+            } else {
+                input.expected_version
+            },
+            payload: input.payload,
+            delete: input.delete,
+            reason: input.reason,
+        };
+        let record = wire::Record {
+            id: RecordId::new().as_bytes().to_vec(),
+            kind: KIND_AMENDMENT.into(),
+            owner: Some(wire::Owner {
+                node: self.code.to_string(),
+                department: input.department,
+            }),
+            version: 0,
+            updated_at: self.hlc.now().as_u64(),
+            scope: Some(scope.to_wire()),
+            deleted: false,
+            payload: amendment.encode_to_vec(),
+            keys: vec![wire::NaturalKey {
+                name: KEY_TARGET_OWNER.into(),
+                value: owner.to_string(),
+            }],
+            reach: Some(scope.to_wire()),
+            withdrawn: false,
+        };
+        let stored = self
+            .store
+            .put_local(LocalWrite {
+                record,
+                expected_version: 0,
+                unique_keys: false,
+            })
+            .await?;
+        info!(target = %RecordId::from_bytes(&target.record.id).map(|i| i.to_string()).unwrap_or_default(), %owner, "amendment routed to owner");
+        self.advance_head(stored.seq);
+        Ok(PutOutcome {
+            stored,
+            amendment: true,
+        })
+    }
+
+    /// Applies every amendment addressed to this node that has no answer
+    /// yet. Runs after each applied batch and once at start, so an amendment
+    /// whose processing a crash interrupted is answered on restart.
+    pub async fn process_amendments(
+        &self,
+        candidates: Option<&[wire::Record]>,
+    ) -> Result<(), StoreError> {
+        let pending: Vec<wire::Record> = match candidates {
+            Some(records) => records
+                .iter()
+                .filter(|r| r.kind == KIND_AMENDMENT && !r.deleted)
+                .cloned()
+                .collect(),
+            None => self
+                .store
+                .lookup(KIND_AMENDMENT, KEY_TARGET_OWNER, self.code.as_str())
+                .await?
+                .into_iter()
+                .map(|s| s.record)
+                .collect(),
+        };
+        for record in pending {
+            let Ok(amendment) = wire::Amendment::decode(record.payload.as_slice()) else {
+                continue;
+            };
+            if amendment.target_owner != self.code.as_str() {
+                continue;
+            }
+            let answered = self
+                .store
+                .lookup(
+                    KIND_AMENDMENT_RESULT,
+                    KEY_AMENDMENT_ID,
+                    &hex::encode(&record.id),
+                )
+                .await?;
+            if !answered.is_empty() {
+                continue;
+            }
+            let requester = match owner_code(&record) {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let outcome = self.apply_amendment(&amendment).await;
+            let (accepted, new_version, reason) = match outcome {
+                Ok(v) => (true, v, String::new()),
+                Err(e) => (false, 0, e.to_string()),
+            };
+            info!(%requester, accepted, %reason, "amendment answered");
+            let Some(scope) = route::point_to_point(&self.code, &requester) else {
+                continue;
+            };
+            let result = wire::AmendmentResult {
+                amendment_id: record.id.clone(),
+                target_id: amendment.target_id.clone(),
+                accepted,
+                new_version,
+                reason,
+            };
+            let answer = wire::Record {
+                id: RecordId::new().as_bytes().to_vec(),
+                kind: KIND_AMENDMENT_RESULT.into(),
+                owner: Some(wire::Owner {
+                    node: self.code.to_string(),
+                    department: String::new(),
+                }),
+                version: 0,
+                updated_at: self.hlc.now().as_u64(),
+                scope: Some(scope.to_wire()),
+                deleted: false,
+                payload: result.encode_to_vec(),
+                keys: vec![wire::NaturalKey {
+                    name: KEY_AMENDMENT_ID.into(),
+                    value: hex::encode(&record.id),
+                }],
+                reach: Some(scope.to_wire()),
+                withdrawn: false,
+            };
+            let stored = self
+                .store
+                .put_local(LocalWrite {
+                    record: answer,
+                    expected_version: 0,
+                    unique_keys: false,
+                })
+                .await?;
+            self.advance_head(stored.seq);
+        }
+        Ok(())
+    }
+
+    async fn apply_amendment(&self, amendment: &wire::Amendment) -> Result<u64, NodeError> {
+        let target = self
+            .store
+            .get(&amendment.target_id)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(hex::encode(&amendment.target_id)))?;
+        if target.record.version != amendment.base_version {
+            return Err(NodeError::Invalid {
+                field: "base_version",
+                reason: format!(
+                    "the record moved on to version {} since version {} the amendment was based on",
+                    target.record.version, amendment.base_version
+                ),
+            });
+        }
+        let outcome = self
+            .put(PutInput {
+                id: amendment.target_id.clone(),
+                kind: target.record.kind.clone(),
+                payload: amendment.payload.clone(),
+                expected_version: target.record.version,
+                scope: None,
+                delete: amendment.delete,
+                department: target
+                    .record
+                    .owner
+                    .as_ref()
+                    .map(|o| o.department.clone())
+                    .unwrap_or_default(),
+                reason: String::new(),
+            })
+            .await?;
+        Ok(outcome.stored.record.version)
+    }
+
+    // === records from peers ===
+
+    /// Checks one record that arrived from `peer` over a link in direction
+    /// `from`. The error is the quarantine reason.
+    pub fn check_incoming(
+        &self,
+        r: &wire::Record,
+        peer: &DivisionCode,
+        from: Toward,
+    ) -> Result<(), String> {
+        let id = RecordId::from_bytes(&r.id).map_err(|e| format!("invalid id: {e}"))?;
+        let what = |reason: String| {
+            format!(
+                "record {id} ({}): {reason}",
+                if r.kind.is_empty() {
+                    "no kind"
+                } else {
+                    &r.kind
+                }
+            )
+        };
+        if !valid_kind_name(&r.kind) {
+            return Err(what(format!(
+                "kind `{}` is not a protobuf message name such as `civil.v1.Resident`",
+                r.kind
+            )));
+        }
+        let owner = owner_code(r).map_err(&what)?;
+        if r.version == 0 {
+            return Err(what("version 0; versions start at 1".into()));
+        }
+        let scope = Scope::from_wire(&owner, r.scope.as_ref()).map_err(|e| what(e.to_string()))?;
+        let reach = Scope::from_wire(&owner, r.reach.as_ref().or(r.scope.as_ref()))
+            .map_err(|e| what(format!("reach: {e}")))?;
+        if !scope.within(&reach) {
+            return Err(what("reach does not cover the scope".into()));
+        }
+        route::check_arrival(&reach, &owner, &self.code, peer, from)
+            .map_err(|e| what(e.to_string()))?;
+        if r.withdrawn && !r.deleted {
+            return Err(what("a withdrawal must also be a tombstone".into()));
+        }
+        if r.deleted && !r.payload.is_empty() {
+            return Err(what("a tombstone carries no payload".into()));
+        }
+        if r.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(what(format!(
+                "payload of {} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                r.payload.len()
+            )));
+        }
+        if !r.deleted && self.schemas.is_canonical(&r.kind) {
+            self.schemas
+                .validate_payload(&r.kind, &r.payload)
+                .map_err(|e| what(e.to_string()))?;
+            if r.kind == KIND_RESIDENT {
+                let resident = civil::v1::Resident::decode(r.payload.as_slice())
+                    .map_err(|e| what(e.to_string()))?;
+                if !resident.id_number.is_empty() {
+                    ResidentId::parse(&resident.id_number)
+                        .map_err(|e| what(format!("id_number: {e}")))?;
+                }
+            }
+        }
+        if let Err(e) = self.hlc.observe(HlcTimestamp::from_u64(r.updated_at)) {
+            warn!(record = %id, %owner, error = %e, "record clock ahead of ours; not adopted");
+        }
+        Ok(())
+    }
+
+    /// Validates and applies a batch from a peer, with the cursor, in one
+    /// transaction. Returns what to acknowledge.
+    pub async fn apply_from_peer(
+        &self,
+        peer: &DivisionCode,
+        from: Toward,
+        peer_epoch: &str,
+        batch: wire::Batch,
+    ) -> Result<ApplyReport, StoreError> {
+        let mut records = Vec::with_capacity(batch.records.len());
+        let mut refused = Vec::new();
+        for r in batch.records {
+            match self.check_incoming(&r, peer, from) {
+                Ok(()) => records.push(r),
+                Err(reason) => refused.push(Refusal::of(&r, reason)),
+            }
+        }
+        let report = self
+            .store
+            .apply(ApplyBatch {
+                via: peer.to_string(),
+                cursor: Some((
+                    peer.clone(),
+                    Cursor {
+                        applied_through: batch.through_seq,
+                        peer_epoch: peer_epoch.to_owned(),
+                    },
+                )),
+                records,
+                refused,
+            })
+            .await?;
+        for refusal in &report.refused {
+            warn!(peer = %peer, kind = %refusal.kind, origin = %refusal.origin, reason = %refusal.reason, "record rejected");
+            self.metrics.record_rejected(&refusal.kind, self.schemas);
+        }
+        for (_, r) in &report.applied {
+            self.metrics.record_applied(&r.kind, self.schemas);
+        }
+        if let Some((seq, _)) = report.applied.last() {
+            self.advance_head(*seq);
+        }
+        if report.applied.iter().any(|(_, r)| r.kind == KIND_AMENDMENT) {
+            let applied: Vec<wire::Record> =
+                report.applied.iter().map(|(_, r)| r.clone()).collect();
+            self.process_amendments(Some(&applied)).await?;
+        }
+        Ok(report)
+    }
+
+    // === reads ===
+
+    /// A record as a local reader may see it: masked unless this node owns it.
+    pub fn for_reader(&self, mut record: wire::Record) -> wire::Record {
+        let owned_here = record
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.node == self.code.as_str());
+        if !owned_here && !record.payload.is_empty() && self.schemas.is_canonical(&record.kind) {
+            match self.schemas.mask(&record.kind, &record.payload) {
+                Ok(masked) => record.payload = masked,
+                // Never hand out what could not be masked.
+                Err(_) => record.payload.clear(),
+            }
+        }
+        record
+    }
+}
+
+/// The scope a record gets when the writer names none: shared up to the city,
+/// down to nobody.
+fn default_scope(_owner: &DivisionCode) -> Scope {
+    Scope::up_to(tiersync_proto::types::Tier::City)
+}
+
+fn owner_code(r: &wire::Record) -> Result<DivisionCode, String> {
+    let owner = r.owner.as_ref().ok_or("no owner")?;
+    DivisionCode::parse(&owner.node).map_err(|e| format!("owner: {e}"))
+}
+
+fn valid_kind_name(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 200
+        && kind.contains('.')
+        && kind.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !part.starts_with(|c: char| c.is_ascii_digit())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names() {
+        for good in ["civil.v1.Resident", "x.y", "a_b.c1.D"] {
+            assert!(valid_kind_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Resident",
+            "civil..Resident",
+            "civil.v1.Res ident",
+            "1a.b",
+            "civil.v1.",
+        ] {
+            assert!(!valid_kind_name(bad), "{bad}");
+        }
+    }
+}

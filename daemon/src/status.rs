@@ -1,0 +1,245 @@
+//! Live state of every link of a node, read by the status page, the
+//! `Status` API call and `tiersync status`. Metrics mirror the same fields.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tiersync_proto::wire;
+
+use crate::route::Toward;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Up,
+    Retrying,
+    Stalled,
+    Down,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Up => "up",
+            LinkState::Retrying => "retrying",
+            LinkState::Stalled => "stalled",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// What a node knows about one link.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    pub peer: String,
+    pub toward: Toward,
+    pub state: LinkState,
+    /// Our cursor into the peer's log.
+    pub applied_through: u64,
+    /// The peer's newest sequence number, from its batches and heartbeats.
+    pub peer_head: u64,
+    /// How far the peer has acknowledged our log.
+    pub peer_applied: u64,
+    pub lag_seconds: f64,
+    /// Wall-clock ms when the state last changed.
+    pub since_ms: i64,
+    pub last_error: String,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub rejected: u64,
+    /// When the cursor last moved (for stall detection).
+    pub last_progress: Instant,
+}
+
+impl LinkInfo {
+    pub fn lag_changes(&self) -> u64 {
+        self.peer_head.saturating_sub(self.applied_through)
+    }
+
+    pub fn to_wire(&self) -> wire::LinkStatus {
+        wire::LinkStatus {
+            peer: self.peer.clone(),
+            direction: direction(self.toward).into(),
+            state: self.state.as_str().into(),
+            applied_through: self.applied_through,
+            peer_head: self.peer_head,
+            lag_changes: self.lag_changes(),
+            lag_seconds: self.lag_seconds,
+            since_ms: self.since_ms,
+            last_error: self.last_error.clone(),
+            records_in: self.records_in,
+            records_out: self.records_out,
+            rejected: self.rejected,
+        }
+    }
+}
+
+pub fn direction(toward: Toward) -> &'static str {
+    match toward {
+        Toward::Parent => "parent",
+        Toward::Child => "child",
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Every link of this node, by peer code.
+#[derive(Debug, Default, Clone)]
+pub struct LinkTable(Arc<Mutex<BTreeMap<String, LinkInfo>>>);
+
+impl LinkTable {
+    /// Updates (creating if needed) the entry of `peer`.
+    pub fn update<R>(&self, peer: &str, toward: Toward, f: impl FnOnce(&mut LinkInfo) -> R) -> R {
+        let mut links = self.0.lock().expect("link table lock");
+        let info = links.entry(peer.to_owned()).or_insert_with(|| LinkInfo {
+            peer: peer.to_owned(),
+            toward,
+            state: LinkState::Connecting,
+            applied_through: 0,
+            peer_head: 0,
+            peer_applied: 0,
+            lag_seconds: 0.0,
+            since_ms: now_ms(),
+            last_error: String::new(),
+            records_in: 0,
+            records_out: 0,
+            rejected: 0,
+            last_progress: Instant::now(),
+        });
+        f(info)
+    }
+
+    pub fn set_state(&self, peer: &str, toward: Toward, state: LinkState) {
+        self.update(peer, toward, |l| {
+            if l.state != state {
+                l.state = state;
+                l.since_ms = now_ms();
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<LinkInfo> {
+        self.0
+            .lock()
+            .expect("link table lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, peer: &str) -> Option<LinkInfo> {
+        self.0.lock().expect("link table lock").get(peer).cloned()
+    }
+}
+
+/// A snapshot of a node for the status page, `/status.json` and the CLI.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub node: String,
+    pub name: Option<String>,
+    pub tier: String,
+    pub head_seq: u64,
+    pub records: u64,
+    pub quarantined: u64,
+    pub links: Vec<LinkReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkReport {
+    pub peer: String,
+    pub direction: String,
+    pub state: String,
+    pub since_ms: i64,
+    pub applied_through: u64,
+    pub peer_head: u64,
+    pub lag_changes: u64,
+    pub lag_seconds: f64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub rejected: u64,
+    pub last_error: String,
+}
+
+pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::store::StoreError> {
+    Ok(StatusReport {
+        node: node.code.to_string(),
+        name: node.name.clone(),
+        tier: node.code.tier().to_string(),
+        head_seq: node.store.head_seq().await?,
+        records: node.store.count().await?,
+        quarantined: node.store.quarantine_count().await?,
+        links: node
+            .links
+            .snapshot()
+            .into_iter()
+            .map(|l| LinkReport {
+                lag_changes: l.lag_changes(),
+                peer: l.peer,
+                direction: direction(l.toward).into(),
+                state: l.state.as_str().into(),
+                since_ms: l.since_ms,
+                applied_through: l.applied_through,
+                peer_head: l.peer_head,
+                lag_seconds: l.lag_seconds,
+                records_in: l.records_in,
+                records_out: l.records_out,
+                rejected: l.rejected,
+                last_error: l.last_error,
+            })
+            .collect(),
+    })
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+impl StatusReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("status serialises")
+    }
+
+    pub fn to_html(&self) -> String {
+        let mut rows = String::new();
+        for l in &self.links {
+            rows.push_str(&format!(
+                "<tr class=\"{state}\"><td>{peer}</td><td>{dir}</td><td>{state}</td><td>{since}</td><td>{applied}</td><td>{lag}</td><td>{lag_s:.1}</td><td>{inn}</td><td>{out}</td><td>{rej}</td><td>{err}</td></tr>\n",
+                peer = escape(&l.peer),
+                dir = l.direction,
+                state = l.state,
+                since = l.since_ms,
+                applied = l.applied_through,
+                lag = l.lag_changes,
+                lag_s = l.lag_seconds,
+                inn = l.records_in,
+                out = l.records_out,
+                rej = l.rejected,
+                err = escape(&l.last_error),
+            ));
+        }
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tiersync {node}</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
+tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}</style></head>\
+<body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p>\
+<table><tr><th>peer</th><th>direction</th><th>state</th><th>since (ms)</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
+<p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/status.json\">status.json</a></p></body></html>\n",
+            node = escape(&self.node),
+            name = escape(self.name.as_deref().unwrap_or("")),
+            tier = self.tier,
+            head = self.head_seq,
+            records = self.records,
+            q = self.quarantined,
+        )
+    }
+}

@@ -1,0 +1,149 @@
+//! The child side: dial the parent, hold one session, and reconnect with
+//! exponential backoff and jitter (backon) when it ends. While the parent is
+//! unreachable the change log is the buffer; nothing is lost.
+//!
+//! The backoff is capped at 60 s and never gives up: a township offline for a
+//! week must rejoin on its own. It resets once a session got as far as the
+//! hellos, so a flapping link retries quickly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tiersync_proto::wire::sync_client::SyncClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::session::{self, LinkError};
+use crate::config::ParentConfig;
+use crate::metrics::LinkLabels;
+use crate::node::Node;
+use crate::route::Toward;
+use crate::status::LinkState;
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Keeps the link to the parent up until `cancel` fires.
+pub async fn parent_link(
+    node: Arc<Node>,
+    parent: ParentConfig,
+    tls: Arc<rustls::ClientConfig>,
+    cancel: CancellationToken,
+) {
+    let mut delays = backoff();
+    let labels = LinkLabels {
+        peer: parent.code.to_string(),
+        direction: "parent".into(),
+    };
+    loop {
+        node.links
+            .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = one_session(&node, &parent, &tls, &cancel) => r,
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        let reached = match &result {
+            Ok(reached) => *reached,
+            Err((reached, error)) => {
+                warn!(parent = %parent.code, address = %parent.address, %error, "parent link down");
+                node.links
+                    .update(parent.code.as_str(), Toward::Parent, |l| {
+                        l.last_error = error.to_string()
+                    });
+                node.metrics.link_errors.get_or_create(&labels).inc();
+                *reached
+            }
+        };
+        if reached {
+            delays = backoff();
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(60));
+        node.links
+            .set_state(parent.code.as_str(), Toward::Parent, LinkState::Retrying);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection and session. The flag says whether the hellos were
+/// exchanged (so the backoff may reset).
+async fn one_session(
+    node: &Arc<Node>,
+    parent: &ParentConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    cancel: &CancellationToken,
+) -> Result<bool, (bool, LinkError)> {
+    let channel = crate::tls::connect(&parent.address, &parent.code, tls.clone())
+        .await
+        .map_err(|e| {
+            (
+                false,
+                LinkError::Connect {
+                    address: parent.address.clone(),
+                    reason: e.to_string(),
+                },
+            )
+        })?;
+    let max = node.tuning.max_frame_bytes;
+    let mut client = SyncClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (applied, applied_epoch) = session::our_cursor(node, &parent.code, None)
+        .await
+        .map_err(|e| (false, e))?;
+    let (tx, rx) = mpsc::channel(node.tuning.window * 2 + 4);
+    tx.send(session::hello(node, applied, &applied_epoch))
+        .await
+        .map_err(|_| (false, LinkError::Closed))?;
+    let response = client
+        .link(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| (false, LinkError::Peer(s)))?;
+    let mut inbound = response.into_inner();
+    let parent_hello = session::read_hello(&mut inbound, parent.code.as_str())
+        .await
+        .map_err(|e| (false, e))?;
+    if parent_hello.node != parent.code.as_str() {
+        return Err((
+            false,
+            LinkError::Protocol {
+                peer: parent.address.clone(),
+                reason: format!(
+                    "answered as node `{}`, expected parent `{}`",
+                    parent_hello.node, parent.code
+                ),
+            },
+        ));
+    }
+    // The parent compares `applied_epoch` with its own epoch and streams
+    // from the start if its store was recreated; batches then record its
+    // new epoch with our cursor.
+    info!(parent = %parent.code, "link to parent established");
+    session::run(
+        node.clone(),
+        parent.code.clone(),
+        Toward::Parent,
+        parent_hello,
+        inbound,
+        tx,
+        cancel.clone(),
+    )
+    .await
+    .map(|_| true)
+    .map_err(|e| (true, e))
+}

@@ -1,0 +1,140 @@
+//! The parent side of links: accepts a child's stream after checking, from
+//! its verified certificate, that it is a direct child of this node.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use tiersync_proto::types::{DivisionCode, Tier};
+use tiersync_proto::wire::{self, sync_server::Sync};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::session::{self, LinkError};
+use crate::node::Node;
+use crate::route::Toward;
+use crate::status::LinkState;
+
+pub struct SyncService {
+    node: Arc<Node>,
+    cancel: CancellationToken,
+    /// The live session of each child; a new one from the same child
+    /// replaces it (the old connection is dead or a duplicate).
+    sessions: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl SyncService {
+    pub fn new(node: Arc<Node>, cancel: CancellationToken) -> SyncService {
+        SyncService {
+            node,
+            cancel,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Checks that `peer` may open a link to `me`.
+pub fn admit_child(me: &DivisionCode, peer: &DivisionCode) -> Result<(), Status> {
+    if peer.parent().as_ref() == Some(me) {
+        return Ok(());
+    }
+    let child_tier = Tier::ALL.into_iter().rev().find(|t| *t < me.tier());
+    Err(Status::permission_denied(match child_tier {
+        None => format!(
+            "node `{me}` is a community and has no children; `{peer}` must dial its own parent"
+        ),
+        Some(t) => format!(
+            "node `{peer}` is not a child of `{me}`: a child's code is `{me}` followed by {} more digits",
+            t.code_len() - me.as_str().len()
+        ),
+    }))
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<wire::LinkFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sync for SyncService {
+    type LinkStream = FrameStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<wire::LinkFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let peer = crate::tls::peer_code(&request)?;
+        let node = self.node.clone();
+        if let Err(status) = admit_child(&node.code, &peer) {
+            warn!(peer = %peer, "link refused: not a child of this node");
+            return Err(status);
+        }
+        let mut inbound = request.into_inner();
+        let peer_hello = session::read_hello(&mut inbound, peer.as_str())
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if peer_hello.node != peer.as_str() {
+            return Err(Status::permission_denied(format!(
+                "hello names node `{}` but the client certificate is for `{peer}`",
+                peer_hello.node
+            )));
+        }
+        let (applied, applied_epoch) = session::our_cursor(&node, &peer, Some(&peer_hello.epoch))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<wire::LinkFrame>(node.tuning.window * 2 + 4);
+        tx.send(session::hello(&node, applied, &applied_epoch))
+            .await
+            .map_err(|_| Status::cancelled("closed"))?;
+
+        let cancel = self.cancel.child_token();
+        if let Some(previous) = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(peer.to_string(), cancel.clone())
+        {
+            info!(peer = %peer, "child reconnected; ending its previous session");
+            previous.cancel();
+        }
+        node.links
+            .set_state(peer.as_str(), Toward::Child, LinkState::Up);
+        tokio::spawn(async move {
+            match session::run(
+                node.clone(),
+                peer.clone(),
+                Toward::Child,
+                peer_hello,
+                inbound,
+                tx,
+                cancel,
+            )
+            .await
+            {
+                Ok(()) | Err(LinkError::Closed) => info!(peer = %peer, "child session ended"),
+                Err(error) => warn!(peer = %peer, %error, "child session failed"),
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_children_are_admitted() {
+        let c = |s: &str| DivisionCode::parse(s).unwrap();
+        assert!(admit_child(&c("511102004"), &c("511102004001")).is_ok());
+        let err = admit_child(&c("511102004"), &c("511102005001")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            err.message(),
+            "node `511102005001` is not a child of `511102004`: a child's code is `511102004` followed by 3 more digits"
+        );
+        // a grandchild may not skip its parent
+        assert!(admit_child(&c("511102"), &c("511102004001")).is_err());
+    }
+}

@@ -1,0 +1,490 @@
+//! One link session, the same at both ends once the hellos are exchanged.
+//!
+//! Two halves run concurrently:
+//! - the **sender** streams this node's change log after the peer's cursor,
+//!   filtered by [`route::delivery`], in bounded batches, with at most
+//!   `window` batches unacknowledged (flow control: a fast county cannot
+//!   drown a slow street). Caught up, it waits for new changes and sends a
+//!   heartbeat every `heartbeat` with its head, so the peer can report lag;
+//! - the **receiver** validates and applies the peer's batches, the cursor
+//!   committed in the same transaction, and acknowledges each one.
+//!
+//! A frame that fails to decode or is over the size limit ends the session
+//! (tonic rejects it before we see it); nothing of that frame was applied,
+//! and the peer resends from the cursor we announce on reconnect.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tiersync_proto::types::{DivisionCode, HlcTimestamp};
+use tiersync_proto::wire::{self, link_frame::Body};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::LinkLabels;
+use crate::node::Node;
+use crate::route::{self, Delivery, Scope, Toward};
+use crate::status::{LinkState, direction, now_ms};
+
+/// Wire protocol version spoken by this build.
+pub const PROTOCOL: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("peer ended the session: {0}")]
+    Peer(#[from] tonic::Status),
+    #[error("protocol violation by `{peer}`: {reason}")]
+    Protocol { peer: String, reason: String },
+    #[error("store error: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot reach the parent at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("session closed")]
+    Closed,
+}
+
+/// The first frame of each side.
+pub fn hello(node: &Node, applied_through: u64, applied_epoch: &str) -> wire::LinkFrame {
+    wire::LinkFrame {
+        body: Some(Body::Hello(wire::Hello {
+            protocol: PROTOCOL,
+            node: node.code.to_string(),
+            applied_through,
+            epoch: node.store.epoch().to_owned(),
+            applied_epoch: applied_epoch.to_owned(),
+        })),
+    }
+}
+
+/// Our cursor into `peer`'s log, and the epoch it refers to. A cursor taken
+/// against a previous incarnation of the peer's store restarts at zero.
+pub async fn our_cursor(
+    node: &Node,
+    peer: &DivisionCode,
+    peer_epoch: Option<&str>,
+) -> Result<(u64, String), LinkError> {
+    Ok(match node.store.cursor(peer).await? {
+        Some(c) if peer_epoch.is_none_or(|e| e == c.peer_epoch) => {
+            (c.applied_through, c.peer_epoch)
+        }
+        Some(c) => {
+            warn!(peer = %peer, recorded = %c.peer_epoch, "peer store was recreated; reading its log from the start");
+            (0, String::new())
+        }
+        None => (0, String::new()),
+    })
+}
+
+/// Reads the peer's hello, the first frame of its stream.
+pub async fn read_hello<S>(inbound: &mut S, peer_hint: &str) -> Result<wire::Hello, LinkError>
+where
+    S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
+{
+    let first = tokio::time::timeout(Duration::from_secs(15), inbound.next())
+        .await
+        .map_err(|_| LinkError::Protocol {
+            peer: peer_hint.into(),
+            reason: "no hello within 15 s".into(),
+        })?;
+    match first {
+        Some(Ok(wire::LinkFrame {
+            body: Some(Body::Hello(h)),
+        })) => {
+            if h.protocol != PROTOCOL {
+                return Err(LinkError::Protocol {
+                    peer: peer_hint.into(),
+                    reason: format!(
+                        "speaks protocol {}, this node speaks {PROTOCOL}",
+                        h.protocol
+                    ),
+                });
+            }
+            Ok(h)
+        }
+        Some(Ok(_)) => Err(LinkError::Protocol {
+            peer: peer_hint.into(),
+            reason: "first frame is not a hello".into(),
+        }),
+        Some(Err(status)) => Err(LinkError::Peer(status)),
+        None => Err(LinkError::Closed),
+    }
+}
+
+/// Runs a session until either side ends it or `cancel` fires.
+pub async fn run<S>(
+    node: Arc<Node>,
+    peer: DivisionCode,
+    toward: Toward,
+    peer_hello: wire::Hello,
+    inbound: S,
+    outbound: mpsc::Sender<wire::LinkFrame>,
+    cancel: CancellationToken,
+) -> Result<(), LinkError>
+where
+    S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin + Send + 'static,
+{
+    let labels = LinkLabels {
+        peer: peer.to_string(),
+        direction: direction(toward).into(),
+    };
+    // Where the peer says it is in our log; a cursor against another epoch of
+    // our store, or beyond our head, is not ours: start over (apply is
+    // idempotent, so resending is harmless, skipping is not).
+    let head = node.store.head_seq().await?;
+    let start = if peer_hello.applied_epoch == node.store.epoch()
+        && peer_hello.applied_through <= head
+    {
+        peer_hello.applied_through
+    } else {
+        if peer_hello.applied_through > 0 {
+            warn!(peer = %peer, cursor = peer_hello.applied_through, "peer's cursor is not into this store's log; resending from the start");
+        }
+        0
+    };
+    node.metrics.link_up.get_or_create(&labels).set(1);
+    node.metrics.link_sessions.get_or_create(&labels).inc();
+    node.links.update(peer.as_str(), toward, |l| {
+        l.state = LinkState::Up;
+        l.since_ms = now_ms();
+        l.last_error.clear();
+        l.peer_applied = start;
+        l.last_progress = Instant::now();
+    });
+    info!(peer = %peer, direction = direction(toward), from_seq = start, "link session up");
+
+    let session = cancel.child_token();
+    let window = Arc::new(Semaphore::new(node.tuning.window));
+    let sender = tokio::spawn(send_loop(
+        node.clone(),
+        peer.clone(),
+        toward,
+        start,
+        outbound.clone(),
+        window.clone(),
+        session.clone(),
+    ));
+    let result = receive_loop(
+        &node,
+        &peer,
+        toward,
+        &peer_hello.epoch,
+        inbound,
+        &outbound,
+        &window,
+        &session,
+    )
+    .await;
+    session.cancel();
+    let sent = sender.await.unwrap_or(Ok(()));
+    node.metrics.link_up.get_or_create(&labels).set(0);
+    node.metrics.link_stalled.get_or_create(&labels).set(0);
+    let result = result.and(sent);
+    node.links.update(peer.as_str(), toward, |l| {
+        l.state = LinkState::Down;
+        l.since_ms = now_ms();
+        if let Err(e) = &result {
+            l.last_error = e.to_string();
+        }
+    });
+    if result.is_err() {
+        node.metrics.link_errors.get_or_create(&labels).inc();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_loop<S>(
+    node: &Arc<Node>,
+    peer: &DivisionCode,
+    toward: Toward,
+    peer_epoch: &str,
+    mut inbound: S,
+    outbound: &mpsc::Sender<wire::LinkFrame>,
+    window: &Semaphore,
+    cancel: &CancellationToken,
+) -> Result<(), LinkError>
+where
+    S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
+{
+    let labels = LinkLabels {
+        peer: peer.to_string(),
+        direction: direction(toward).into(),
+    };
+    // The records in a batch from the peer travelled toward us, i.e. they
+    // come from the peer's side of the link.
+    let from = toward;
+    let mut stall_check = tokio::time::interval(node.tuning.heartbeat);
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = stall_check.tick() => {
+                check_stall(node, peer, toward, &labels);
+                continue;
+            }
+            frame = inbound.next() => frame,
+        };
+        let frame = match frame {
+            None => return Err(LinkError::Closed),
+            Some(Err(status)) => return Err(LinkError::Peer(status)),
+            Some(Ok(f)) => f,
+        };
+        match frame.body {
+            Some(Body::Batch(batch)) => {
+                let through = batch.through_seq;
+                let head = batch.head_seq.max(through);
+                let received = batch.records.len() as u64;
+                let newest_ms = batch
+                    .records
+                    .iter()
+                    .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
+                    .max();
+                let report = node.apply_from_peer(peer, from, peer_epoch, batch).await?;
+                let rejections: Vec<wire::Rejection> = report
+                    .refused
+                    .iter()
+                    .take(100)
+                    .map(|r| wire::Rejection {
+                        record_id: r.record_id.clone(),
+                        kind: r.kind.clone(),
+                        origin: r.origin.clone(),
+                        reason: r.reason.clone(),
+                    })
+                    .collect();
+                node.metrics
+                    .link_received
+                    .get_or_create(&labels)
+                    .inc_by(received);
+                let lag_seconds = if through >= head {
+                    0.0
+                } else {
+                    newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
+                };
+                node.links.update(peer.as_str(), toward, |l| {
+                    if through > l.applied_through {
+                        l.last_progress = Instant::now();
+                    }
+                    l.applied_through = through;
+                    l.peer_head = l.peer_head.max(head);
+                    l.records_in += received;
+                    l.rejected += report.refused.len() as u64;
+                    l.lag_seconds = lag_seconds;
+                    if l.state == LinkState::Stalled {
+                        l.state = LinkState::Up;
+                    }
+                });
+                update_lag_metrics(node, peer, &labels);
+                let ack = wire::Ack {
+                    through_seq: through,
+                    applied: report.applied.len() as u32,
+                    rejected: report.refused.len() as u32,
+                    rejections,
+                };
+                if outbound
+                    .send(wire::LinkFrame {
+                        body: Some(Body::Ack(ack)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Err(LinkError::Closed);
+                }
+            }
+            Some(Body::Ack(ack)) => {
+                window.add_permits(1);
+                if !ack.rejections.is_empty() {
+                    for r in &ack.rejections {
+                        warn!(peer = %peer, kind = %r.kind, origin = %r.origin, reason = %r.reason, "peer rejected a record we sent");
+                    }
+                }
+                node.links.update(peer.as_str(), toward, |l| {
+                    l.peer_applied = l.peer_applied.max(ack.through_seq)
+                });
+            }
+            Some(Body::Heartbeat(hb)) => {
+                node.links.update(peer.as_str(), toward, |l| {
+                    l.peer_head = l.peer_head.max(hb.head_seq);
+                    if l.peer_head <= l.applied_through {
+                        l.lag_seconds = 0.0;
+                    }
+                });
+                update_lag_metrics(node, peer, &labels);
+            }
+            Some(Body::Hello(_)) => {
+                return Err(LinkError::Protocol {
+                    peer: peer.to_string(),
+                    reason: "second hello in one session".into(),
+                });
+            }
+            None => {
+                return Err(LinkError::Protocol {
+                    peer: peer.to_string(),
+                    reason: "frame with no body".into(),
+                });
+            }
+        }
+    }
+}
+
+fn update_lag_metrics(node: &Node, peer: &DivisionCode, labels: &LinkLabels) {
+    if let Some(l) = node.links.get(peer.as_str()) {
+        node.metrics
+            .link_lag_changes
+            .get_or_create(labels)
+            .set(l.lag_changes() as i64);
+        node.metrics
+            .link_lag_seconds
+            .get_or_create(labels)
+            .set(l.lag_seconds);
+    }
+}
+
+/// A link with lag that has not moved its cursor for `stall_after` is
+/// reported stalled, not silently waited on.
+fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLabels) {
+    let stall_after = node.tuning.stall_after;
+    let stalled = node.links.update(peer.as_str(), toward, |l| {
+        let stalled = l.lag_changes() > 0 && l.last_progress.elapsed() >= stall_after;
+        if stalled && l.state == LinkState::Up {
+            l.state = LinkState::Stalled;
+            l.since_ms = now_ms();
+            warn!(peer = %peer, lag = l.lag_changes(), "link stalled: behind and no progress");
+        }
+        stalled
+    });
+    node.metrics
+        .link_stalled
+        .get_or_create(labels)
+        .set(stalled as i64);
+}
+
+/// The form of a record that goes to the peer, if any.
+fn outgoing(
+    node: &Node,
+    record: &wire::Record,
+    peer: &DivisionCode,
+    toward: Toward,
+) -> Option<wire::Record> {
+    let owner = DivisionCode::parse(&record.owner.as_ref()?.node).ok()?;
+    let scope = Scope::from_wire(&owner, record.scope.as_ref()).ok()?;
+    let reach = Scope::from_wire(&owner, record.reach.as_ref().or(record.scope.as_ref())).ok()?;
+    match route::delivery(&scope, &reach, &owner, &node.code, peer, toward) {
+        Delivery::Skip => None,
+        Delivery::Full if record.withdrawn => {
+            // We hold only a withdrawal; the peer may hold the record but we
+            // cannot give it what we no longer have. Pass the withdrawal on
+            // only where the peer would need it.
+            None
+        }
+        Delivery::Full => Some(record.clone()),
+        Delivery::Withdrawal => Some(wire::Record {
+            deleted: true,
+            withdrawn: true,
+            payload: Vec::new(),
+            keys: Vec::new(),
+            ..record.clone()
+        }),
+    }
+}
+
+async fn send_loop(
+    node: Arc<Node>,
+    peer: DivisionCode,
+    toward: Toward,
+    start: u64,
+    outbound: mpsc::Sender<wire::LinkFrame>,
+    window: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> Result<(), LinkError> {
+    let labels = LinkLabels {
+        peer: peer.to_string(),
+        direction: direction(toward).into(),
+    };
+    let mut head_rx = node.subscribe_head();
+    let mut scanned = start;
+    let mut announced = start;
+    let mut heartbeat = tokio::time::interval(node.tuning.heartbeat);
+    let batch_records = node.tuning.batch_records;
+    let batch_bytes = node.tuning.batch_bytes;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let changes = node
+            .store
+            .changes_after(scanned, batch_records as u32)
+            .await?;
+        if changes.is_empty() {
+            if scanned > announced {
+                // Everything after the last batch was filtered out: tell the
+                // peer so its cursor moves and it reports no lag.
+                send_batch(&node, &outbound, &window, &cancel, scanned, Vec::new()).await?;
+                announced = scanned;
+            }
+            head_rx.borrow_and_update();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                changed = head_rx.changed() => if changed.is_err() { return Ok(()) },
+                _ = heartbeat.tick() => {
+                    let hb = wire::Heartbeat { head_seq: node.store.head_seq().await?, sent_at_ms: now_ms() };
+                    if outbound.send(wire::LinkFrame { body: Some(Body::Heartbeat(hb)) }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            continue;
+        }
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut through = scanned;
+        for change in changes {
+            if let Some(r) = outgoing(&node, &change.record, &peer, toward) {
+                let len = prost::Message::encoded_len(&r);
+                if !records.is_empty() && bytes + len > batch_bytes {
+                    break;
+                }
+                bytes += len;
+                records.push(r);
+            }
+            through = change.seq;
+        }
+        scanned = through;
+        if records.is_empty() {
+            continue;
+        }
+        let n = records.len() as u64;
+        send_batch(&node, &outbound, &window, &cancel, through, records).await?;
+        announced = through;
+        node.metrics.link_sent.get_or_create(&labels).inc_by(n);
+        node.links
+            .update(peer.as_str(), toward, |l| l.records_out += n);
+        debug!(peer = %peer, through, records = n, "batch sent");
+    }
+}
+
+async fn send_batch(
+    node: &Node,
+    outbound: &mpsc::Sender<wire::LinkFrame>,
+    window: &Semaphore,
+    cancel: &CancellationToken,
+    through: u64,
+    records: Vec<wire::Record>,
+) -> Result<(), LinkError> {
+    tokio::select! {
+        _ = cancel.cancelled() => return Err(LinkError::Closed),
+        permit = window.acquire() => permit.map_err(|_| LinkError::Closed)?.forget(),
+    }
+    let batch = wire::Batch {
+        through_seq: through,
+        records,
+        head_seq: node.store.head_seq().await?,
+        sent_at_ms: now_ms(),
+    };
+    outbound
+        .send(wire::LinkFrame {
+            body: Some(Body::Batch(batch)),
+        })
+        .await
+        .map_err(|_| LinkError::Closed)
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: one test binary, many whole nodes per test, real mutual
+//! TLS on 127.0.0.1. See `tiersync_e2e` (tests/src/lib.rs) for the sandbox.
+
+mod amend;
+mod chain;
+mod reject;
+mod scope;

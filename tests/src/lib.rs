@@ -1,0 +1,395 @@
+//! The end-to-end sandbox: a deployment of whole tiersync nodes in one
+//! process, each with its own SQLite file and certificate, linked over real
+//! mutual TLS on 127.0.0.1 ports chosen by the OS; plus scriptable fake peers
+//! for the misbehaviour a real node never shows.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use tiersync::RunningNode;
+use tiersync::demo::Deployment;
+use tiersync::node::{Node, PutInput};
+use tiersync::tls::TlsMaterial;
+use tiersync_proto::pb::civil;
+use tiersync_proto::types::{DivisionCode, RecordId};
+use tiersync_proto::wire::{self, link_frame::Body, sync_client::SyncClient};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+static TRACING: Once = Once::new();
+
+fn init_tracing() {
+    TRACING.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("TIERSYNC_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        tiersync::tls::install_crypto_provider();
+    });
+}
+
+/// Polls `check` until it holds, failing after 30 s with `what`. Never a
+/// fixed sleep: a fast machine finishes as soon as the condition holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A deployment of nodes in one process.
+pub struct Cluster {
+    pub deployment: Deployment,
+    nodes: BTreeMap<String, RunningNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deployment = Deployment::create(dir.path()).expect("deployment");
+        Cluster {
+            deployment,
+            nodes: BTreeMap::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts nodes top down (each child's config names its parent's port).
+    pub async fn with(codes: &[&str]) -> Cluster {
+        let mut c = Cluster::new();
+        for code in codes {
+            c.start(code).await;
+        }
+        c
+    }
+
+    /// Starts (or restarts) `code`. Its parent must have been started once.
+    pub async fn start(&mut self, code: &str) -> &RunningNode {
+        let path = self.deployment.config_path(code);
+        if !path.is_file() {
+            let dc = DivisionCode::parse(code).expect("test code");
+            let parent = dc.parent().map(|p| {
+                self.peer_addr_of(p.as_str())
+                    .unwrap_or_else(|| panic!("start parent {p} before {code}"))
+            });
+            self.deployment.write_config(code, parent).expect("config");
+        }
+        let node = self.deployment.start(code).await.expect("node starts");
+        self.nodes.insert(code.to_owned(), node);
+        &self.nodes[code]
+    }
+
+    fn peer_addr_of(&self, code: &str) -> Option<std::net::SocketAddr> {
+        if let Some(n) = self.nodes.get(code) {
+            return n.peer_addr;
+        }
+        // stopped: read the fixed address back from its config
+        let text = std::fs::read_to_string(self.deployment.config_path(code)).ok()?;
+        let line = text.lines().find(|l| l.starts_with("peer = "))?;
+        line.trim_start_matches("peer = ")
+            .trim_matches('"')
+            .parse()
+            .ok()
+    }
+
+    pub fn running(&self, code: &str) -> &RunningNode {
+        self.nodes
+            .get(code)
+            .unwrap_or_else(|| panic!("node {code} is not running"))
+    }
+
+    pub fn node(&self, code: &str) -> Arc<Node> {
+        self.running(code).node.clone()
+    }
+
+    pub async fn stop(&mut self, code: &str) {
+        self.nodes.remove(code).expect("running").shutdown().await;
+    }
+
+    pub async fn kill(&mut self, code: &str) {
+        self.nodes.remove(code).expect("running").kill().await;
+    }
+
+    /// The deployment folder (configs, stores, PKI).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.deployment.dir
+    }
+
+    pub async fn shutdown(mut self) {
+        let codes: Vec<String> = self.nodes.keys().rev().cloned().collect();
+        for code in codes {
+            self.stop(&code).await;
+        }
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A valid resident payload, `n` making it unique.
+pub fn resident(n: usize) -> civil::v1::Resident {
+    civil::v1::Resident {
+        name: format!("测试居民{n}"),
+        id_number: tiersync::demo::demo_id_number(0, n),
+        address_code: "511102004001".into(),
+        ..Default::default()
+    }
+}
+
+/// Puts a resident at `node` and returns the stored record.
+pub async fn put_resident(node: &Node, n: usize) -> wire::Record {
+    node.put(PutInput {
+        kind: "civil.v1.Resident".into(),
+        payload: resident(n).encode_to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("put resident")
+    .stored
+    .record
+}
+
+pub async fn holds(node: &Node, id: &[u8]) -> bool {
+    node.store.get(id).await.expect("store").is_some()
+}
+
+pub async fn version_at(node: &Node, id: &[u8]) -> Option<u64> {
+    node.store
+        .get(id)
+        .await
+        .expect("store")
+        .map(|s| s.record.version)
+}
+
+/// A record envelope built by hand, as a misbehaving peer would send it.
+pub fn envelope(
+    owner: &str,
+    kind: &str,
+    version: u64,
+    payload: Vec<u8>,
+    up_to: tiersync_proto::types::Tier,
+) -> wire::Record {
+    let scope = wire::Scope {
+        up_to: up_to.to_wire() as i32,
+        down_to: vec![],
+        departments: vec![],
+    };
+    wire::Record {
+        id: RecordId::new().as_bytes().to_vec(),
+        kind: kind.into(),
+        owner: Some(wire::Owner {
+            node: owner.into(),
+            department: String::new(),
+        }),
+        version,
+        updated_at: 1,
+        scope: Some(scope.clone()),
+        deleted: false,
+        payload,
+        keys: vec![],
+        reach: Some(scope),
+        withdrawn: false,
+    }
+}
+
+/// A scripted child: real certificate and TLS, frames written by the test.
+pub struct FakeChild {
+    pub tx: mpsc::Sender<wire::LinkFrame>,
+    pub inbound: Streaming<wire::LinkFrame>,
+    pub parent_hello: wire::Hello,
+}
+
+impl FakeChild {
+    /// Connects as `code` (its certificate issued by the deployment CA) to
+    /// the running parent `parent` and exchanges hellos.
+    pub async fn connect(
+        cluster: &Cluster,
+        code: &str,
+        parent: &str,
+    ) -> Result<FakeChild, tonic::Status> {
+        let channel = fake_channel(cluster, code, parent).await;
+        let mut client = SyncClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(wire::LinkFrame {
+            body: Some(Body::Hello(wire::Hello {
+                protocol: tiersync::sync::PROTOCOL,
+                node: code.into(),
+                applied_through: 0,
+                epoch: "fake-epoch".into(),
+                applied_epoch: String::new(),
+            })),
+        })
+        .await
+        .expect("queue hello");
+        let mut inbound = client.link(ReceiverStream::new(rx)).await?.into_inner();
+        let parent_hello = match inbound.message().await? {
+            Some(wire::LinkFrame {
+                body: Some(Body::Hello(h)),
+            }) => h,
+            other => panic!("expected the parent's hello, got {other:?}"),
+        };
+        Ok(FakeChild {
+            tx,
+            inbound,
+            parent_hello,
+        })
+    }
+
+    /// Sends one batch and waits for its ack (skipping the parent's own
+    /// batches and heartbeats).
+    pub async fn send_batch(
+        &mut self,
+        through_seq: u64,
+        records: Vec<wire::Record>,
+    ) -> Result<wire::Ack, tonic::Status> {
+        self.tx
+            .send(wire::LinkFrame {
+                body: Some(Body::Batch(wire::Batch {
+                    through_seq,
+                    records,
+                    head_seq: through_seq,
+                    sent_at_ms: 0,
+                })),
+            })
+            .await
+            .map_err(|_| tonic::Status::cancelled("link closed"))?;
+        loop {
+            match self.inbound.message().await? {
+                Some(wire::LinkFrame {
+                    body: Some(Body::Ack(ack)),
+                }) => return Ok(ack),
+                Some(wire::LinkFrame {
+                    body: Some(Body::Batch(b)),
+                }) => {
+                    // acknowledge so the parent's window stays open
+                    let _ = self
+                        .tx
+                        .send(wire::LinkFrame {
+                            body: Some(Body::Ack(wire::Ack {
+                                through_seq: b.through_seq,
+                                ..Default::default()
+                            })),
+                        })
+                        .await;
+                }
+                Some(_) => {}
+                None => return Err(tonic::Status::cancelled("parent closed the link")),
+            }
+        }
+    }
+}
+
+/// A mutual-TLS channel to `parent`'s peer port with a fresh certificate
+/// for `code` from the deployment CA.
+pub async fn fake_channel(
+    cluster: &Cluster,
+    code: &str,
+    parent: &str,
+) -> tonic::transport::Channel {
+    let pki = cluster.dir().join("pki");
+    let dc = DivisionCode::parse(code).expect("code");
+    let (cert, key) = tiersync::pki::issue_into_dir(&pki, &dc, 30).expect("issue");
+    let material = TlsMaterial::load(&pki.join("ca.pem"), &cert, &key).expect("tls material");
+    let addr = cluster
+        .running(parent)
+        .peer_addr
+        .expect("parent listens")
+        .to_string();
+    tiersync::tls::connect(
+        &addr,
+        &DivisionCode::parse(parent).expect("code"),
+        material.client_config().expect("client config"),
+    )
+    .await
+    .expect("connect")
+}
+
+/// Sends raw, possibly malformed, gRPC messages on the link method: what no
+/// prost encoder would produce.
+pub async fn raw_link(
+    channel: tonic::transport::Channel,
+    messages: Vec<Bytes>,
+) -> Result<Vec<Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/tiersync.v1.Sync/Link");
+    let stream = tokio_stream::iter(messages);
+    let mut inbound = grpc
+        .streaming(tonic::Request::new(stream), path, RawCodec)
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = inbound.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+pub struct RawEncoder;
+
+#[derive(Debug, Clone, Default)]
+pub struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
