@@ -121,8 +121,10 @@ impl Deployment {
 }
 
 /// Notes when each record first appears at each node.
+type ArrivalMap = HashMap<(String, Vec<u8>), Instant>;
+
 #[derive(Default, Clone)]
-struct Arrivals(Arc<Mutex<HashMap<(String, Vec<u8>), Instant>>>);
+struct Arrivals(Arc<Mutex<ArrivalMap>>);
 
 impl Arrivals {
     fn watch(&self, node: &RunningNode, stop: CancellationToken) {
@@ -472,7 +474,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
             && other_community.node.store.get(&notice_id).await?.is_none(),
     );
     report(
-        format!("the city does not hold it (its scope stops at the county)"),
+        "the city does not hold it (its scope stops at the county)".to_string(),
         city.node.store.get(&notice_id).await?.is_none(),
     );
     report(

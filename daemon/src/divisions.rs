@@ -57,10 +57,11 @@ pub fn parse(csv: &str) -> Result<BTreeMap<DivisionCode, Division>, DivisionsErr
         } else {
             Some(DivisionCode::parse(parent).map_err(|e| err(e.to_string()))?)
         };
-        if parent.is_some() && parent != code.parent() {
+        if let Some(listed) = &parent
+            && Some(listed) != code.parent().as_ref()
+        {
             return Err(err(format!(
-                "`{code}` is listed under `{}` but its code puts it under `{}`",
-                parent.unwrap(),
+                "`{code}` is listed under `{listed}` but its code puts it under `{}`",
                 code.parent().map(|p| p.to_string()).unwrap_or_default()
             )));
         }
