@@ -27,7 +27,6 @@ CREATE TABLE records (
     body       BLOB NOT NULL
 );
 CREATE INDEX records_kind ON records (kind, id);
-CREATE INDEX records_owner ON records (owner, id);
 
 CREATE TABLE natural_keys (
     kind      TEXT NOT NULL,
@@ -36,7 +35,8 @@ CREATE TABLE natural_keys (
     record_id BLOB NOT NULL,
     PRIMARY KEY (kind, name, value, record_id)
 ) WITHOUT ROWID;
-CREATE INDEX natural_keys_record ON natural_keys (record_id);
+-- No index by record_id: a changed record's old keys are deleted by value
+-- (read from its stored body), which keeps the apply path to one index here.
 
 -- Receiver-owned cursors: "applied through N of peer P's log", written in the
 -- same transaction as the records of the batch. The key is the peer's division

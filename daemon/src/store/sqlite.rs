@@ -48,7 +48,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            .pragma("cache_size", "-16000");
+            .pragma("cache_size", "-65536")
+            // Checkpoint less often than every 4 MB: with ~1 MB batches the
+            // default checkpoints every few commits.
+            .pragma("wal_autocheckpoint", "16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -130,22 +133,22 @@ fn id_text(id: &[u8]) -> String {
     }
 }
 
-/// Writes records (new or changed) at the given sequence numbers, replacing
-/// their natural keys.
+/// Writes records (new or changed) at the given sequence numbers. `stale_keys`
+/// are the natural keys of the versions being replaced, to remove first.
 async fn write_records(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[(u64, &wire::Record)],
     via: &str,
-    replaced: &[&[u8]],
+    stale_keys: &[(String, Vec<u8>, wire::NaturalKey)],
 ) -> Result<()> {
-    for chunk in replaced.chunks(CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM natural_keys WHERE record_id IN (");
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.to_vec());
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
+    for (kind, id, key) in stale_keys {
+        sqlx::query("DELETE FROM natural_keys WHERE kind = ?1 AND name = ?2 AND value = ?3 AND record_id = ?4")
+            .bind(kind)
+            .bind(&key.name)
+            .bind(&key.value)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
     }
     for chunk in rows.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -188,6 +191,31 @@ async fn write_records(
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// The natural keys of the stored versions of `ids` (records about to be
+/// replaced).
+async fn stored_keys(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[Vec<u8>],
+) -> Result<Vec<(String, Vec<u8>, wire::NaturalKey)>> {
+    let mut out = Vec::new();
+    for id in ids {
+        let row = sqlx::query("SELECT seq, body FROM records WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row {
+            let seq: i64 = row.get(0);
+            let body: Vec<u8> = row.get(1);
+            let old = wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
+                seq: seq as u64,
+                source,
+            })?;
+            out.extend(old.keys.into_iter().map(|k| (old.kind.clone(), old.id.clone(), k)));
+        }
+    }
+    Ok(out)
 }
 
 async fn quarantine(
@@ -366,8 +394,8 @@ impl Store for SqliteStore {
             }
         }
         let rows: Vec<(u64, &wire::Record)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
-        let replaced_refs: Vec<&[u8]> = replaced.iter().map(|v| v.as_slice()).collect();
-        write_records(&mut tx, &rows, &batch.via, &replaced_refs).await?;
+        let stale_keys = stored_keys(&mut tx, &replaced).await?;
+        write_records(&mut tx, &rows, &batch.via, &stale_keys).await?;
         quarantine(&mut tx, &batch.via, &report.refused).await?;
         if let Some((peer, cursor)) = &batch.cursor {
             sqlx::query(
@@ -433,12 +461,9 @@ impl Store for SqliteStore {
             }
         }
         let seq = writer.next_seq;
-        let replaced: Vec<&[u8]> = if current.is_some() {
-            vec![record.id.as_slice()]
-        } else {
-            vec![]
-        };
-        write_records(&mut tx, &[(seq, &record)], "", &replaced).await?;
+        let replaced = if current.is_some() { vec![record.id.clone()] } else { vec![] };
+        let stale_keys = stored_keys(&mut tx, &replaced).await?;
+        write_records(&mut tx, &[(seq, &record)], "", &stale_keys).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
         Ok(Stored {

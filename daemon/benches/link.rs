@@ -1,0 +1,224 @@
+//! Link benchmark: prints figures, asserts nothing (timing targets belong
+//! here, never in tests).
+//!
+//! 1. Throughput: a community holds a backlog of N records of about 1 KB; its
+//!    street starts empty. Time from the community's start until the street
+//!    has applied all of them, over mutual TLS, SQLite at both ends.
+//! 2. Latency: community → street → county → city with residents put at the
+//!    community at a steady rate; p50/p99 from put to applied at the city.
+//!
+//! `cargo bench -p tiersync --bench link` (env: BENCH_RECORDS, BENCH_RATE,
+//! BENCH_SECONDS).
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tiersync::demo::{Deployment, demo_id_number};
+use tiersync::node::PutInput;
+use tiersync::store::ApplyBatch;
+use tiersync_proto::pb::civil;
+use tiersync_proto::types::{RecordId, Tier};
+use tiersync_proto::wire;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A resident whose notes pad the encoded record to about 1 KB.
+fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey) -> wire::Record {
+    let id_number = demo_id_number(0, n % 2000);
+    let resident = civil::v1::Resident {
+        name: format!("基准居民{n}"),
+        id_number: id_number.clone(),
+        address_code: owner.into(),
+        address: "乐山市市中区大佛街道篦子街".into(),
+        notes: "x".repeat(820),
+        ..Default::default()
+    };
+    let scope = wire::Scope { up_to: Tier::City.to_wire() as i32, down_to: vec![], departments: vec![] };
+    let digest = key.digest(&tiersync_proto::types::ResidentId::parse(&id_number).unwrap());
+    wire::Record {
+        id: RecordId::new().as_bytes().to_vec(),
+        kind: "civil.v1.Resident".into(),
+        owner: Some(wire::Owner { node: owner.into(), department: String::new() }),
+        version: 1,
+        updated_at: 1,
+        scope: Some(scope.clone()),
+        deleted: false,
+        payload: resident.encode_to_vec(),
+        keys: vec![wire::NaturalKey { name: "id_digest".into(), value: digest }],
+        reach: Some(scope),
+        withdrawn: false,
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+async fn throughput(records: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = Deployment::create(dir.path())?;
+    let key_hex = std::fs::read_to_string(dir.path().join("pki/deployment.key"))?;
+    let key = tiersync_proto::types::DigestKey::from_hex(key_hex.trim())?;
+    d.write_config("5111", None)?;
+    let city = d.start("5111").await?;
+    d.write_config("511102", city.peer_addr)?;
+    let county = d.start("511102").await?;
+    d.write_config("511102004", county.peer_addr)?;
+    // The street starts, takes its port, then stops so the backlog can be
+    // loaded into the community while nothing drains it.
+    let street = d.start("511102004").await?;
+    d.write_config("511102004001", street.peer_addr)?;
+    street.shutdown().await;
+    county.shutdown().await;
+    city.shutdown().await;
+
+    let community = d.start("511102004001").await?;
+    let sample = kilobyte_record(0, "511102004001", &key);
+    let load = Instant::now();
+    for chunk in 0..records.div_ceil(1000) {
+        let batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
+            .map(|n| kilobyte_record(n, "511102004001", &key))
+            .collect();
+        community.node.store.apply(ApplyBatch { via: String::new(), cursor: None, records: batch, refused: vec![] }).await?;
+    }
+    let load_s = load.elapsed().as_secs_f64();
+    println!(
+        "backlog: {records} records of {} bytes each loaded into the community in {load_s:.2} s ({:.0}/s)",
+        sample.encoded_len(),
+        records as f64 / load_s
+    );
+    community.shutdown().await;
+
+    // Parent up first, then the child: the clock starts when the child starts.
+    let street = d.start("511102004").await?;
+    let start = Instant::now();
+    let community = d.start("511102004001").await?;
+    let mut head = street.node.subscribe_head();
+    loop {
+        if *head.borrow_and_update() >= records as u64 {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(120), head.changed()).await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rejected = street.node.store.quarantine_count().await?;
+    println!(
+        "link throughput: {records} records caught up over one mutual-TLS link in {secs:.2} s = {:.0} records/s ({:.1} MB/s), {rejected} rejected",
+        records as f64 / secs,
+        records as f64 * sample.encoded_len() as f64 / secs / 1e6
+    );
+    community.shutdown().await;
+    street.shutdown().await;
+    Ok(())
+}
+
+async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = Deployment::create(dir.path())?;
+    d.write_config("5111", None)?;
+    let city = d.start("5111").await?;
+    d.write_config("511102", city.peer_addr)?;
+    let county = d.start("511102").await?;
+    d.write_config("511102004", county.peer_addr)?;
+    let street = d.start("511102004").await?;
+    d.write_config("511102004001", street.peer_addr)?;
+    let community = d.start("511102004001").await?;
+
+    let arrived: Arc<Mutex<HashMap<Vec<u8>, Instant>>> = Arc::default();
+    let watcher = {
+        let node = city.node.clone();
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            let mut head = node.subscribe_head();
+            let mut after = 0;
+            loop {
+                let changes = node.store.changes_after(after, 1000).await.unwrap();
+                if changes.is_empty() {
+                    head.borrow_and_update();
+                    if head.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let now = Instant::now();
+                let mut map = arrived.lock().unwrap();
+                for c in changes {
+                    after = c.seq;
+                    map.insert(c.record.id, now);
+                }
+            }
+        })
+    };
+
+    let total = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut sent: Vec<(Vec<u8>, Instant)> = Vec::with_capacity(total);
+    let begin = Instant::now();
+    let mut puts = tokio::task::JoinSet::new();
+    for n in 0..total {
+        // open loop: each put is issued on schedule, however long earlier
+        // ones take
+        let due = begin + interval * n as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let node = community.node.clone();
+        puts.spawn(async move {
+            let resident = civil::v1::Resident {
+                name: format!("居民{n}"),
+                id_number: demo_id_number(n / 2000, n % 2000),
+                notes: "y".repeat(200),
+                ..Default::default()
+            };
+            let at = Instant::now();
+            let r = node
+                .put(PutInput { kind: "civil.v1.Resident".into(), payload: resident.encode_to_vec(), ..Default::default() })
+                .await
+                .expect("put");
+            (r.stored.record.id, at)
+        });
+        while let Some(done) = puts.try_join_next() {
+            sent.push(done?);
+        }
+    }
+    while let Some(done) = puts.join_next().await {
+        sent.push(done?);
+    }
+    let offered = total as f64 / begin.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrived.lock().unwrap().len() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let map = arrived.lock().unwrap().clone();
+    let mut lat: Vec<Duration> = sent.iter().filter_map(|(id, at)| map.get(id).map(|t| t.saturating_duration_since(*at))).collect();
+    lat.sort();
+    println!(
+        "three-hop latency (community → street → county → city) at {offered:.0} puts/s for {seconds} s: {} of {total} arrived, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    watcher.abort();
+    for n in [community, street, county, city] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        tiersync::tls::install_crypto_provider();
+        let records = env("BENCH_RECORDS", 100_000) as usize;
+        throughput(records).await?;
+        latency(env("BENCH_RATE", 1000), env("BENCH_SECONDS", 10)).await?;
+        anyhow::Ok(())
+    })
+}
