@@ -132,6 +132,8 @@ impl App {
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .initial_stream_window_size(Some(crate::tls::STREAM_WINDOW))
+                .initial_connection_window_size(Some(crate::tls::CONNECTION_WINDOW))
                 .add_service(health_service.clone())
                 .add_service(reflection.clone())
                 .add_service(sync);

@@ -39,6 +39,10 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Channel, Endpoint};
 
+/// HTTP/2 flow-control windows for links (both ends use them).
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
 use crate::pki::{NODE_URI_PREFIX, node_dns_name};
 
 /// How long a TLS handshake may take on the server side before the
@@ -581,7 +585,11 @@ pub async fn connect(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         // The link to a parent is often idle; a dead one should still be
         // noticed before the next sync needs it.
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        // Batches are up to a few MB: with HTTP/2's default 64 KB window a
+        // batch would wait on many window updates.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
 
     let dialer = Arc::new(Dialer {
         host_port,

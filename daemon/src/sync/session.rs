@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tiersync_proto::types::{DivisionCode, HlcTimestamp};
 use tiersync_proto::wire::{self, link_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
@@ -27,6 +27,9 @@ use crate::metrics::LinkLabels;
 use crate::node::Node;
 use crate::route::{self, Delivery, Scope, Toward};
 use crate::status::{LinkState, direction, now_ms};
+
+/// Most records applied in one transaction when batches queue up.
+const COALESCE_RECORDS: usize = 8000;
 
 /// Wire protocol version spoken by this build.
 pub const PROTOCOL: u32 = 1;
@@ -216,14 +219,19 @@ where
     // come from the peer's side of the link.
     let from = toward;
     let mut stall_check = tokio::time::interval(node.tuning.heartbeat);
+    // A frame read ahead while coalescing batches, handled next.
+    let mut pending: Option<Option<Result<wire::LinkFrame, tonic::Status>>> = None;
     loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = stall_check.tick() => {
-                check_stall(node, peer, toward, &labels);
-                continue;
-            }
-            frame = inbound.next() => frame,
+        let frame = match pending.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = stall_check.tick() => {
+                    check_stall(node, peer, toward, &labels);
+                    continue;
+                }
+                frame = inbound.next() => frame,
+            },
         };
         let frame = match frame {
             None => return Err(LinkError::Closed),
@@ -231,7 +239,27 @@ where
             Some(Ok(f)) => f,
         };
         match frame.body {
-            Some(Body::Batch(batch)) => {
+            Some(Body::Batch(first)) => {
+                // Batches already waiting are applied in the same
+                // transaction: a backlog then pays one commit per several
+                // batches, while steady traffic still applies at once.
+                let mut throughs = vec![first.through_seq];
+                let mut batch = first;
+                while batch.records.len() < COALESCE_RECORDS {
+                    match inbound.next().now_or_never() {
+                        Some(Some(Ok(wire::LinkFrame { body: Some(Body::Batch(next)) }))) => {
+                            throughs.push(next.through_seq);
+                            batch.through_seq = next.through_seq;
+                            batch.head_seq = batch.head_seq.max(next.head_seq);
+                            batch.records.extend(next.records);
+                        }
+                        Some(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 let through = batch.through_seq;
                 let head = batch.head_seq.max(through);
                 let received = batch.records.len() as u64;
@@ -275,20 +303,24 @@ where
                     }
                 });
                 update_lag_metrics(node, peer, &labels);
-                let ack = wire::Ack {
-                    through_seq: through,
-                    applied: report.applied.len() as u32,
-                    rejected: report.refused.len() as u32,
-                    rejections,
-                };
-                if outbound
-                    .send(wire::LinkFrame {
-                        body: Some(Body::Ack(ack)),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Err(LinkError::Closed);
+                // One ack per batch received, so the sender's window gets
+                // every slot back; the counts ride on the last.
+                let last = throughs.len() - 1;
+                let mut rejections = Some(rejections);
+                for (i, batch_through) in throughs.into_iter().enumerate() {
+                    let ack = if i == last {
+                        wire::Ack {
+                            through_seq: batch_through,
+                            applied: report.applied.len() as u32,
+                            rejected: report.refused.len() as u32,
+                            rejections: rejections.take().unwrap_or_default(),
+                        }
+                    } else {
+                        wire::Ack { through_seq: batch_through, ..Default::default() }
+                    };
+                    if outbound.send(wire::LinkFrame { body: Some(Body::Ack(ack)) }).await.is_err() {
+                        return Err(LinkError::Closed);
+                    }
                 }
             }
             Some(Body::Ack(ack)) => {
