@@ -620,6 +620,23 @@ impl Node {
             .owner
             .as_ref()
             .is_some_and(|o| o.node == self.code.as_str());
+        if !owned_here && record.kind == KIND_AMENDMENT && !record.payload.is_empty() {
+            // An amendment carries a whole encoded target record: mask that
+            // by the target's kind.
+            record.payload = match wire::Amendment::decode(record.payload.as_slice()) {
+                Ok(mut a) => {
+                    if !a.payload.is_empty() {
+                        a.payload = self
+                            .schemas
+                            .mask(&a.target_kind, &a.payload)
+                            .unwrap_or_default();
+                    }
+                    a.encode_to_vec()
+                }
+                Err(_) => Vec::new(),
+            };
+            return record;
+        }
         if !owned_here && !record.payload.is_empty() && self.schemas.is_canonical(&record.kind) {
             match self.schemas.mask(&record.kind, &record.payload) {
                 Ok(masked) => record.payload = masked,
@@ -656,6 +673,49 @@ fn valid_kind_name(kind: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn amendments_are_masked_by_their_target_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = DivisionCode::parse("5111").unwrap();
+        let store = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("n.db"), &code)
+                .await
+                .unwrap(),
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let key = DigestKey::from_bytes(&[7; 32]).unwrap();
+        let node = Node::new(code, None, store, key, metrics, SyncTuning::default())
+            .await
+            .unwrap();
+        let resident = civil::v1::Resident {
+            name: "张三丰".into(),
+            id_number: "11010519491231002X".into(),
+            ..Default::default()
+        };
+        let amendment = wire::Amendment {
+            target_kind: KIND_RESIDENT.into(),
+            payload: resident.encode_to_vec(),
+            ..Default::default()
+        };
+        let record = wire::Record {
+            kind: KIND_AMENDMENT.into(),
+            owner: Some(wire::Owner {
+                node: "511102004001".into(),
+                department: String::new(),
+            }),
+            payload: amendment.encode_to_vec(),
+            ..Default::default()
+        };
+        let seen = node.for_reader(record);
+        let inner = wire::Amendment::decode(seen.payload.as_slice()).unwrap();
+        let masked = civil::v1::Resident::decode(inner.payload.as_slice()).unwrap();
+        assert_eq!(
+            (masked.name.as_str(), masked.id_number.as_str()),
+            ("张**", "110105********002X")
+        );
+    }
 
     #[test]
     fn kind_names() {
