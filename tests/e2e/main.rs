@@ -3,5 +3,7 @@
 
 mod amend;
 mod chain;
+mod operate;
 mod reject;
 mod scope;
+mod tidy;

@@ -1,0 +1,154 @@
+//! What an operator sees: the admin endpoints and the quarantine.
+
+use std::io::{Read, Write};
+
+use tiersync_e2e::{Cluster, FakeChild, envelope, eventually, holds, put_resident};
+use tiersync_proto::types::Tier;
+use tiersync_proto::wire::{self, local_api_client::LocalApiClient};
+
+/// A plain HTTP GET (the admin listener is plain HTTP on loopback).
+fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_show_links_lag_and_counts() {
+    let cluster = Cluster::with(&["5111", "511102", "511102004", "511102004001"]).await;
+    let r = put_resident(&cluster.node("511102004001"), 1).await;
+    let city = cluster.node("5111");
+    eventually("the resident at the city", || holds(&city, &r.id)).await;
+    let admin = cluster.running("511102").admin_addr.unwrap();
+    let metrics = tokio::task::spawn_blocking(move || get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.0, 200);
+    for needle in [
+        "tiersync_link_up{peer=\"5111\",direction=\"parent\"} 1",
+        "tiersync_link_up{peer=\"511102004\",direction=\"child\"} 1",
+        "tiersync_sync_records_applied_total{kind=\"civil.v1.Resident\"} 1",
+        "tiersync_link_lag_changes",
+        "tiersync_link_lag_seconds",
+        "tiersync_store_head_seq",
+    ] {
+        assert!(
+            metrics.1.contains(needle),
+            "/metrics lacks `{needle}`:\n{}",
+            metrics.1
+        );
+    }
+    let (ready, _) = tokio::task::spawn_blocking(move || get(admin, "/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready, 200);
+    let (page_status, page) = tokio::task::spawn_blocking(move || get(admin, "/"))
+        .await
+        .unwrap();
+    assert_eq!(page_status, 200);
+    assert!(
+        page.contains("tiersync 511102") && page.contains("511102004") && page.contains(">up<"),
+        "{page}"
+    );
+    let (_, json) = tokio::task::spawn_blocking(move || get(admin, "/status.json"))
+        .await
+        .unwrap();
+    assert!(json.contains("\"direction\": \"child\""), "{json}");
+    let (missing, _) = tokio::task::spawn_blocking(move || get(admin, "/nope"))
+        .await
+        .unwrap();
+    assert_eq!(missing, 404);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_records_can_be_listed_and_replayed() {
+    let cluster = Cluster::with(&["5111", "511102", "511102004"]).await;
+    let mut child = FakeChild::connect(&cluster, "511102004001", "511102004")
+        .await
+        .unwrap();
+    let payload = prost::Message::encode_to_vec(&tiersync_e2e::resident(4));
+    let v2 = envelope(
+        "511102004001",
+        "civil.v1.Resident",
+        2,
+        payload.clone(),
+        Tier::City,
+    );
+    let v1 = wire::Record {
+        version: 1,
+        ..v2.clone()
+    };
+    let forged = envelope("511102005001", "civil.v1.Resident", 1, payload, Tier::City);
+    child.send_batch(1, vec![v2]).await.unwrap();
+    let ack = child.send_batch(2, vec![v1, forged]).await.unwrap();
+    assert_eq!(ack.rejected, 2);
+
+    let mut api = LocalApiClient::connect(format!(
+        "http://{}",
+        cluster.running("511102004").api_addr.unwrap()
+    ))
+    .await
+    .unwrap();
+    let list = api
+        .list_quarantine(wire::ListQuarantineRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.entries.len(), 2);
+    let status = api
+        .status(wire::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.quarantined, 2);
+    let stale = list
+        .entries
+        .iter()
+        .find(|e| e.reason.contains("stale"))
+        .unwrap();
+    let forged = list
+        .entries
+        .iter()
+        .find(|e| e.reason.contains("forged"))
+        .unwrap();
+
+    // a forged record stays forged: replay refuses it again, with the reason
+    let again = api
+        .replay_quarantine(wire::ReplayQuarantineRequest { qid: forged.qid })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.applied);
+    assert!(again.reason.contains("forged origin"), "{}", again.reason);
+    // a stale version is superseded by what is held: the entry closes
+    let closed = api
+        .replay_quarantine(wire::ReplayQuarantineRequest { qid: stale.qid })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!closed.applied);
+    assert_eq!(
+        closed.reason,
+        "superseded: version 2 is already held; entry closed"
+    );
+    let list = api
+        .list_quarantine(wire::ListQuarantineRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.entries.len(), 1);
+    let err = api
+        .replay_quarantine(wire::ReplayQuarantineRequest { qid: stale.qid })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    cluster.shutdown().await;
+}
