@@ -77,7 +77,7 @@ impl Deployment {
             ));
         }
         text.push_str(&format!(
-            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\n"
+            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\nstall_secs = 2\n"
         ));
         let path = self.dir.join(format!("{code}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

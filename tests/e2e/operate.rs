@@ -152,3 +152,39 @@ async fn quarantined_records_can_be_listed_and_replayed() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_makes_no_progress_is_reported_stalled() {
+    let cluster = Cluster::with(&["5111", "511102", "511102004"]).await;
+    let child = FakeChild::connect(&cluster, "511102004001", "511102004")
+        .await
+        .unwrap();
+    // The child claims 50 changes and never sends them.
+    child
+        .tx
+        .send(wire::LinkFrame {
+            body: Some(wire::link_frame::Body::Heartbeat(wire::Heartbeat {
+                head_seq: 50,
+                sent_at_ms: 0,
+            })),
+        })
+        .await
+        .unwrap();
+    let street = cluster.node("511102004");
+    eventually("the link reported stalled", || async {
+        street.links.get("511102004001").is_some_and(|l| {
+            l.state == tiersync::status::LinkState::Stalled && l.lag_changes() == 50
+        })
+    })
+    .await;
+    let admin = cluster.running("511102004").admin_addr.unwrap();
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tiersync_link_stalled{peer=\"511102004001\",direction=\"child\"} 1"),
+        "{metrics}"
+    );
+    drop(child);
+    cluster.shutdown().await;
+}
