@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use prost::Message;
-use tiersync_proto::pb::civil;
+use tiersync_proto::pb::{civil, gov, service};
 use tiersync_proto::types::{
     DigestKey, DivisionCode, Hlc, HlcTimestamp, RecordId, ResidentId, Schemas,
 };
@@ -544,20 +544,39 @@ impl Node {
             )));
         }
         if !r.deleted && self.schemas.is_canonical(&r.kind) {
-            self.schemas
-                .validate_payload(&r.kind, &r.payload)
-                .map_err(|e| what(e.to_string()))?;
-            if r.kind == KIND_RESIDENT {
-                let resident = civil::v1::Resident::decode(r.payload.as_slice())
-                    .map_err(|e| what(e.to_string()))?;
-                if !resident.id_number.is_empty() {
-                    ResidentId::parse(&resident.id_number)
-                        .map_err(|e| what(format!("id_number: {e}")))?;
-                }
-            }
+            self.check_payload(&r.kind, &r.payload).map_err(what)?;
         }
         if let Err(e) = self.hlc.observe(HlcTimestamp::from_u64(r.updated_at)) {
             warn!(record = %id, %owner, error = %e, "record clock ahead of ours; not adopted");
+        }
+        Ok(())
+    }
+
+    /// Checks the payload of a canonical kind. Kinds with generated structs
+    /// decode through them (several times faster than the reflective
+    /// decoder, and this runs for every record of every batch); the rest
+    /// through the schema.
+    fn check_payload(&self, kind: &str, payload: &[u8]) -> Result<(), String> {
+        fn decodes<M: Message + Default>(kind: &str, payload: &[u8]) -> Result<M, String> {
+            M::decode(payload).map_err(|e| format!("payload is not a valid `{kind}`: {e}"))
+        }
+        match kind {
+            KIND_RESIDENT => {
+                let resident: civil::v1::Resident = decodes(kind, payload)?;
+                if !resident.id_number.is_empty() {
+                    ResidentId::parse(&resident.id_number)
+                        .map_err(|e| format!("id_number: {e}"))?;
+                }
+            }
+            "civil.v1.Household" => drop(decodes::<civil::v1::Household>(kind, payload)?),
+            "service.v1.Application" => drop(decodes::<service::v1::Application>(kind, payload)?),
+            "gov.v1.Notice" => drop(decodes::<gov::v1::Notice>(kind, payload)?),
+            KIND_AMENDMENT => drop(decodes::<wire::Amendment>(kind, payload)?),
+            KIND_AMENDMENT_RESULT => drop(decodes::<wire::AmendmentResult>(kind, payload)?),
+            _ => self
+                .schemas
+                .validate_payload(kind, payload)
+                .map_err(|e| e.to_string())?,
         }
         Ok(())
     }

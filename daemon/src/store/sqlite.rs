@@ -212,11 +212,16 @@ async fn stored_keys(
         if let Some(row) = row {
             let seq: i64 = row.get(0);
             let body: Vec<u8> = row.get(1);
-            let old = wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
-                seq: seq as u64,
-                source,
-            })?;
-            out.extend(old.keys.into_iter().map(|k| (old.kind.clone(), old.id.clone(), k)));
+            let old =
+                wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
+                    seq: seq as u64,
+                    source,
+                })?;
+            out.extend(
+                old.keys
+                    .into_iter()
+                    .map(|k| (old.kind.clone(), old.id.clone(), k)),
+            );
         }
     }
     Ok(out)
@@ -465,7 +470,11 @@ impl Store for SqliteStore {
             }
         }
         let seq = writer.next_seq;
-        let replaced = if current.is_some() { vec![record.id.clone()] } else { vec![] };
+        let replaced = if current.is_some() {
+            vec![record.id.clone()]
+        } else {
+            vec![]
+        };
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         write_records(&mut tx, &[(seq, &record)], "", &stale_keys).await?;
         tx.commit().await?;

@@ -247,7 +247,9 @@ where
                 let mut batch = first;
                 while batch.records.len() < COALESCE_RECORDS {
                     match inbound.next().now_or_never() {
-                        Some(Some(Ok(wire::LinkFrame { body: Some(Body::Batch(next)) }))) => {
+                        Some(Some(Ok(wire::LinkFrame {
+                            body: Some(Body::Batch(next)),
+                        }))) => {
                             throughs.push(next.through_seq);
                             batch.through_seq = next.through_seq;
                             batch.head_seq = batch.head_seq.max(next.head_seq);
@@ -316,9 +318,18 @@ where
                             rejections: rejections.take().unwrap_or_default(),
                         }
                     } else {
-                        wire::Ack { through_seq: batch_through, ..Default::default() }
+                        wire::Ack {
+                            through_seq: batch_through,
+                            ..Default::default()
+                        }
                     };
-                    if outbound.send(wire::LinkFrame { body: Some(Body::Ack(ack)) }).await.is_err() {
+                    if outbound
+                        .send(wire::LinkFrame {
+                            body: Some(Body::Ack(ack)),
+                        })
+                        .await
+                        .is_err()
+                    {
                         return Err(LinkError::Closed);
                     }
                 }
@@ -394,7 +405,7 @@ fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLa
 /// The form of a record that goes to the peer, if any.
 fn outgoing(
     node: &Node,
-    record: &wire::Record,
+    record: wire::Record,
     peer: &DivisionCode,
     toward: Toward,
 ) -> Option<wire::Record> {
@@ -403,19 +414,16 @@ fn outgoing(
     let reach = Scope::from_wire(&owner, record.reach.as_ref().or(record.scope.as_ref())).ok()?;
     match route::delivery(&scope, &reach, &owner, &node.code, peer, toward) {
         Delivery::Skip => None,
-        Delivery::Full if record.withdrawn => {
-            // We hold only a withdrawal; the peer may hold the record but we
-            // cannot give it what we no longer have. Pass the withdrawal on
-            // only where the peer would need it.
-            None
-        }
-        Delivery::Full => Some(record.clone()),
+        // We hold only a withdrawal; we cannot give the peer what we no
+        // longer have.
+        Delivery::Full if record.withdrawn => None,
+        Delivery::Full => Some(record),
         Delivery::Withdrawal => Some(wire::Record {
             deleted: true,
             withdrawn: true,
             payload: Vec::new(),
             keys: Vec::new(),
-            ..record.clone()
+            ..record
         }),
     }
 }
@@ -471,7 +479,7 @@ async fn send_loop(
         let mut bytes = 0usize;
         let mut through = scanned;
         for change in changes {
-            if let Some(r) = outgoing(&node, &change.record, &peer, toward) {
+            if let Some(r) = outgoing(&node, change.record, &peer, toward) {
                 let len = prost::Message::encoded_len(&r);
                 if !records.is_empty() && bytes + len > batch_bytes {
                     break;
