@@ -24,7 +24,10 @@ use tiersync_proto::types::{RecordId, Tier};
 use tiersync_proto::wire;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A resident whose notes pad the encoded record to about 1 KB.
@@ -38,18 +41,28 @@ fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey
         notes: "x".repeat(820),
         ..Default::default()
     };
-    let scope = wire::Scope { up_to: Tier::City.to_wire() as i32, down_to: vec![], departments: vec![] };
+    let scope = wire::Scope {
+        up_to: Tier::City.to_wire() as i32,
+        down_to: vec![],
+        departments: vec![],
+    };
     let digest = key.digest(&tiersync_proto::types::ResidentId::parse(&id_number).unwrap());
     wire::Record {
         id: RecordId::new().as_bytes().to_vec(),
         kind: "civil.v1.Resident".into(),
-        owner: Some(wire::Owner { node: owner.into(), department: String::new() }),
+        owner: Some(wire::Owner {
+            node: owner.into(),
+            department: String::new(),
+        }),
         version: 1,
         updated_at: 1,
         scope: Some(scope.clone()),
         deleted: false,
         payload: resident.encode_to_vec(),
-        keys: vec![wire::NaturalKey { name: "id_digest".into(), value: digest }],
+        keys: vec![wire::NaturalKey {
+            name: "id_digest".into(),
+            value: digest,
+        }],
         reach: Some(scope),
         withdrawn: false,
     }
@@ -59,7 +72,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64()
+        * 1000.0
 }
 
 async fn throughput(records: usize) -> anyhow::Result<()> {
@@ -87,7 +101,16 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
         let batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
             .map(|n| kilobyte_record(n, "511102004001", &key))
             .collect();
-        community.node.store.apply(ApplyBatch { via: String::new(), cursor: None, records: batch, refused: vec![] }).await?;
+        community
+            .node
+            .store
+            .apply(ApplyBatch {
+                via: String::new(),
+                cursor: None,
+                records: batch,
+                refused: vec![],
+            })
+            .await?;
     }
     let load_s = load.elapsed().as_secs_f64();
     println!(
@@ -178,7 +201,11 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
             };
             let at = Instant::now();
             let r = node
-                .put(PutInput { kind: "civil.v1.Resident".into(), payload: resident.encode_to_vec(), ..Default::default() })
+                .put(PutInput {
+                    kind: "civil.v1.Resident".into(),
+                    payload: resident.encode_to_vec(),
+                    ..Default::default()
+                })
                 .await
                 .expect("put");
             (r.stored.record.id, at)
@@ -196,7 +223,10 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let map = arrived.lock().unwrap().clone();
-    let mut lat: Vec<Duration> = sent.iter().filter_map(|(id, at)| map.get(id).map(|t| t.saturating_duration_since(*at))).collect();
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, at)| map.get(id).map(|t| t.saturating_duration_since(*at)))
+        .collect();
     lat.sort();
     println!(
         "three-hop latency (community → street → county → city) at {offered:.0} puts/s for {seconds} s: {} of {total} arrived, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -213,7 +243,9 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         tiersync::tls::install_crypto_provider();
         let records = env("BENCH_RECORDS", 100_000) as usize;
