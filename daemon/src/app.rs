@@ -51,30 +51,7 @@ impl App {
     /// Builds every part of a node from its config and starts it. Listeners
     /// bind before this returns, so a `:0` port is known to the caller.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
-        crate::tls::install_crypto_provider();
-        let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
-        if tls.own_code() != &config.code {
-            anyhow::bail!(
-                "the certificate {} is for node `{}`, but node.code is `{}`; issue one for `{}` with `tiersync pki issue --code {}`",
-                config.tls.cert.display(),
-                tls.own_code(),
-                config.code,
-                config.code,
-                config.code
-            );
-        }
-        let key_hex = std::fs::read_to_string(&config.digest_key_file).with_context(|| {
-            format!(
-                "cannot read deployment.digest_key_file {}",
-                config.digest_key_file.display()
-            )
-        })?;
-        let digest_key = DigestKey::from_hex(key_hex.trim()).with_context(|| {
-            format!(
-                "deployment.digest_key_file {}",
-                config.digest_key_file.display()
-            )
-        })?;
+        let (tls, digest_key) = load_material(&config)?;
         if let Some(dir) = config.storage.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -212,6 +189,38 @@ impl App {
             tasks,
         })
     }
+}
+
+/// Loads and checks the files a node's config points at: its TLS material
+/// (the certificate must be for this node's code and chain to the CA) and
+/// the deployment secret. `check-config` runs this too, so `ExecStartPre`
+/// catches what `serve` would fail on.
+pub fn load_material(config: &NodeConfig) -> anyhow::Result<(TlsMaterial, DigestKey)> {
+    crate::tls::install_crypto_provider();
+    let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+    if tls.own_code() != &config.code {
+        anyhow::bail!(
+            "the certificate {} is for node `{}`, but node.code is `{}`; issue one for `{}` with `tiersync pki issue --code {}`",
+            config.tls.cert.display(),
+            tls.own_code(),
+            config.code,
+            config.code,
+            config.code
+        );
+    }
+    let key_hex = std::fs::read_to_string(&config.digest_key_file).with_context(|| {
+        format!(
+            "cannot read deployment.digest_key_file {}",
+            config.digest_key_file.display()
+        )
+    })?;
+    let digest_key = DigestKey::from_hex(key_hex.trim()).with_context(|| {
+        format!(
+            "deployment.digest_key_file {}",
+            config.digest_key_file.display()
+        )
+    })?;
+    Ok((tls, digest_key))
 }
 
 impl RunningNode {

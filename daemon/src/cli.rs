@@ -188,6 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = NodeConfig::load(&config, &environment())?;
+            crate::app::load_material(&c).with_context(|| format!("{}", config.display()))?;
             println!(
                 "{}: ok ({} node `{}`{})",
                 config.display(),

@@ -352,6 +352,22 @@ impl RawConfig {
         let listen_api = addr("listen.api", self.listen.api);
         let listen_admin = addr("listen.admin", self.listen.admin);
 
+        if let Some(code) = &code {
+            match (code.tier(), listen_peer) {
+                (Tier::Community, Some(addr)) => issue(
+                    "listen.peer",
+                    format!(
+                        "`{addr}`: node `{code}` is a community and has no children to listen for; remove listen.peer"
+                    ),
+                ),
+                (tier, None) if tier != Tier::Community => issue(
+                    "listen.peer",
+                    format!("missing; a {tier} node listens for its children, e.g. `0.0.0.0:7400`"),
+                ),
+                _ => {}
+            }
+        }
+
         let parent = match (&code, self.parent) {
             (Some(code), parent) => {
                 let expected = code.parent();
@@ -617,7 +633,10 @@ digest_key_file = "pki/deployment.key"
             .replace("tier = \"community\"", "tier = \"city\"");
         assert_eq!(
             validate(&city).unwrap_err(),
-            vec!["`parent`: node `5111` is a city, the root of a deployment, and has no parent; remove the [parent] table".to_owned()]
+            vec![
+                "`listen.peer`: missing; a city node listens for its children, e.g. `0.0.0.0:7400`".to_owned(),
+                "`parent`: node `5111` is a city, the root of a deployment, and has no parent; remove the [parent] table".to_owned(),
+            ]
         );
     }
 

@@ -57,63 +57,74 @@ impl Metrics {
             head_seq: Gauge::default(),
             quarantined: Gauge::default(),
         };
-        let sync = registry.sub_registry_with_prefix("tiersync");
-        sync.register(
+        // Series an alert compares against exist from the start, at zero.
+        let schemas = Schemas::global();
+        for kind in schemas
+            .canonical_kinds()
+            .into_iter()
+            .chain(["other".to_owned()])
+        {
+            let labels = KindLabels { kind };
+            m.applied.get_or_create(&labels);
+            m.rejected.get_or_create(&labels);
+        }
+        let tiersync = registry.sub_registry_with_prefix("tiersync");
+        tiersync.register(
             "link_up",
             "1 while the link to a direct peer has a session",
             m.link_up.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_stalled",
             "1 while a link has lag but made no progress for sync.stall_secs",
             m.link_stalled.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_lag_changes",
             "Changes in the peer's log not yet applied here",
             m.link_lag_changes.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_lag_seconds",
             "Age of the newest change applied from the peer while behind; 0 when caught up",
             m.link_lag_seconds.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_records_sent",
             "Records sent to the peer",
             m.link_sent.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_records_received",
             "Records received from the peer",
             m.link_received.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_sessions",
             "Link sessions established",
             m.link_sessions.clone(),
         );
-        sync.register(
+        tiersync.register(
             "link_errors",
             "Link sessions that ended in an error",
             m.link_errors.clone(),
         );
-        sync.register(
+        tiersync.register(
             "sync_records_applied",
             "Records applied, by kind",
             m.applied.clone(),
         );
-        sync.register(
+        tiersync.register(
             "sync_records_rejected",
             "Records rejected and quarantined, by kind",
             m.rejected.clone(),
         );
-        sync.register(
+        tiersync.register(
             "store_head_seq",
             "Newest sequence number in this node's change log",
             m.head_seq.clone(),
         );
-        sync.register(
+        tiersync.register(
             "store_quarantined_records",
             "Records waiting in quarantine",
             m.quarantined.clone(),

@@ -113,6 +113,16 @@ impl Sync for SyncService {
             .await
             {
                 Ok(()) | Err(LinkError::Closed) => info!(peer = %peer, "child session ended"),
+                // The connection went away (child stopped, killed, network cut):
+                // routine for a link, not a fault of this node.
+                Err(LinkError::Peer(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
+                    ) =>
+                {
+                    info!(peer = %peer, reason = %status.message(), "child disconnected")
+                }
                 Err(error) => warn!(peer = %peer, %error, "child session failed"),
             }
         });

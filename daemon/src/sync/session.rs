@@ -42,7 +42,7 @@ pub enum LinkError {
     Protocol { peer: String, reason: String },
     #[error("store error: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot reach the parent at {address}: {reason}")]
+    #[error("cannot reach the parent: {reason}")]
     Connect { address: String, reason: String },
     #[error("session closed")]
     Closed,
