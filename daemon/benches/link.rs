@@ -81,19 +81,16 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
     let d = Deployment::create(dir.path())?;
     let key_hex = std::fs::read_to_string(dir.path().join("pki/deployment.key"))?;
     let key = tiersync_proto::types::DigestKey::from_hex(key_hex.trim())?;
-    d.write_config("5111", None)?;
-    let city = d.start("5111").await?;
-    d.write_config("511102", city.peer_addr)?;
-    let county = d.start("511102").await?;
-    d.write_config("511102004", county.peer_addr)?;
-    // The street starts, takes its port, then stops so the backlog can be
-    // loaded into the community while nothing drains it.
-    let street = d.start("511102004").await?;
-    d.write_config("511102004001", street.peer_addr)?;
-    street.shutdown().await;
-    county.shutdown().await;
-    city.shutdown().await;
-
+    // Start the chain once so every node has its port, then stop it so the
+    // backlog can be loaded into the community while nothing drains it.
+    for node in d
+        .start_all(&["5111", "511102", "511102004", "511102004001"])
+        .await?
+        .into_iter()
+        .rev()
+    {
+        node.shutdown().await;
+    }
     let community = d.start("511102004001").await?;
     let sample = kilobyte_record(0, "511102004001", &key);
     let load = Instant::now();
@@ -146,14 +143,16 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
 async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = Deployment::create(dir.path())?;
-    d.write_config("5111", None)?;
-    let city = d.start("5111").await?;
-    d.write_config("511102", city.peer_addr)?;
-    let county = d.start("511102").await?;
-    d.write_config("511102004", county.peer_addr)?;
-    let street = d.start("511102004").await?;
-    d.write_config("511102004001", street.peer_addr)?;
-    let community = d.start("511102004001").await?;
+    let mut chain = d
+        .start_all(&["5111", "511102", "511102004", "511102004001"])
+        .await?
+        .into_iter();
+    let (city, county, street, community) = (
+        chain.next().expect("city"),
+        chain.next().expect("county"),
+        chain.next().expect("street"),
+        chain.next().expect("community"),
+    );
 
     let arrived: Arc<Mutex<HashMap<Vec<u8>, Instant>>> = Arc::default();
     let watcher = {

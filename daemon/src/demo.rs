@@ -114,6 +114,28 @@ impl Deployment {
         Ok(node)
     }
 
+    /// Writes configs for and starts `codes` in order, each child pointed at
+    /// its parent, which must come earlier in the list (the city first).
+    pub async fn start_all(&self, codes: &[&str]) -> anyhow::Result<Vec<RunningNode>> {
+        let mut started: Vec<RunningNode> = Vec::with_capacity(codes.len());
+        for code in codes {
+            let parent = DivisionCode::parse(code)?.parent();
+            let parent_addr = match &parent {
+                None => None,
+                Some(p) => started
+                    .iter()
+                    .find(|n| &n.node.code == p)
+                    .and_then(|n| n.peer_addr),
+            };
+            if parent.is_some() && parent_addr.is_none() {
+                bail!("start the parent of {code} before it");
+            }
+            self.write_config(code, parent_addr)?;
+            started.push(self.start(code).await?);
+        }
+        Ok(started)
+    }
+
     /// Path of the config written for `code`.
     pub fn config_path(&self, code: &str) -> PathBuf {
         self.dir.join(format!("{code}.toml"))
@@ -259,21 +281,24 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     );
 
     // Top down, so each child knows its parent's address.
-    deployment.write_config(CITY, None)?;
-    let city = deployment.start(CITY).await?;
-    deployment.write_config(COUNTY, city.peer_addr)?;
-    let county = deployment.start(COUNTY).await?;
-    deployment.write_config(STREET, county.peer_addr)?;
-    let mut street = Some(deployment.start(STREET).await?);
-    deployment.write_config(OTHER_STREET, county.peer_addr)?;
-    let other_street = deployment.start(OTHER_STREET).await?;
-    let mut communities = Vec::new();
-    for code in COMMUNITIES {
-        deployment.write_config(code, street.as_ref().expect("up").peer_addr)?;
-        communities.push(deployment.start(code).await?);
-    }
-    deployment.write_config(OTHER_COMMUNITY, other_street.peer_addr)?;
-    let other_community = deployment.start(OTHER_COMMUNITY).await?;
+    let mut nodes = deployment
+        .start_all(&[
+            CITY,
+            COUNTY,
+            STREET,
+            OTHER_STREET,
+            COMMUNITIES[0],
+            COMMUNITIES[1],
+            COMMUNITIES[2],
+            OTHER_COMMUNITY,
+        ])
+        .await?
+        .into_iter();
+    let mut next = || nodes.next().expect("one node per code");
+    let (city, county, street, other_street) = (next(), next(), next(), next());
+    let mut street = Some(street);
+    let communities = vec![next(), next(), next()];
+    let other_community = next();
     for (code, tier) in [
         (CITY, "city"),
         (COUNTY, "county"),

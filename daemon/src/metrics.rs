@@ -65,8 +65,8 @@ impl Metrics {
             .chain(["other".to_owned()])
         {
             let labels = KindLabels { kind };
-            m.applied.get_or_create(&labels);
-            m.rejected.get_or_create(&labels);
+            m.applied.get_or_create(&labels).inc_by(0);
+            m.rejected.get_or_create(&labels).inc_by(0);
         }
         let tiersync = registry.sub_registry_with_prefix("tiersync");
         tiersync.register(

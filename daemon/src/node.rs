@@ -243,26 +243,21 @@ impl Node {
         } else {
             input.id
         };
-        let record = wire::Record {
-            id,
-            kind: input.kind,
-            owner: Some(wire::Owner {
-                node: self.code.to_string(),
-                department: input.department,
-            }),
-            version: 0,
-            updated_at: self.hlc.now().as_u64(),
-            scope: Some(scope.to_wire()),
-            deleted: input.delete,
-            payload: if input.delete {
-                Vec::new()
-            } else {
-                input.payload
-            },
-            keys,
-            reach: Some(reach.to_wire()),
-            withdrawn: false,
+        let payload = if input.delete {
+            Vec::new()
+        } else {
+            input.payload
         };
+        let mut record = self.own_record(
+            id,
+            input.kind,
+            input.department,
+            &scope,
+            &reach,
+            payload,
+            keys,
+        );
+        record.deleted = input.delete;
         let stored = self
             .store
             .put_local(LocalWrite {
@@ -278,6 +273,37 @@ impl Node {
             stored,
             amendment: false,
         })
+    }
+
+    /// A new version of a record this node owns, before the store assigns its
+    /// version: the one place owner-created envelopes are made.
+    #[allow(clippy::too_many_arguments)]
+    fn own_record(
+        &self,
+        id: Vec<u8>,
+        kind: String,
+        department: String,
+        scope: &Scope,
+        reach: &Scope,
+        payload: Vec<u8>,
+        keys: Vec<wire::NaturalKey>,
+    ) -> wire::Record {
+        wire::Record {
+            id,
+            kind,
+            owner: Some(wire::Owner {
+                node: self.code.to_string(),
+                department,
+            }),
+            version: 0,
+            updated_at: self.hlc.now().as_u64(),
+            scope: Some(scope.to_wire()),
+            deleted: false,
+            payload,
+            keys,
+            reach: Some(reach.to_wire()),
+            withdrawn: false,
+        }
     }
 
     /// Natural keys the node derives from a payload: for a resident, the
@@ -331,25 +357,19 @@ impl Node {
             delete: input.delete,
             reason: input.reason,
         };
-        let record = wire::Record {
-            id: RecordId::new().as_bytes().to_vec(),
-            kind: KIND_AMENDMENT.into(),
-            owner: Some(wire::Owner {
-                node: self.code.to_string(),
-                department: input.department,
-            }),
-            version: 0,
-            updated_at: self.hlc.now().as_u64(),
-            scope: Some(scope.to_wire()),
-            deleted: false,
-            payload: amendment.encode_to_vec(),
-            keys: vec![wire::NaturalKey {
-                name: KEY_TARGET_OWNER.into(),
-                value: owner.to_string(),
-            }],
-            reach: Some(scope.to_wire()),
-            withdrawn: false,
-        };
+        let keys = vec![wire::NaturalKey {
+            name: KEY_TARGET_OWNER.into(),
+            value: owner.to_string(),
+        }];
+        let record = self.own_record(
+            RecordId::new().as_bytes().to_vec(),
+            KIND_AMENDMENT.into(),
+            input.department,
+            &scope,
+            &scope,
+            amendment.encode_to_vec(),
+            keys,
+        );
         let stored = self
             .store
             .put_local(LocalWrite {
@@ -425,25 +445,19 @@ impl Node {
                 new_version,
                 reason,
             };
-            let answer = wire::Record {
-                id: RecordId::new().as_bytes().to_vec(),
-                kind: KIND_AMENDMENT_RESULT.into(),
-                owner: Some(wire::Owner {
-                    node: self.code.to_string(),
-                    department: String::new(),
-                }),
-                version: 0,
-                updated_at: self.hlc.now().as_u64(),
-                scope: Some(scope.to_wire()),
-                deleted: false,
-                payload: result.encode_to_vec(),
-                keys: vec![wire::NaturalKey {
-                    name: KEY_AMENDMENT_ID.into(),
-                    value: hex::encode(&record.id),
-                }],
-                reach: Some(scope.to_wire()),
-                withdrawn: false,
-            };
+            let keys = vec![wire::NaturalKey {
+                name: KEY_AMENDMENT_ID.into(),
+                value: hex::encode(&record.id),
+            }];
+            let answer = self.own_record(
+                RecordId::new().as_bytes().to_vec(),
+                KIND_AMENDMENT_RESULT.into(),
+                String::new(),
+                &scope,
+                &scope,
+                result.encode_to_vec(),
+                keys,
+            );
             let stored = self
                 .store
                 .put_local(LocalWrite {

@@ -48,7 +48,7 @@ pub async fn parent_link(
     // The parent link's series exist before the first session, so a node
     // that never reaches its parent shows `link_up 0`, not nothing.
     node.metrics.link_up.get_or_create(&labels).set(0);
-    node.metrics.link_errors.get_or_create(&labels);
+    node.metrics.link_errors.get_or_create(&labels).inc_by(0);
     loop {
         node.links
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
