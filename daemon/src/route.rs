@@ -24,6 +24,9 @@ use tiersync_proto::wire;
 pub struct Scope {
     pub up_to: Option<Tier>,
     pub down_to: Vec<DivisionCode>,
+    /// Departments that may read the record through an adapter. Routing
+    /// between nodes does not depend on them; they travel with the record.
+    pub departments: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,10 @@ pub enum ScopeError {
         owner: DivisionCode,
         up_to: String,
     },
+    #[error(
+        "scope.departments entry `{0}` is not a department name (1 to 64 printable characters)"
+    )]
+    BadDepartment(String),
     #[error("reach does not cover the scope: {0}")]
     ReachTooNarrow(String),
 }
@@ -59,6 +66,7 @@ impl Scope {
         Scope {
             up_to: None,
             down_to: Vec::new(),
+            departments: Vec::new(),
         }
     }
 
@@ -66,6 +74,7 @@ impl Scope {
         Scope {
             up_to: Some(tier),
             down_to: Vec::new(),
+            departments: Vec::new(),
         }
     }
 
@@ -111,14 +120,27 @@ impl Scope {
         }
         down_to.sort();
         down_to.dedup();
-        Ok(Scope { up_to, down_to })
+        let mut departments = Vec::with_capacity(scope.departments.len());
+        for d in &scope.departments {
+            if d.trim().is_empty() || d.chars().count() > 64 || d.chars().any(char::is_control) {
+                return Err(ScopeError::BadDepartment(d.clone()));
+            }
+            departments.push(d.clone());
+        }
+        departments.sort();
+        departments.dedup();
+        Ok(Scope {
+            up_to,
+            down_to,
+            departments,
+        })
     }
 
     pub fn to_wire(&self) -> wire::Scope {
         wire::Scope {
             up_to: self.up_to.map_or(0, |t| t.to_wire() as i32),
             down_to: self.down_to.iter().map(|c| c.to_string()).collect(),
-            departments: Vec::new(),
+            departments: self.departments.clone(),
         }
     }
 
@@ -141,9 +163,18 @@ impl Scope {
         let mut down_to: Vec<_> = self.down_to.iter().chain(&other.down_to).cloned().collect();
         down_to.sort();
         down_to.dedup();
+        let mut departments: Vec<_> = self
+            .departments
+            .iter()
+            .chain(&other.departments)
+            .cloned()
+            .collect();
+        departments.sort();
+        departments.dedup();
         Scope {
             up_to: self.up_to.max(other.up_to),
             down_to,
+            departments,
         }
     }
 
@@ -282,7 +313,11 @@ pub fn point_to_point(from: &DivisionCode, to: &DivisionCode) -> Option<Scope> {
     } else {
         vec![to.clone()]
     };
-    Some(Scope { up_to, down_to })
+    Some(Scope {
+        up_to,
+        down_to,
+        departments: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -298,6 +333,7 @@ mod tests {
         Scope {
             up_to,
             down_to: down_to.iter().map(|s| c(s)).collect(),
+            departments: vec![],
         }
     }
 
@@ -359,6 +395,32 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "scope.down_to entry `51x`: division code `51x` contains `x`; it must be decimal digits only"
+        );
+    }
+
+    #[test]
+    fn departments_travel_with_the_scope() {
+        let owner = c("511102004001");
+        let w = wire::Scope {
+            up_to: Tier::City.to_wire() as i32,
+            down_to: vec![],
+            departments: vec!["民政局".into(), "civil-affairs".into(), "民政局".into()],
+        };
+        let s = Scope::from_wire(&owner, Some(&w)).unwrap();
+        assert_eq!(
+            s.departments,
+            vec!["civil-affairs".to_owned(), "民政局".to_owned()]
+        );
+        assert_eq!(s.to_wire().departments, s.departments);
+        let bad = wire::Scope {
+            departments: vec![" ".into()],
+            ..w
+        };
+        assert_eq!(
+            Scope::from_wire(&owner, Some(&bad))
+                .unwrap_err()
+                .to_string(),
+            "scope.departments entry ` ` is not a department name (1 to 64 printable characters)"
         );
     }
 
@@ -476,7 +538,7 @@ mod tests {
             prop_assume!(up_to.is_none_or(|t| t >= owner.tier()));
             let top = top_of(&owner, up_to);
             let down_to: Vec<_> = targets.iter().map(|i| nodes[*i].clone()).filter(|p| top.contains(p)).collect();
-            let s = Scope { up_to, down_to };
+            let s = Scope { up_to, down_to, departments: vec![] };
             let mut held = vec![owner.clone()];
             let mut frontier = vec![owner.clone()];
             while let Some(node) = frontier.pop() {
