@@ -59,10 +59,14 @@ fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey
         scope: Some(scope.clone()),
         deleted: false,
         payload: resident.encode_to_vec(),
-        keys: vec![wire::NaturalKey {
-            name: "id_digest".into(),
-            value: digest,
-        }],
+        keys: if std::env::var("BENCH_NOKEYS").is_ok() {
+            vec![]
+        } else {
+            vec![wire::NaturalKey {
+                name: "id_digest".into(),
+                value: digest,
+            }]
+        },
         reach: Some(scope),
         withdrawn: false,
     }

@@ -28,15 +28,18 @@ CREATE TABLE records (
 );
 CREATE INDEX records_kind ON records (kind, id);
 
+-- Natural keys (e.g. a resident's keyed ID-number digest) index records by
+-- an 8-byte hash of (kind, name, value) and the record's current seq. The
+-- entry is ~15 bytes instead of the key itself: digests are random, so every
+-- insert lands on a random page, and a small index keeps the pages a batch
+-- dirties (and writes to the WAL) few. Measured: with full keys in the index
+-- the apply rate halved. Lookups check the key on the record itself, so a
+-- hash collision never returns a wrong record.
 CREATE TABLE natural_keys (
-    kind      TEXT NOT NULL,
-    name      TEXT NOT NULL,
-    value     TEXT NOT NULL,
-    record_id BLOB NOT NULL,
-    PRIMARY KEY (kind, name, value, record_id)
+    key_hash   INTEGER NOT NULL,
+    record_seq INTEGER NOT NULL,
+    PRIMARY KEY (key_hash, record_seq)
 ) WITHOUT ROWID;
--- No index by record_id: a changed record's old keys are deleted by value
--- (read from its stored body), which keeps the apply path to one index here.
 
 -- Receiver-owned cursors: "applied through N of peer P's log", written in the
 -- same transaction as the records of the batch. The key is the peer's division

@@ -137,20 +137,37 @@ fn id_text(id: &[u8]) -> String {
     }
 }
 
-/// Writes records (new or changed) at the given sequence numbers. `stale_keys`
-/// are the natural keys of the versions being replaced, to remove first.
+/// The index hash of a natural key: the first 8 bytes of
+/// SHA-256(kind NUL name NUL value). Persisted: never change it.
+pub(crate) fn key_hash(kind: &str, name: &str, value: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(value.as_bytes());
+    let digest = h.finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+fn has_key(r: &wire::Record, kind: &str, name: &str, value: &str) -> bool {
+    r.kind == kind && r.keys.iter().any(|k| k.name == name && k.value == value)
+}
+
+/// Writes records (new or changed) at the given sequence numbers.
+/// `stale_keys` are the index entries (hash, old seq) of the versions being
+/// replaced, removed first.
 async fn write_records(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[(u64, &wire::Record)],
     via: &str,
-    stale_keys: &[(String, Vec<u8>, wire::NaturalKey)],
+    stale_keys: &[(i64, i64)],
 ) -> Result<()> {
-    for (kind, id, key) in stale_keys {
-        sqlx::query("DELETE FROM natural_keys WHERE kind = ?1 AND name = ?2 AND value = ?3 AND record_id = ?4")
-            .bind(kind)
-            .bind(&key.name)
-            .bind(&key.value)
-            .bind(id)
+    for (hash, seq) in stale_keys {
+        sqlx::query("DELETE FROM natural_keys WHERE key_hash = ?1 AND record_seq = ?2")
+            .bind(hash)
+            .bind(seq)
             .execute(&mut **tx)
             .await?;
     }
@@ -177,20 +194,21 @@ async fn write_records(
         );
         q.build().execute(&mut **tx).await?;
     }
-    let keys: Vec<(&wire::Record, &wire::NaturalKey)> = rows
+    let keys: Vec<(i64, i64)> = rows
         .iter()
         .filter(|(_, r)| !r.deleted)
-        .flat_map(|(_, r)| r.keys.iter().map(move |k| (*r, k)))
+        .flat_map(|(seq, r)| {
+            r.keys
+                .iter()
+                .map(move |k| (key_hash(&r.kind, &k.name, &k.value), *seq as i64))
+        })
         .collect();
     for chunk in keys.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO natural_keys (kind, name, value, record_id) ",
+            "INSERT OR IGNORE INTO natural_keys (key_hash, record_seq) ",
         );
-        q.push_values(chunk, |mut b, (r, k)| {
-            b.push_bind(r.kind.clone())
-                .push_bind(k.name.clone())
-                .push_bind(k.value.clone())
-                .push_bind(r.id.clone());
+        q.push_values(chunk, |mut b, (hash, seq)| {
+            b.push_bind(*hash).push_bind(*seq);
         });
         q.build().execute(&mut **tx).await?;
     }
@@ -199,10 +217,7 @@ async fn write_records(
 
 /// The natural keys of the stored versions of `ids` (records about to be
 /// replaced).
-async fn stored_keys(
-    tx: &mut Transaction<'_, Sqlite>,
-    ids: &[Vec<u8>],
-) -> Result<Vec<(String, Vec<u8>, wire::NaturalKey)>> {
+async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
     for id in ids {
         let row = sqlx::query("SELECT seq, body FROM records WHERE id = ?1")
@@ -219,8 +234,8 @@ async fn stored_keys(
                 })?;
             out.extend(
                 old.keys
-                    .into_iter()
-                    .map(|k| (old.kind.clone(), old.id.clone(), k)),
+                    .iter()
+                    .map(|k| (key_hash(&old.kind, &k.name, &k.value), seq)),
             );
         }
     }
@@ -271,15 +286,20 @@ impl Store for SqliteStore {
 
     async fn lookup(&self, kind: &str, name: &str, value: &str) -> Result<Vec<Stored>> {
         let rows = sqlx::query(
-            "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.id = k.record_id \
-             WHERE k.kind = ?1 AND k.name = ?2 AND k.value = ?3 AND r.deleted = 0 ORDER BY r.id",
+            "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
+             WHERE k.key_hash = ?1 AND r.deleted = 0 ORDER BY r.id",
         )
-        .bind(kind)
-        .bind(name)
-        .bind(value)
+        .bind(key_hash(kind, name, value))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored).collect()
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let s = stored(row)?;
+            if has_key(&s.record, kind, name, value) {
+                found.push(s);
+            }
+        }
+        Ok(found)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Stored>> {
@@ -450,22 +470,23 @@ impl Store for SqliteStore {
         record.version = write.expected_version + 1;
         if write.unique_keys && !record.deleted {
             for key in &record.keys {
-                let existing: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT k.record_id FROM natural_keys k JOIN records r ON r.id = k.record_id \
-                     WHERE k.kind = ?1 AND k.name = ?2 AND k.value = ?3 AND k.record_id <> ?4 AND r.deleted = 0 LIMIT 1",
+                let rows = sqlx::query(
+                    "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
+                     WHERE k.key_hash = ?1 AND r.id <> ?2 AND r.deleted = 0",
                 )
-                .bind(&record.kind)
-                .bind(&key.name)
-                .bind(&key.value)
+                .bind(key_hash(&record.kind, &key.name, &key.value))
                 .bind(&record.id)
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                if let Some(existing) = existing {
-                    return Err(StoreError::DuplicateKey {
-                        kind: record.kind.clone(),
-                        key: key.name.clone(),
-                        existing: id_text(&existing),
-                    });
+                for row in &rows {
+                    let other = stored(row)?;
+                    if has_key(&other.record, &record.kind, &key.name, &key.value) {
+                        return Err(StoreError::DuplicateKey {
+                            kind: record.kind.clone(),
+                            key: key.name.clone(),
+                            existing: id_text(&other.record.id),
+                        });
+                    }
                 }
             }
         }

@@ -260,3 +260,46 @@ async fn sqlite_store_refuses_another_nodes_file_and_keeps_its_epoch() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sqlite_lookup_checks_the_key_on_the_record_not_just_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("node.db"), &code("511102"))
+        .await
+        .unwrap();
+    store
+        .apply(batch(vec![record(1, 1, "511102004001")], 1))
+        .await
+        .unwrap();
+    // Plant an index entry, as a hash collision would, that points the hash
+    // of another key at record 1.
+    let planted = super::sqlite::key_hash("civil.v1.Resident", "id_digest", "someone-else");
+    sqlx::query("INSERT INTO natural_keys (key_hash, record_seq) VALUES (?1, 1)")
+        .bind(planted)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .lookup("civil.v1.Resident", "id_digest", "someone-else")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .lookup("civil.v1.Resident", "id_digest", "d1")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // the same value under another kind is another key
+    assert!(
+        store
+            .lookup("civil.v1.Household", "id_digest", "d1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
