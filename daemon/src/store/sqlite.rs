@@ -32,9 +32,6 @@ pub struct SqliteStore {
     pool: SqlitePool,
     writer: Mutex<Writer>,
     epoch: String,
-    /// Pages committed so far; wakes the checkpointer. Dropping the store
-    /// drops it, which ends the task.
-    committed_pages: tokio::sync::watch::Sender<u64>,
 }
 
 struct Writer {
@@ -52,11 +49,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536")
-            // No checkpoint inside a commit: the checkpointer task runs them
-            // on another connection, off the single writer's path (measured:
-            // 9% of a catch-up's CPU sat in the committing thread's
-            // checkpoints).
-            .pragma("wal_autocheckpoint", "0")
+            // Checkpoint less often than every 4 MB: with ~1 MB batches the
+            // default checkpoints every few commits.
+            .pragma("wal_autocheckpoint", "16384")
             // Readers (link senders, watchers) map the file instead of
             // copying every page through read(2) into each connection's
             // cache: measured as the largest cost of a catch-up.
@@ -98,54 +93,18 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        let (committed_pages, wake) = tokio::sync::watch::channel(0);
-        tokio::spawn(checkpointer(pool.clone(), wake));
         Ok(SqliteStore {
             pool,
             writer: Mutex::new(Writer {
                 next_seq: head as u64 + 1,
             }),
             epoch,
-            committed_pages,
         })
-    }
-
-    /// Tells the checkpointer that about `pages` more pages were committed.
-    fn committed(&self, pages: u64) {
-        self.committed_pages.send_modify(|p| *p += pages);
     }
 
     /// Direct pool access for tests that tamper behind the daemon's back.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-}
-
-/// Copies the WAL back into the database file once enough was committed, or
-/// every few seconds, so the WAL stays bounded without the writer doing it.
-/// PASSIVE never blocks the writer or readers. Ends with the store.
-async fn checkpointer(pool: SqlitePool, mut wake: tokio::sync::watch::Receiver<u64>) {
-    const EVERY_PAGES: u64 = 8192;
-    let mut done = 0u64;
-    loop {
-        let woke = tokio::time::timeout(Duration::from_secs(5), wake.changed()).await;
-        if matches!(woke, Ok(Err(_))) || pool.is_closed() {
-            return;
-        }
-        let committed = *wake.borrow_and_update();
-        if woke.is_ok() && committed.saturating_sub(done) < EVERY_PAGES {
-            continue;
-        }
-        done = committed;
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            if pool.is_closed() {
-                return;
-            }
-            tracing::warn!(%error, "wal checkpoint failed; will retry");
-        }
     }
 }
 
@@ -482,8 +441,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         writer.next_seq = seq;
-        let bytes: usize = to_write.iter().map(|(_, r)| r.encoded_len()).sum();
-        self.committed(bytes as u64 / 2048 + 1);
         report.applied = to_write;
         Ok(report)
     }
@@ -543,7 +500,6 @@ impl Store for SqliteStore {
         write_records(&mut tx, &[(seq, &record)], "", &stale_keys).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
-        self.committed(1);
         Ok(Stored {
             seq,
             via: String::new(),
@@ -588,13 +544,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // Fold the WAL into the file so a stopped node leaves one file.
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-        {
-            tracing::warn!(%error, "final wal checkpoint failed");
-        }
         self.pool.close().await;
     }
 }
