@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tiersync::demo::{Deployment, demo_id_number};
+use tiersync::demo::{Deployment, numbered_id_number};
 use tiersync::node::PutInput;
 use tiersync::store::ApplyBatch;
 use tiersync_proto::pb::civil;
@@ -32,7 +32,7 @@ fn env(name: &str, default: u64) -> u64 {
 
 /// A resident whose notes pad the encoded record to about 1 KB.
 fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey) -> wire::Record {
-    let id_number = demo_id_number(0, n % 2000);
+    let id_number = numbered_id_number(n as u64);
     let resident = civil::v1::Resident {
         name: format!("基准居民{n}"),
         id_number: id_number.clone(),
@@ -198,7 +198,7 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
         puts.spawn(async move {
             let resident = civil::v1::Resident {
                 name: format!("居民{n}"),
-                id_number: demo_id_number(n / 2000, n % 2000),
+                id_number: numbered_id_number(n as u64),
                 notes: "y".repeat(200),
                 ..Default::default()
             };

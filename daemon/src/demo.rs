@@ -195,13 +195,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub fn demo_id_number(c: usize, n: usize) -> String {
     // Distinct for every (c, n) with c < 3 and n < 2000: n picks year, month
     // and sequence, c shifts the day.
-    let body = format!(
+    with_check_digit(format!(
         "511102{:04}{:02}{:02}{:03}",
         1940 + (n % 60),
         1 + (n / 60 % 12),
         1 + (c * 9 + n / 720) % 28,
         n % 1000
-    );
+    ))
+}
+
+/// A valid GB 11643 number distinct for every `n` below 26,880,000 (80 birth
+/// years x 336 dates x 1,000 sequence numbers), for loads where repeated
+/// natural keys would make the key index unrepresentative.
+pub fn numbered_id_number(n: u64) -> String {
+    let date = n / 1000;
+    with_check_digit(format!(
+        "511102{:04}{:02}{:02}{:03}",
+        1930 + (date / 336) % 80,
+        1 + (date / 28) % 12,
+        1 + date % 28,
+        n % 1000
+    ))
+}
+
+/// Appends the GB 11643 check character to a 17-digit body.
+fn with_check_digit(body: String) -> String {
     let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     let sum: u32 = body
         .bytes()
@@ -602,4 +620,45 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
         bail!("the demo found a problem (see the FAIL lines above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use tiersync_proto::types::ResidentId;
+
+    use super::*;
+
+    #[test]
+    fn numbered_id_numbers_are_valid_and_distinct() {
+        // Around every wrap of sequence, day, month and year.
+        let ns = (0..40_000u64).chain(26_879_000..26_880_000);
+        let mut seen = HashSet::new();
+        for n in ns {
+            let id = numbered_id_number(n);
+            if let Err(error) = ResidentId::parse(&id) {
+                panic!("numbered_id_number({n}) = {id} is not a valid number: {error}");
+            }
+            assert!(
+                seen.insert(id.clone()),
+                "numbered_id_number({n}) = {id} repeats"
+            );
+        }
+    }
+
+    #[test]
+    fn demo_id_numbers_are_valid_and_distinct_for_three_communities() {
+        let mut seen = HashSet::new();
+        for c in 0..3 {
+            for n in 0..2000 {
+                let id = demo_id_number(c, n);
+                assert!(ResidentId::parse(&id).is_ok(), "{id}");
+                assert!(
+                    seen.insert(id.clone()),
+                    "demo_id_number({c}, {n}) = {id} repeats"
+                );
+            }
+        }
+    }
 }
