@@ -53,11 +53,17 @@ fn store_status(error: StoreError) -> Status {
 pub struct LocalApiService {
     node: Arc<Node>,
     cancel: CancellationToken,
+    /// The deployment CA, whose fingerprint join tokens carry.
+    ca_pem: String,
 }
 
 impl LocalApiService {
-    pub fn new(node: Arc<Node>, cancel: CancellationToken) -> LocalApiService {
-        LocalApiService { node, cancel }
+    pub fn new(node: Arc<Node>, cancel: CancellationToken, ca_pem: String) -> LocalApiService {
+        LocalApiService {
+            node,
+            cancel,
+            ca_pem,
+        }
     }
 }
 
@@ -257,6 +263,26 @@ impl LocalApi for LocalApiService {
     /// Re-runs a quarantined record through the checks (after a fix such as
     /// an upgrade that knows its kind); on success it is applied and leaves
     /// the quarantine.
+    async fn create_join_token(
+        &self,
+        request: Request<wire::CreateJoinTokenRequest>,
+    ) -> Result<Response<wire::CreateJoinTokenResponse>, Status> {
+        let req = request.into_inner();
+        let ttl = match req.ttl_seconds {
+            0 => crate::join::DEFAULT_TOKEN_TTL,
+            s => std::time::Duration::from_secs(s),
+        };
+        let (token, expires_at_ms) = self
+            .node
+            .create_join_token(&req.code, ttl, &self.ca_pem)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(wire::CreateJoinTokenResponse {
+            token: token.to_string(),
+            expires_at_ms,
+        }))
+    }
+
     async fn replay_quarantine(
         &self,
         request: Request<wire::ReplayQuarantineRequest>,

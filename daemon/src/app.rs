@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tiersync_proto::types::DigestKey;
+use tiersync_proto::wire::join_server::JoinServer;
 use tiersync_proto::wire::local_api_server::LocalApiServer;
 use tiersync_proto::wire::sync_server::SyncServer;
 use tokio::net::TcpListener;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::api::LocalApiService;
 use crate::config::NodeConfig;
+use crate::join::JoinService;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::Store;
@@ -52,6 +54,18 @@ impl App {
     /// bind before this returns, so a `:0` port is known to the caller.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         let (tls, digest_key) = load_material(&config)?;
+        // What the join service hands a new child (load_material checked both).
+        let ca_pem = std::fs::read_to_string(&config.tls.ca)
+            .with_context(|| format!("cannot read tls.ca {}", config.tls.ca.display()))?;
+        let deployment_key_hex = std::fs::read_to_string(&config.digest_key_file)
+            .with_context(|| {
+                format!(
+                    "cannot read deployment.digest_key_file {}",
+                    config.digest_key_file.display()
+                )
+            })?
+            .trim()
+            .to_owned();
         if let Some(dir) = config.storage.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -79,6 +93,16 @@ impl App {
         )
         .await?;
         node.process_amendments(None).await?;
+        if let Some(ca_key) = &config.tls.ca_key {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let ca = crate::pki::Ca::load(&read(&config.tls.ca)?, &read(ca_key)?)
+                .with_context(|| format!("tls.ca_key {}", ca_key.display()))?;
+            let _ = node.issuer.set(Arc::new(ca));
+            crate::join::issue_pending(&node, None).await?;
+        }
         let registry = Arc::new(registry);
 
         let cancel = CancellationToken::new();
@@ -113,6 +137,11 @@ impl App {
                 .initial_connection_window_size(Some(crate::tls::CONNECTION_WINDOW))
                 .add_service(health_service.clone())
                 .add_service(reflection.clone())
+                .add_service(JoinServer::new(JoinService::new(
+                    node.clone(),
+                    ca_pem.clone(),
+                    deployment_key_hex.clone(),
+                )))
                 .add_service(sync);
             let stop = cancel.clone();
             tasks.spawn(async move {
@@ -132,9 +161,13 @@ impl App {
                 .await
                 .with_context(|| format!("cannot bind listen.api {addr}"))?;
             api_addr = Some(listener.local_addr()?);
-            let api = LocalApiServer::new(LocalApiService::new(node.clone(), cancel.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
+            let api = LocalApiServer::new(LocalApiService::new(
+                node.clone(),
+                cancel.clone(),
+                ca_pem.clone(),
+            ))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
             let router = tonic::transport::Server::builder()
                 .add_service(health_service.clone())
                 .add_service(reflection.clone())

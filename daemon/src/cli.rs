@@ -53,6 +53,34 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         residents: usize,
     },
+    /// Join a deployment as a new node: one command, with a token from the
+    /// parent's operator (`tiersync pki join-token`). Generates the key here,
+    /// gets the certificate issued through the tree, writes DIR/tiersync.toml,
+    /// and then runs the node (unless --no-serve).
+    Join {
+        /// HOST:PORT of the parent's peer listener.
+        #[arg(long)]
+        parent: String,
+        /// The join token.
+        #[arg(long, env = "TIERSYNC_JOIN_TOKEN")]
+        token: String,
+        /// Directory for the node's config, keys and store.
+        #[arg(long, default_value = "/etc/tiersync")]
+        dir: PathBuf,
+        /// Peer listener for the node's own children (not for communities).
+        #[arg(long)]
+        listen_peer: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        listen_api: String,
+        #[arg(long, default_value = "127.0.0.1:7402")]
+        listen_admin: String,
+        /// Seconds to keep retrying while the parent or the city is unreachable.
+        #[arg(long, default_value_t = 300)]
+        retry_secs: u64,
+        /// Write the node's files and stop, e.g. to run it under systemd.
+        #[arg(long)]
+        no_serve: bool,
+    },
     /// The deployment's certificate authority and node certificates.
     Pki {
         #[command(subcommand)]
@@ -147,6 +175,18 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// Issue a one-time join token for a direct child of the running node at
+    /// --api; hand it to the child's operator for `tiersync join`.
+    JoinToken {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The child's division code.
+        #[arg(long)]
+        code: String,
+        /// Hours the token stays valid.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,18 +214,7 @@ pub fn environment() -> BTreeMap<String, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = NodeConfig::load(&config, &environment())?;
-            let node = crate::App::start(config).await?;
-            let cancel = node.cancel_token();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("shutdown requested");
-                cancel.cancel();
-            });
-            node.wait().await;
-            Ok(())
-        }
+        Command::Serve { config } => serve(&config).await,
         Command::CheckConfig { config } => {
             let c = NodeConfig::load(&config, &environment())?;
             crate::app::load_material(&c).with_context(|| format!("{}", config.display()))?;
@@ -202,7 +231,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { dir, residents } => crate::demo::run(dir, residents).await,
-        Command::Pki { command } => pki(command),
+        Command::Pki { command } => pki(command).await,
+        Command::Join {
+            parent,
+            token,
+            dir,
+            listen_peer,
+            listen_api,
+            listen_admin,
+            retry_secs,
+            no_serve,
+        } => {
+            let token = crate::join::JoinToken::parse(&token)?;
+            let options = crate::join::JoinOptions {
+                dir,
+                listen_peer,
+                listen_api,
+                listen_admin,
+                retry_for: std::time::Duration::from_secs(retry_secs),
+            };
+            let config_path = crate::join::join(&parent, &token, &options).await?;
+            println!(
+                "joined as node {} under {}; config written to {}",
+                token.code,
+                token
+                    .code
+                    .parent()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                config_path.display()
+            );
+            if no_serve {
+                return Ok(());
+            }
+            serve(&config_path).await
+        }
         Command::Put {
             api,
             kind,
@@ -366,7 +429,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn pki(command: PkiCommand) -> anyhow::Result<()> {
+/// Runs the node configured in `config` until SIGINT or SIGTERM.
+async fn serve(config: &Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config, &environment())?;
+    let node = crate::App::start(config).await?;
+    let cancel = node.cancel_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    node.wait().await;
+    Ok(())
+}
+
+async fn pki(command: PkiCommand) -> anyhow::Result<()> {
     match command {
         PkiCommand::Init { dir, city } => {
             let city = DivisionCode::parse_for_tier(&city, Tier::City)?;
@@ -374,6 +451,22 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
             println!("deployment CA for {city} written to {}", dir.display());
             println!(
                 "keep ca.key and deployment.key secret; copy ca.pem and deployment.key to every node"
+            );
+            Ok(())
+        }
+        PkiCommand::JoinToken { api, code, hours } => {
+            let response = connect(api.api)
+                .await?
+                .create_join_token(wire::CreateJoinTokenRequest {
+                    code,
+                    ttl_seconds: hours * 3600,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", response.token);
+            eprintln!(
+                "one-time token, valid for {hours} h; on the new node run: tiersync join --parent <this node's peer address> --token <token>"
             );
             Ok(())
         }

@@ -76,6 +76,9 @@ pub struct RawTls {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The deployment CA's private key: at the city only, which then issues
+    /// the certificates of nodes that join (`tiersync join`).
+    pub ca_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +170,7 @@ pub struct TlsPaths {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ca_key: Option<PathBuf>,
 }
 
 /// A validated node configuration.
@@ -473,8 +477,25 @@ impl RawConfig {
                 let ca = path("tls.ca", t.ca);
                 let cert = path("tls.cert", t.cert);
                 let key = path("tls.key", t.key);
+                let ca_key = t.ca_key.map(|p| resolve(base, &p));
+                if let (Some(_), Some(c)) = (&ca_key, &code)
+                    && c.tier() != Tier::City
+                {
+                    issue(
+                        "tls.ca_key",
+                        format!(
+                            "only the city holds the deployment CA key, and `{c}` is a {}; remove tls.ca_key from this node",
+                            c.tier()
+                        ),
+                    );
+                }
                 match (ca, cert, key) {
-                    (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
+                    (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
+                        ca,
+                        cert,
+                        key,
+                        ca_key,
+                    }),
                     _ => None,
                 }
             }

@@ -76,8 +76,14 @@ impl Deployment {
                 "\n[parent]\ncode = \"{pcode}\"\naddress = \"{p}\"\n"
             ));
         }
+        // The city holds the CA key, so nodes can join through the tree.
+        let ca_key = if dc.tier() == Tier::City {
+            "ca_key = \"pki/ca.key\"\n"
+        } else {
+            ""
+        };
         text.push_str(&format!(
-            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\nstall_secs = 2\n"
+            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n{ca_key}\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\nstall_secs = 2\n"
         ));
         let path = self.dir.join(format!("{code}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

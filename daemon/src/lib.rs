@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod divisions;
+pub mod join;
 pub mod metrics;
 pub mod node;
 pub mod pki;

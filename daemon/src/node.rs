@@ -37,6 +37,17 @@ use crate::store::{
 pub const KIND_RESIDENT: &str = "civil.v1.Resident";
 pub const KIND_AMENDMENT: &str = "tiersync.v1.Amendment";
 pub const KIND_AMENDMENT_RESULT: &str = "tiersync.v1.AmendmentResult";
+
+/// Kinds the node itself writes (amendments and their answers, join tokens,
+/// certificate requests and answers): relayed and checked like any
+/// canonical kind, but never accepted from the local API's `put`.
+pub const INTERNAL_KINDS: &[&str] = &[
+    KIND_AMENDMENT,
+    KIND_AMENDMENT_RESULT,
+    crate::join::KIND_JOIN_TOKEN,
+    crate::join::KIND_CERT_REQUEST,
+    crate::join::KIND_CERT_ISSUED,
+];
 /// Natural key of a resident: the keyed digest of the ID number.
 pub const KEY_ID_DIGEST: &str = "id_digest";
 const KEY_TARGET_OWNER: &str = "target_owner";
@@ -88,6 +99,9 @@ pub struct Node {
     pub links: LinkTable,
     pub tuning: SyncTuning,
     head: watch::Sender<u64>,
+    /// The deployment CA, at the city node only: it answers certificate
+    /// requests routed up from parents whose children join.
+    pub issuer: std::sync::OnceLock<Arc<crate::pki::Ca>>,
 }
 
 impl Node {
@@ -112,6 +126,7 @@ impl Node {
             links: LinkTable::default(),
             tuning,
             head: watch::Sender::new(head),
+            issuer: std::sync::OnceLock::new(),
         }))
     }
 
@@ -130,7 +145,7 @@ impl Node {
         }
     }
 
-    fn advance_head(&self, seq: u64) {
+    pub(crate) fn advance_head(&self, seq: u64) {
         self.head.send_if_modified(|h| {
             if seq > *h {
                 *h = seq;
@@ -151,15 +166,13 @@ impl Node {
 
     /// A put from the local API.
     pub async fn put(&self, input: PutInput) -> Result<PutOutcome, NodeError> {
-        if !self.schemas.is_canonical(&input.kind)
-            || input.kind == KIND_AMENDMENT
-            || input.kind == KIND_AMENDMENT_RESULT
+        if !self.schemas.is_canonical(&input.kind) || INTERNAL_KINDS.contains(&input.kind.as_str())
         {
             let known = self
                 .schemas
                 .canonical_kinds()
                 .into_iter()
-                .filter(|k| k != KIND_AMENDMENT && k != KIND_AMENDMENT_RESULT)
+                .filter(|k| !INTERNAL_KINDS.contains(&k.as_str()))
                 .collect();
             return Err(NodeError::UnknownKind {
                 kind: input.kind,
@@ -278,7 +291,7 @@ impl Node {
     /// A new version of a record this node owns, before the store assigns its
     /// version: the one place owner-created envelopes are made.
     #[allow(clippy::too_many_arguments)]
-    fn own_record(
+    pub(crate) fn own_record(
         &self,
         id: Vec<u8>,
         kind: String,
@@ -587,6 +600,12 @@ impl Node {
             "gov.v1.Notice" => drop(decodes::<gov::v1::Notice>(kind, payload)?),
             KIND_AMENDMENT => drop(decodes::<wire::Amendment>(kind, payload)?),
             KIND_AMENDMENT_RESULT => drop(decodes::<wire::AmendmentResult>(kind, payload)?),
+            crate::join::KIND_CERT_REQUEST => {
+                drop(decodes::<wire::CertificateRequest>(kind, payload)?)
+            }
+            crate::join::KIND_CERT_ISSUED => {
+                drop(decodes::<wire::CertificateIssued>(kind, payload)?)
+            }
             _ => self
                 .schemas
                 .validate_payload(kind, payload)
@@ -642,6 +661,15 @@ impl Node {
                 report.applied.iter().map(|(_, r)| r.clone()).collect();
             self.process_amendments(Some(&applied)).await?;
         }
+        if report
+            .applied
+            .iter()
+            .any(|(_, r)| r.kind == crate::join::KIND_CERT_REQUEST)
+        {
+            let applied: Vec<wire::Record> =
+                report.applied.iter().map(|(_, r)| r.clone()).collect();
+            crate::join::issue_pending(self, Some(&applied)).await?;
+        }
         Ok(report)
     }
 
@@ -687,7 +715,7 @@ fn default_scope(_owner: &DivisionCode) -> Scope {
     Scope::up_to(tiersync_proto::types::Tier::City)
 }
 
-fn owner_code(r: &wire::Record) -> Result<DivisionCode, String> {
+pub(crate) fn owner_code(r: &wire::Record) -> Result<DivisionCode, String> {
     let owner = r.owner.as_ref().ok_or("no owner")?;
     DivisionCode::parse(&owner.node).map_err(|e| format!("owner: {e}"))
 }

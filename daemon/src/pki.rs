@@ -25,8 +25,9 @@ use std::time::{Duration, SystemTime};
 use rand::TryRngCore;
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -102,6 +103,8 @@ pub enum PkiError {
     NotCa { what: String, detail: String },
     #[error("{what} holds no usable private key: {source}")]
     BadKey { what: String, source: rcgen::Error },
+    #[error("the certificate request for `{subject}` is unusable: {detail}")]
+    BadRequest { subject: String, detail: String },
     #[error("the private key in {key} does not belong to the certificate in {cert}")]
     KeyMismatch { cert: String, key: String },
 }
@@ -306,31 +309,11 @@ impl Ca {
                 reason: "not_after is not later than not_before".to_owned(),
             });
         }
+        let params = node_params(code, not_before, not_after)?;
         let generate = |source| PkiError::Generate {
             subject: code.to_string(),
             source,
         };
-
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, code.as_str());
-        params.subject_alt_names = vec![
-            SanType::URI(Ia5String::try_from(node_uri(code)).map_err(generate)?),
-            SanType::DnsName(Ia5String::try_from(node_dns_name(code)).map_err(generate)?),
-        ];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
         Ok(CertifiedKey {
@@ -338,6 +321,97 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// A node certificate for `code` over the public key of a PKCS#10
+    /// request (PEM) that the node made with a key it generated and keeps.
+    /// The request's signature is checked (proof that the requester holds
+    /// the key); the names in it are ignored: the certificate's names come
+    /// from `code` alone, exactly as [`Ca::issue_node`] writes them.
+    pub fn issue_for_request(
+        &self,
+        code: &DivisionCode,
+        csr_pem: &str,
+        validity_days: u32,
+    ) -> Result<String, PkiError> {
+        if !self.city.contains(code) {
+            return Err(PkiError::OutsideDeployment {
+                code: code.clone(),
+                city: self.city.clone(),
+            });
+        }
+        let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadRequest {
+                subject: code.to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        if request.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(PkiError::BadRequest {
+                subject: code.to_string(),
+                detail: "the key is not ECDSA P-256, the one kind node certificates use".into(),
+            });
+        }
+        let (not_before, not_after) =
+            validity_window(code.as_str(), SystemTime::now(), validity_days)?;
+        let params = node_params(code, not_before, not_after)?;
+        let cert = params
+            .signed_by(&request.public_key, &self.issuer)
+            .map_err(|source| PkiError::Generate {
+                subject: code.to_string(),
+                source,
+            })?;
+        Ok(cert.pem())
+    }
+}
+
+/// A fresh ECDSA P-256 key for node `code` and a PKCS#10 request for it, both
+/// PEM: what `tiersync join` sends to the parent. The key never leaves the
+/// machine that generated it.
+pub fn certificate_request(code: &DivisionCode) -> Result<(String, String), PkiError> {
+    let generate = |source| PkiError::Generate {
+        subject: code.to_string(),
+        source,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, code.as_str());
+    let csr = params.serialize_request(&key).map_err(generate)?;
+    Ok((csr.pem().map_err(generate)?, key.serialize_pem()))
+}
+
+/// The parameters of a node certificate for `code` (see the module doc).
+fn node_params(
+    code: &DivisionCode,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, PkiError> {
+    let generate = |source| PkiError::Generate {
+        subject: code.to_string(),
+        source,
+    };
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, code.as_str());
+    params.subject_alt_names = vec![
+        SanType::URI(Ia5String::try_from(node_uri(code)).map_err(generate)?),
+        SanType::DnsName(Ia5String::try_from(node_dns_name(code)).map_err(generate)?),
+    ];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    Ok(params)
 }
 
 /// Creates `dir` and a new deployment in it: `ca.pem`, `ca.key` (0600) and
@@ -478,7 +552,7 @@ fn random_serial() -> SerialNumber {
 }
 
 /// Writes a secret file that must not exist yet, readable by the owner only.
-fn write_new_private(path: &Path, contents: &str) -> io::Result<()> {
+pub(crate) fn write_new_private(path: &Path, contents: &str) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     restrict_mode(&mut options);

@@ -4,9 +4,12 @@
 //!
 //! Invariants:
 //! - TLS 1.3 only, both ways, with ring as the crypto provider; ALPN `h2`.
-//! - A server accepts only clients presenting a certificate that chains to
-//!   the deployment CA; the caller's identity is the division code in that
-//!   certificate's URI SAN ([`peer_code`]), never anything the client says.
+//! - A client certificate that does not chain to the deployment CA fails the
+//!   handshake. A client without one is let through TLS only so that a new
+//!   node can call the join RPC with its token; every other service requires
+//!   a verified certificate ([`peer_code`]). The caller's identity is the
+//!   division code in that certificate's URI SAN, never anything the client
+//!   says.
 //! - A client verifies the server under the name `<code>.node.tiersync` of
 //!   the node it meant to reach, and checks the URI SAN code too, so a child
 //!   never talks to a node other than the parent it dialled.
@@ -144,6 +147,9 @@ fn provider() -> Arc<CryptoProvider> {
 pub struct TlsMaterial {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
+    /// The CA certificates, sent after our own chain by the server so that a
+    /// joining node can pin the CA by fingerprint (see [`join_client_config`]).
+    ca_certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     own_code: DivisionCode,
 }
@@ -164,6 +170,7 @@ impl Clone for TlsMaterial {
         TlsMaterial {
             roots: self.roots.clone(),
             chain: self.chain.clone(),
+            ca_certs: self.ca_certs.clone(),
             key: self.key.clone_key(),
             own_code: self.own_code.clone(),
         }
@@ -244,7 +251,7 @@ impl TlsMaterial {
         };
 
         let mut roots = RootCertStore::empty();
-        for der in ca_certs {
+        for der in ca_certs.iter().cloned() {
             roots.add(der).map_err(|e| TlsError::BadCa {
                 what: ca.what.clone(),
                 detail: e.to_string(),
@@ -320,6 +327,7 @@ impl TlsMaterial {
         Ok(TlsMaterial {
             roots,
             chain,
+            ca_certs,
             key: key_der,
             own_code,
         })
@@ -330,8 +338,13 @@ impl TlsMaterial {
         &self.own_code
     }
 
-    /// Server side: TLS 1.3 only, a client certificate from the deployment
-    /// CA required, ALPN `h2`.
+    /// Server side: TLS 1.3 only, ALPN `h2`. A client certificate, when one
+    /// is presented, must chain to the deployment CA or the handshake fails.
+    /// A client may also present none: only the join RPC serves such a
+    /// caller (its token is the credential); every other service asks
+    /// [`peer_code`], which refuses a connection without a verified
+    /// certificate. The CA certificates follow our own chain, so a joining
+    /// node can pin the CA by the fingerprint in its token.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let config_error = |detail: String| TlsError::Config {
             side: "server",
@@ -340,13 +353,16 @@ impl TlsMaterial {
         let provider = provider();
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| config_error(e.to_string()))?;
+        let mut sent = self.chain.clone();
+        sent.extend(self.ca_certs.iter().cloned());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| config_error(e.to_string()))?
             .with_client_cert_verifier(client_verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .with_single_cert(sent, self.key.clone_key())
             .map_err(|e| config_error(e.to_string()))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
@@ -367,6 +383,116 @@ impl TlsMaterial {
             .map_err(|e| config_error(e.to_string()))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// SHA-256 of a certificate's DER: how a join token names the deployment CA.
+pub fn cert_fingerprint(der: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(der).into()
+}
+
+/// The SHA-256 fingerprint of the first certificate in `ca_pem`.
+pub fn ca_fingerprint(ca_pem: &str) -> Result<[u8; 32], TlsError> {
+    let certs = parse_certs(&Labeled {
+        what: "the CA PEM".to_owned(),
+        pem: ca_pem,
+    })?;
+    Ok(cert_fingerprint(&certs[0]))
+}
+
+/// Client side for a node that is joining and has no certificate yet: TLS
+/// 1.3, no client certificate, and the server verified against the one CA
+/// certificate in the server's chain whose SHA-256 is `ca_fingerprint` (from
+/// the join token). The ordinary name checks of [`connect`] still apply.
+pub fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: ca_fingerprint,
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config {
+            side: "client",
+            detail: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies a server against a CA pinned by fingerprint, found among the
+/// certificates the server sent. Everything after finding it is the
+/// standard WebPKI verification with that CA as the only root.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| cert_fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the server's deployment CA is not the one named in the join token (fingerprint {})",
+                    hex::encode(self.fingerprint)
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA is unusable: {e}")))?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

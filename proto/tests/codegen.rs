@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "tiersync/v1/record.proto",
     "tiersync/v1/sync.proto",
     "tiersync/v1/api.proto",
+    "tiersync/v1/join.proto",
     "civil/v1/resident.proto",
     "service/v1/application.proto",
     "gov/v1/notice.proto",

@@ -3,6 +3,7 @@
 
 mod amend;
 mod chain;
+mod join;
 mod operate;
 mod reject;
 mod scope;

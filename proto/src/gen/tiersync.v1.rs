@@ -704,6 +704,24 @@ pub struct ReplayQuarantineResponse {
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateJoinTokenRequest {
+    /// The child's division code: a direct child of this node.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    /// How long the token stays valid; 0 means the default (24 hours).
+    #[prost(uint64, tag = "2")]
+    pub ttl_seconds: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateJoinTokenResponse {
+    /// `tsj1.<code>.<secret hex>.<SHA-256 of the CA certificate, hex>`: hand it
+    /// to the new node's operator over a channel you trust; it is a credential.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub expires_at_ms: i64,
+}
 /// Generated client implementations.
 pub mod local_api_client {
     #![allow(
@@ -969,6 +987,31 @@ pub mod local_api_client {
                 .insert(GrpcMethod::new("tiersync.v1.LocalApi", "ReplayQuarantine"));
             self.inner.unary(req, path, codec).await
         }
+        /// Issues a one-time join token for a direct child of this node.
+        pub async fn create_join_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateJoinTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tiersync.v1.LocalApi/CreateJoinToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tiersync.v1.LocalApi", "CreateJoinToken"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1030,6 +1073,14 @@ pub mod local_api_server {
             request: tonic::Request<super::ReplayQuarantineRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ReplayQuarantineResponse>,
+            tonic::Status,
+        >;
+        /// Issues a one-time join token for a direct child of this node.
+        async fn create_join_token(
+            &self,
+            request: tonic::Request<super::CreateJoinTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateJoinTokenResponse>,
             tonic::Status,
         >;
     }
@@ -1460,6 +1511,51 @@ pub mod local_api_server {
                     };
                     Box::pin(fut)
                 }
+                "/tiersync.v1.LocalApi/CreateJoinToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateJoinTokenSvc<T: LocalApi>(pub Arc<T>);
+                    impl<
+                        T: LocalApi,
+                    > tonic::server::UnaryService<super::CreateJoinTokenRequest>
+                    for CreateJoinTokenSvc<T> {
+                        type Response = super::CreateJoinTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateJoinTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as LocalApi>::create_join_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateJoinTokenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1497,6 +1593,373 @@ pub mod local_api_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "tiersync.v1.LocalApi";
     impl<T> tonic::server::NamedService for LocalApiServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JoinRequest {
+    /// The joining node's division code; must be the code the token was issued
+    /// for, and a direct child of the parent.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    /// The token's secret (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub secret: ::prost::alloc::vec::Vec<u8>,
+    /// PKCS#10 certificate request (PEM) for the key the joiner generated. Only
+    /// its public key is used (and its signature, as proof of possession); the
+    /// certificate's names come from `code`.
+    #[prost(string, tag = "3")]
+    pub csr_pem: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JoinResponse {
+    #[prost(string, tag = "1")]
+    pub cert_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub ca_pem: ::prost::alloc::string::String,
+    /// The deployment-wide HMAC secret for ID-number digests, hex.
+    #[prost(string, tag = "3")]
+    pub deployment_key: ::prost::alloc::string::String,
+    /// The parent's division code.
+    #[prost(string, tag = "4")]
+    pub parent: ::prost::alloc::string::String,
+}
+/// A join token, held only by the node that issued it (its scope reaches no
+/// other node). Single use: the version that sets `used_at_ms` is written with
+/// the version it read, so two joins racing on one token cannot both win.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JoinToken {
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    /// SHA-256 of the secret; the secret itself is never stored.
+    #[prost(bytes = "vec", tag = "2")]
+    pub secret_digest: ::prost::alloc::vec::Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub issued_at_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub expires_at_ms: i64,
+    /// 0 until used.
+    #[prost(int64, tag = "5")]
+    pub used_at_ms: i64,
+    /// The certificate request made with it.
+    #[prost(bytes = "vec", tag = "6")]
+    pub request_id: ::prost::alloc::vec::Vec<u8>,
+}
+/// Routed from a parent to the city: "issue a node certificate for my child".
+/// The city issues only for a direct child of the record's owner, whose
+/// origin every hop has checked.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateRequest {
+    #[prost(string, tag = "1")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub csr_pem: ::prost::alloc::string::String,
+}
+/// The city's answer, routed back to the requesting parent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateIssued {
+    #[prost(bytes = "vec", tag = "1")]
+    pub request_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub accepted: bool,
+    #[prost(string, tag = "4")]
+    pub cert_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// Generated client implementations.
+pub mod join_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct JoinClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl JoinClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> JoinClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> JoinClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            JoinClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Unauthenticated at the TLS layer (the caller has no certificate yet);
+        /// the token is the credential. Every other RPC on the peer port needs a
+        /// client certificate.
+        pub async fn join(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JoinRequest>,
+        ) -> std::result::Result<tonic::Response<super::JoinResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tiersync.v1.Join/Join");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tiersync.v1.Join", "Join"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod join_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with JoinServer.
+    #[async_trait]
+    pub trait Join: std::marker::Send + std::marker::Sync + 'static {
+        /// Unauthenticated at the TLS layer (the caller has no certificate yet);
+        /// the token is the credential. Every other RPC on the peer port needs a
+        /// client certificate.
+        async fn join(
+            &self,
+            request: tonic::Request<super::JoinRequest>,
+        ) -> std::result::Result<tonic::Response<super::JoinResponse>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct JoinServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> JoinServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for JoinServer<T>
+    where
+        T: Join,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tiersync.v1.Join/Join" => {
+                    #[allow(non_camel_case_types)]
+                    struct JoinSvc<T: Join>(pub Arc<T>);
+                    impl<T: Join> tonic::server::UnaryService<super::JoinRequest>
+                    for JoinSvc<T> {
+                        type Response = super::JoinResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JoinRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Join>::join(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = JoinSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for JoinServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tiersync.v1.Join";
+    impl<T> tonic::server::NamedService for JoinServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -389,6 +389,9 @@ mod tests {
                 "service.v1.Application",
                 "tiersync.v1.Amendment",
                 "tiersync.v1.AmendmentResult",
+                "tiersync.v1.CertificateIssued",
+                "tiersync.v1.CertificateRequest",
+                "tiersync.v1.JoinToken",
             ]
         );
         assert!(std::ptr::eq(Schemas::global(), Schemas::global()));
@@ -432,7 +435,8 @@ mod tests {
             assert_eq!(result.unwrap_err().to_string(), expected)
         };
         let known = "civil.v1.Household, civil.v1.Resident, gov.v1.Notice, \
-                     service.v1.Application, tiersync.v1.Amendment, tiersync.v1.AmendmentResult";
+                     service.v1.Application, tiersync.v1.Amendment, tiersync.v1.AmendmentResult, \
+                     tiersync.v1.CertificateIssued, tiersync.v1.CertificateRequest, tiersync.v1.JoinToken";
         let s = schemas();
         check(
             s.validate_payload("civil.v1.Pet", b""),

@@ -1,0 +1,838 @@
+//! Onboarding: a new node joins its parent with one command on each side.
+//!
+//! 1. The parent's operator runs `tiersync pki join-token --code CHILD`
+//!    (local API [`Node::create_join_token`]): a random 16-byte secret whose
+//!    SHA-256 is kept in a `tiersync.v1.JoinToken` record that never leaves
+//!    the parent, valid for one direct child code until it expires. The
+//!    token text also names the deployment CA by its SHA-256, so the new node
+//!    trusts nothing it did not get from the parent's operator.
+//! 2. The new node runs `tiersync join --parent ADDR --token T` ([`join`]):
+//!    it generates its key locally, dials the parent over TLS with the CA
+//!    pinned ([`crate::tls::join_client_config`]), and calls the `Join` RPC
+//!    ([`JoinService`]) with the secret and a certificate request.
+//! 3. The parent checks the token (issued here, for this code, unused,
+//!    unexpired) and routes a `tiersync.v1.CertificateRequest` record up to
+//!    the city, the one node with the CA key. The city ([`issue_pending`])
+//!    issues a certificate only for a direct child of the record's owner
+//!    (whose origin every hop has verified) and routes a
+//!    `tiersync.v1.CertificateIssued` record back.
+//! 4. The parent marks the token used, with a compare-and-set on the token
+//!    record's version, so of two joins racing on one token only one gets a
+//!    certificate; then it answers with the certificate, the CA and the
+//!    deployment secret. The new node checks all three, writes its files and
+//!    config, and starts syncing.
+//!
+//! If the city is unreachable, the parent answers `unavailable` after
+//! [`ISSUE_WAIT`]; the token stays valid, and `join` retries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tiersync_proto::types::{DivisionCode, RecordId, Tier};
+use tiersync_proto::wire::{self, join_client::JoinClient};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::node::{Node, NodeError, owner_code};
+use crate::route;
+use crate::status::now_ms;
+use crate::store::{LocalWrite, StoreError};
+
+pub const KIND_JOIN_TOKEN: &str = "tiersync.v1.JoinToken";
+pub const KIND_CERT_REQUEST: &str = "tiersync.v1.CertificateRequest";
+pub const KIND_CERT_ISSUED: &str = "tiersync.v1.CertificateIssued";
+const KEY_TOKEN_DIGEST: &str = "token_digest";
+const KEY_ISSUER: &str = "issuer";
+const KEY_REQUEST_ID: &str = "request_id";
+
+/// Token lifetime when the operator names none.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest token lifetime: a join token is a credential, not a standing key.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// How long the parent waits for the city's answer within one `Join` call.
+pub const ISSUE_WAIT: Duration = Duration::from_secs(30);
+/// Validity of certificates issued through a join, as `pki issue` defaults.
+pub const CERT_VALIDITY_DAYS: u32 = 825;
+
+const TOKEN_PREFIX: &str = "tsj1";
+const SECRET_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "invalid join token: {reason} (a token looks like `tsj1.<code>.<32 hex digits>.<64 hex digits>`)"
+    )]
+    BadToken { reason: String },
+    #[error(
+        "`{code}` is a city and has no parent to join; a city is set up with `tiersync pki init`"
+    )]
+    CityJoins { code: DivisionCode },
+    #[error("refusing to overwrite {}: this directory already holds a node; join into an empty directory", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the parent refused the join: {}", .0.message())]
+    Refused(Status),
+    #[error("the parent's answer is unusable: {0}")]
+    BadAnswer(String),
+}
+
+/// A join token as handed from the parent's operator to the new node's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub code: DivisionCode,
+    pub secret: [u8; SECRET_LEN],
+    pub ca_fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for JoinToken {
+    // The secret is a credential: keep it out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("code", &self.code)
+            .field("ca_fingerprint", &hex::encode(self.ca_fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{TOKEN_PREFIX}.{}.{}.{}",
+            self.code,
+            hex::encode(self.secret),
+            hex::encode(self.ca_fingerprint)
+        )
+    }
+}
+
+impl JoinToken {
+    pub fn parse(text: &str) -> Result<JoinToken, JoinError> {
+        let bad = |reason: String| JoinError::BadToken { reason };
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let [prefix, code, secret, ca] = parts.as_slice() else {
+            return Err(bad(format!(
+                "it has {} dot-separated parts, not 4",
+                parts.len()
+            )));
+        };
+        if *prefix != TOKEN_PREFIX {
+            return Err(bad(format!(
+                "it starts with `{prefix}`, not `{TOKEN_PREFIX}`"
+            )));
+        }
+        let code = DivisionCode::parse(code).map_err(|e| bad(format!("division code: {e}")))?;
+        let hex_part = |what: &str, s: &str, len: usize| -> Result<Vec<u8>, JoinError> {
+            let bytes = hex::decode(s).map_err(|e| bad(format!("{what} is not hex: {e}")))?;
+            if bytes.len() != len {
+                return Err(bad(format!(
+                    "{what} has {} hex digits, not {}",
+                    s.len(),
+                    len * 2
+                )));
+            }
+            Ok(bytes)
+        };
+        let secret = hex_part("the secret", secret, SECRET_LEN)?;
+        let ca = hex_part("the CA fingerprint", ca, 32)?;
+        Ok(JoinToken {
+            code,
+            secret: secret.try_into().expect("length checked"),
+            ca_fingerprint: ca.try_into().expect("length checked"),
+        })
+    }
+}
+
+fn secret_digest(secret: &[u8]) -> Vec<u8> {
+    Sha256::digest(secret).to_vec()
+}
+
+// === the parent side ===
+
+impl Node {
+    /// Issues a join token for `child`, a direct child of this node, valid
+    /// for `ttl` (see the module doc). `ca_pem` is this deployment's CA.
+    pub async fn create_join_token(
+        &self,
+        child: &str,
+        ttl: Duration,
+        ca_pem: &str,
+    ) -> Result<(JoinToken, i64), NodeError> {
+        let code = DivisionCode::parse(child).map_err(|e| NodeError::Invalid {
+            field: "code",
+            reason: e.to_string(),
+        })?;
+        crate::sync::server::admit_child(&self.code, &code).map_err(|s| NodeError::Invalid {
+            field: "code",
+            reason: s.message().to_owned(),
+        })?;
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(NodeError::Invalid {
+                field: "ttl",
+                reason: format!(
+                    "{} s is not between 1 s and {} s (30 days)",
+                    ttl.as_secs(),
+                    MAX_TOKEN_TTL.as_secs()
+                ),
+            });
+        }
+        let ca_fingerprint =
+            crate::tls::ca_fingerprint(ca_pem).map_err(|e| NodeError::Invalid {
+                field: "ca",
+                reason: e.to_string(),
+            })?;
+        let secret: [u8; SECRET_LEN] = rand::random();
+        let now = now_ms();
+        let expires_at_ms = now + ttl.as_millis() as i64;
+        let token = wire::JoinToken {
+            code: code.to_string(),
+            secret_digest: secret_digest(&secret),
+            issued_at_ms: now,
+            expires_at_ms,
+            used_at_ms: 0,
+            request_id: Vec::new(),
+        };
+        self.put_internal(
+            RecordId::new().as_bytes().to_vec(),
+            KIND_JOIN_TOKEN,
+            &self.code,
+            token.encode_to_vec(),
+            vec![key(KEY_TOKEN_DIGEST, hex::encode(&token.secret_digest))],
+            0,
+        )
+        .await?;
+        info!(child = %code, expires_at_ms, "join token issued");
+        Ok((
+            JoinToken {
+                code,
+                secret,
+                ca_fingerprint,
+            },
+            expires_at_ms,
+        ))
+    }
+
+    /// Writes a record of an internal kind owned by this node, addressed to
+    /// `to` (this node itself for records that stay here).
+    async fn put_internal(
+        &self,
+        id: Vec<u8>,
+        kind: &str,
+        to: &DivisionCode,
+        payload: Vec<u8>,
+        keys: Vec<wire::NaturalKey>,
+        expected_version: u64,
+    ) -> Result<crate::store::Stored, NodeError> {
+        let scope = route::point_to_point(&self.code, to).ok_or_else(|| NodeError::Invalid {
+            field: "code",
+            reason: format!("`{to}` is not in this deployment"),
+        })?;
+        let record = self.own_record(
+            id,
+            kind.to_owned(),
+            String::new(),
+            &scope,
+            &scope,
+            payload,
+            keys,
+        );
+        let stored = self
+            .store
+            .put_local(LocalWrite {
+                record,
+                expected_version,
+                unique_keys: false,
+            })
+            .await?;
+        self.advance_head(stored.seq);
+        Ok(stored)
+    }
+}
+
+fn key(name: &str, value: String) -> wire::NaturalKey {
+    wire::NaturalKey {
+        name: name.into(),
+        value,
+    }
+}
+
+/// The `Join` service on a parent's peer port.
+pub struct JoinService {
+    node: Arc<Node>,
+    ca_pem: String,
+    deployment_key_hex: String,
+    wait: Duration,
+}
+
+impl JoinService {
+    pub fn new(node: Arc<Node>, ca_pem: String, deployment_key_hex: String) -> JoinService {
+        JoinService {
+            node,
+            ca_pem,
+            deployment_key_hex,
+            wait: ISSUE_WAIT,
+        }
+    }
+
+    /// Checks the token and returns it with its record's version.
+    async fn check_token(
+        &self,
+        code: &DivisionCode,
+        secret: &[u8],
+    ) -> Result<(wire::Record, wire::JoinToken), Status> {
+        let digest = hex::encode(secret_digest(secret));
+        let found = self
+            .node
+            .store
+            .lookup(KIND_JOIN_TOKEN, KEY_TOKEN_DIGEST, &digest)
+            .await
+            .map_err(internal)?;
+        let Some(stored) = found.into_iter().next() else {
+            return Err(Status::permission_denied(format!(
+                "unknown join token: node `{}` issued no token with this secret; ask its operator for one (`tiersync pki join-token --code {code}`)",
+                self.node.code
+            )));
+        };
+        let token = wire::JoinToken::decode(stored.record.payload.as_slice())
+            .map_err(|e| Status::internal(format!("the stored join token does not decode: {e}")))?;
+        if token.code != code.as_str() {
+            return Err(Status::permission_denied(format!(
+                "this join token was issued for node `{}`, not `{code}`",
+                token.code
+            )));
+        }
+        if token.used_at_ms != 0 {
+            return Err(Status::permission_denied(format!(
+                "this join token was already used (at {} ms since the epoch); a token joins one node once: ask for a new one",
+                token.used_at_ms
+            )));
+        }
+        if now_ms() >= token.expires_at_ms {
+            return Err(Status::permission_denied(format!(
+                "this join token expired at {} ms since the epoch; ask for a new one",
+                token.expires_at_ms
+            )));
+        }
+        Ok((stored.record, token))
+    }
+
+    /// Waits until the answer to request `request_id` is held here.
+    async fn wait_for_answer(
+        &self,
+        request_id: &[u8],
+        city: &DivisionCode,
+    ) -> Result<wire::CertificateIssued, Status> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut head = self.node.subscribe_head();
+        loop {
+            head.borrow_and_update();
+            let answers = self
+                .node
+                .store
+                .lookup(KIND_CERT_ISSUED, KEY_REQUEST_ID, &hex::encode(request_id))
+                .await
+                .map_err(internal)?;
+            if let Some(answer) = answers.into_iter().next() {
+                return wire::CertificateIssued::decode(answer.record.payload.as_slice()).map_err(
+                    |e| Status::internal(format!("the city's answer does not decode: {e}")),
+                );
+            }
+            match tokio::time::timeout_at(deadline, head.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "the city `{city}` holds the deployment CA and has not answered within {} s (is the path to it up?); the token stays valid: run `tiersync join` again",
+                        self.wait.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn internal(e: StoreError) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// The city of a code: its first four digits.
+fn city_of(code: &DivisionCode) -> DivisionCode {
+    let mut c = code.clone();
+    while let Some(p) = c.parent() {
+        c = p;
+    }
+    c
+}
+
+#[tonic::async_trait]
+impl wire::join_server::Join for JoinService {
+    async fn join(
+        &self,
+        request: Request<wire::JoinRequest>,
+    ) -> Result<Response<wire::JoinResponse>, Status> {
+        let req = request.into_inner();
+        let code = DivisionCode::parse(&req.code)
+            .map_err(|e| Status::invalid_argument(format!("code: {e}")))?;
+        crate::sync::server::admit_child(&self.node.code, &code)?;
+        let (token_record, token) = self.check_token(&code, &req.secret).await?;
+        // Fail fast on a request the city would refuse anyway.
+        rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).map_err(|e| {
+            Status::invalid_argument(format!("csr_pem is not a valid certificate request: {e}"))
+        })?;
+
+        let city = city_of(&self.node.code);
+        let request_id = RecordId::new().as_bytes().to_vec();
+        let cert_request = wire::CertificateRequest {
+            subject: code.to_string(),
+            csr_pem: req.csr_pem,
+        };
+        let stored = self
+            .node
+            .put_internal(
+                request_id.clone(),
+                KIND_CERT_REQUEST,
+                &city,
+                cert_request.encode_to_vec(),
+                vec![key(KEY_ISSUER, city.to_string())],
+                0,
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        info!(child = %code, %city, "certificate request routed to the city");
+        issue_pending(&self.node, Some(std::slice::from_ref(&stored.record)))
+            .await
+            .map_err(internal)?;
+
+        let answer = self.wait_for_answer(&request_id, &city).await?;
+        if !answer.accepted {
+            warn!(child = %code, reason = %answer.reason, "the city refused the certificate");
+            return Err(Status::failed_precondition(format!(
+                "the city `{city}` refused to issue the certificate: {}",
+                answer.reason
+            )));
+        }
+
+        // Single use: written over the version read above, so a second join
+        // racing on the same token fails here and gets nothing.
+        let used = wire::JoinToken {
+            used_at_ms: now_ms(),
+            request_id: request_id.clone(),
+            ..token
+        };
+        match self
+            .node
+            .put_internal(
+                token_record.id.clone(),
+                KIND_JOIN_TOKEN,
+                &self.node.code,
+                used.encode_to_vec(),
+                token_record.keys.clone(),
+                token_record.version,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(NodeError::Store(StoreError::VersionConflict { .. })) => {
+                return Err(Status::permission_denied(
+                    "this join token was used by another join at the same moment; ask for a new one",
+                ));
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        }
+        info!(child = %code, "node joined");
+        Ok(Response::new(wire::JoinResponse {
+            cert_pem: answer.cert_pem,
+            ca_pem: self.ca_pem.clone(),
+            deployment_key: self.deployment_key_hex.clone(),
+            parent: self.node.code.to_string(),
+        }))
+    }
+}
+
+// === the city side ===
+
+/// Answers every certificate request addressed to this node that has no
+/// answer yet, if this node holds the CA (the city). `candidates` are
+/// records just applied; `None` scans all requests (at start, so a request
+/// whose answer a crash interrupted is answered on restart).
+pub async fn issue_pending(
+    node: &Node,
+    candidates: Option<&[wire::Record]>,
+) -> Result<(), StoreError> {
+    let Some(ca) = node.issuer.get() else {
+        return Ok(());
+    };
+    let pending: Vec<wire::Record> = match candidates {
+        Some(records) => records
+            .iter()
+            .filter(|r| r.kind == KIND_CERT_REQUEST && !r.deleted)
+            .cloned()
+            .collect(),
+        None => node
+            .store
+            .lookup(KIND_CERT_REQUEST, KEY_ISSUER, node.code.as_str())
+            .await?
+            .into_iter()
+            .map(|s| s.record)
+            .collect(),
+    };
+    for record in pending {
+        if !record
+            .keys
+            .iter()
+            .any(|k| k.name == KEY_ISSUER && k.value == node.code.as_str())
+        {
+            continue;
+        }
+        let answered = node
+            .store
+            .lookup(KIND_CERT_ISSUED, KEY_REQUEST_ID, &hex::encode(&record.id))
+            .await?;
+        if !answered.is_empty() {
+            continue;
+        }
+        let Ok(requester) = owner_code(&record) else {
+            continue;
+        };
+        let request = wire::CertificateRequest::decode(record.payload.as_slice()).ok();
+        let outcome = match &request {
+            None => Err("the request does not decode".to_owned()),
+            Some(request) => decide(ca, &requester, request),
+        };
+        let subject = request.map(|r| r.subject).unwrap_or_default();
+        let (accepted, cert_pem, reason) = match outcome {
+            Ok(pem) => (true, pem, String::new()),
+            Err(reason) => (false, String::new(), reason),
+        };
+        if accepted {
+            info!(%requester, %subject, "node certificate issued");
+        } else {
+            warn!(%requester, %subject, %reason, "certificate request refused");
+        }
+        let answer = wire::CertificateIssued {
+            request_id: record.id.clone(),
+            subject,
+            accepted,
+            cert_pem,
+            reason,
+        };
+        let put = node
+            .put_internal(
+                RecordId::new().as_bytes().to_vec(),
+                KIND_CERT_ISSUED,
+                &requester,
+                answer.encode_to_vec(),
+                vec![key(KEY_REQUEST_ID, hex::encode(&record.id))],
+                0,
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(NodeError::Store(e)) => return Err(e),
+            Err(e) => warn!(%requester, error = %e, "cannot answer a certificate request"),
+        }
+    }
+    Ok(())
+}
+
+/// The city's rule: a node may request certificates for its direct children
+/// only (the same rule by which a parent admits a child's link).
+fn decide(
+    ca: &crate::pki::Ca,
+    requester: &DivisionCode,
+    request: &wire::CertificateRequest,
+) -> Result<String, String> {
+    let subject = DivisionCode::parse(&request.subject).map_err(|e| format!("subject: {e}"))?;
+    if subject.parent().as_ref() != Some(requester) {
+        return Err(format!(
+            "node `{requester}` may request certificates only for its direct children, and `{subject}` is not one"
+        ));
+    }
+    ca.issue_for_request(&subject, &request.csr_pem, CERT_VALIDITY_DAYS)
+        .map_err(|e| e.to_string())
+}
+
+// === the joining side ===
+
+/// Where a joined node's files go, and how it listens.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// Directory for `tiersync.toml`, `pki/` and `data/`; must not already
+    /// hold a node.
+    pub dir: PathBuf,
+    pub listen_peer: Option<String>,
+    pub listen_api: String,
+    pub listen_admin: String,
+    /// How long to keep retrying while the parent or the city is
+    /// unreachable.
+    pub retry_for: Duration,
+}
+
+/// Joins the parent at `parent_addr` with `token` (see the module doc) and
+/// writes a working node into `options.dir`. Returns the config file's path.
+pub async fn join(
+    parent_addr: &str,
+    token: &JoinToken,
+    options: &JoinOptions,
+) -> Result<PathBuf, JoinError> {
+    use backon::{ExponentialBuilder, Retryable};
+
+    let parent = token.code.parent().ok_or_else(|| JoinError::CityJoins {
+        code: token.code.clone(),
+    })?;
+    let files = NodeFiles::new(&options.dir);
+    files.refuse_existing()?;
+    crate::tls::install_crypto_provider();
+    let (csr_pem, key_pem) = crate::pki::certificate_request(&token.code)?;
+    let client_config = crate::tls::join_client_config(token.ca_fingerprint)?;
+
+    let attempt = || async {
+        let channel = crate::tls::connect(parent_addr, &parent, client_config.clone()).await?;
+        JoinClient::new(channel)
+            .join(wire::JoinRequest {
+                code: token.code.to_string(),
+                secret: token.secret.to_vec(),
+                csr_pem: csr_pem.clone(),
+            })
+            .await
+            .map(Response::into_inner)
+            .map_err(JoinError::Refused)
+    };
+    let retryable = |e: &JoinError| match e {
+        JoinError::Tls(_) => true,
+        JoinError::Refused(s) => s.code() == tonic::Code::Unavailable,
+        _ => false,
+    };
+    let answer = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_max_delay(Duration::from_secs(10))
+                .with_total_delay(Some(options.retry_for)),
+        )
+        .when(retryable)
+        .notify(|e, wait| warn!(error = %e, retry_in = ?wait, "join attempt failed; retrying"))
+        .await?;
+
+    // Trust nothing in the answer that does not check out.
+    let fingerprint = crate::tls::ca_fingerprint(&answer.ca_pem)?;
+    if fingerprint != token.ca_fingerprint {
+        return Err(JoinError::BadAnswer(
+            "the CA certificate is not the one the token names".into(),
+        ));
+    }
+    if answer.parent != parent.as_str() {
+        return Err(JoinError::BadAnswer(format!(
+            "it names parent `{}`, not `{parent}`",
+            answer.parent
+        )));
+    }
+    let material = crate::tls::TlsMaterial::from_pem(&answer.ca_pem, &answer.cert_pem, &key_pem)?;
+    if material.own_code() != &token.code {
+        return Err(JoinError::BadAnswer(format!(
+            "the certificate is for `{}`, not `{}`",
+            material.own_code(),
+            token.code
+        )));
+    }
+    tiersync_proto::types::DigestKey::from_hex(&answer.deployment_key)
+        .map_err(|e| JoinError::BadAnswer(format!("deployment secret: {e}")))?;
+
+    files.write(
+        &answer,
+        &key_pem,
+        &config_text(token, &parent, parent_addr, options),
+    )?;
+    info!(node = %token.code, %parent, config = %files.config.display(), "joined");
+    Ok(files.config)
+}
+
+/// The files a joined node writes.
+struct NodeFiles {
+    config: PathBuf,
+    pki: PathBuf,
+    data: PathBuf,
+}
+
+impl NodeFiles {
+    fn new(dir: &Path) -> NodeFiles {
+        NodeFiles {
+            config: dir.join("tiersync.toml"),
+            pki: dir.join("pki"),
+            data: dir.join("data"),
+        }
+    }
+
+    fn refuse_existing(&self) -> Result<(), JoinError> {
+        for path in [
+            self.config.clone(),
+            self.pki.join("node.key"),
+            self.data.join("node.db"),
+        ] {
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(JoinError::Exists { path });
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        answer: &wire::JoinResponse,
+        key_pem: &str,
+        config: &str,
+    ) -> Result<(), JoinError> {
+        let write = |path: PathBuf, text: &str, private: bool| -> Result<(), JoinError> {
+            let result = if private {
+                crate::pki::write_new_private(&path, text)
+            } else {
+                std::fs::write(&path, text)
+            };
+            result.map_err(|source| JoinError::Write { path, source })
+        };
+        for dir in [&self.pki, &self.data] {
+            std::fs::create_dir_all(dir).map_err(|source| JoinError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        write(self.pki.join("node.key"), key_pem, true)?;
+        write(self.pki.join("node.pem"), &answer.cert_pem, false)?;
+        write(self.pki.join("ca.pem"), &answer.ca_pem, false)?;
+        write(
+            self.pki.join("deployment.key"),
+            &format!("{}\n", answer.deployment_key),
+            true,
+        )?;
+        write(self.config.clone(), config, false)
+    }
+}
+
+fn config_text(
+    token: &JoinToken,
+    parent: &DivisionCode,
+    parent_addr: &str,
+    options: &JoinOptions,
+) -> String {
+    let tier = token.code.tier();
+    let peer = match (&options.listen_peer, tier) {
+        (Some(addr), _) => format!("peer = \"{addr}\"\n"),
+        (None, Tier::Community) => String::new(),
+        (None, _) => "peer = \"0.0.0.0:7400\"\n".to_owned(),
+    };
+    format!(
+        "# Written by `tiersync join` for node {code}, child of {parent}.\n\
+         # Relative paths resolve against this file's directory.\n\
+         version = 1\n\n\
+         [node]\ncode = \"{code}\"\n\n\
+         [storage]\npath = \"data/node.db\"\n\n\
+         [listen]\n{peer}api = \"{api}\"\nadmin = \"{admin}\"\n\n\
+         [parent]\ncode = \"{parent}\"\naddress = \"{parent_addr}\"\n\n\
+         [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node.pem\"\nkey = \"pki/node.key\"\n\n\
+         [deployment]\ndigest_key_file = \"pki/deployment.key\"\n",
+        code = token.code,
+        api = options.listen_api,
+        admin = options.listen_admin,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_bad(text: &str, expected: &str) {
+        match JoinToken::parse(text) {
+            Ok(t) => panic!("`{text}` parsed as {t:?}"),
+            Err(e) => assert!(
+                e.to_string().contains(expected),
+                "`{text}`: error `{e}` does not contain `{expected}`"
+            ),
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_bad_ones_say_why() {
+        let token = JoinToken {
+            code: DivisionCode::parse("511102004001").unwrap(),
+            secret: [7; SECRET_LEN],
+            ca_fingerprint: [9; 32],
+        };
+        let text = token.to_string();
+        assert_eq!(JoinToken::parse(&text).unwrap(), token);
+        assert_eq!(JoinToken::parse(&format!("  {text}\n")).unwrap(), token);
+        assert!(
+            !format!("{token:?}").contains("0707"),
+            "Debug shows the secret"
+        );
+
+        let secret = "07".repeat(16);
+        let ca = "09".repeat(32);
+        check_bad("tsj1.511102004001", "2 dot-separated parts, not 4");
+        check_bad(
+            &format!("tsj2.511102004001.{secret}.{ca}"),
+            "starts with `tsj2`",
+        );
+        check_bad(&format!("tsj1.51110200400.{secret}.{ca}"), "division code");
+        check_bad(
+            &format!("tsj1.511102004001.{}.{ca}", "07".repeat(15)),
+            "30 hex digits, not 32",
+        );
+        check_bad(
+            &format!("tsj1.511102004001.{secret}.zz{}", &ca[2..]),
+            "the CA fingerprint is not hex",
+        );
+    }
+
+    #[test]
+    fn the_city_issues_only_for_a_direct_child_of_the_requester() {
+        let c = |s: &str| DivisionCode::parse(s).unwrap();
+        let ca = crate::pki::Ca::generate(&c("5111"), 30).unwrap();
+        let (csr_pem, _key) = crate::pki::certificate_request(&c("511102004001")).unwrap();
+        let request = |subject: &str| wire::CertificateRequest {
+            subject: subject.into(),
+            csr_pem: csr_pem.clone(),
+        };
+        let pem = decide(&ca, &c("511102004"), &request("511102004001")).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let error = decide(&ca, &c("511102004"), &request("511102006001")).unwrap_err();
+        assert_eq!(
+            error,
+            "node `511102004` may request certificates only for its direct children, and `511102006001` is not one"
+        );
+        // a grandchild may not skip its parent
+        assert!(decide(&ca, &c("511102"), &request("511102004001")).is_err());
+        let error = decide(
+            &ca,
+            &c("511102004"),
+            &wire::CertificateRequest {
+                subject: "511102004001".into(),
+                csr_pem:
+                    "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                        .into(),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("certificate request for `511102004001` is unusable"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_city_of_a_code() {
+        let c = |s: &str| DivisionCode::parse(s).unwrap();
+        assert_eq!(city_of(&c("511102004001")), c("5111"));
+        assert_eq!(city_of(&c("5111")), c("5111"));
+    }
+}
