@@ -1,7 +1,7 @@
 //! tiersync-trust: who made a record, checked anywhere in the tree.
 //!
 //! The origin of a batch of records signs it once, over an SM3 hash tree of the records'
-//! canonical bytes; each record then carries a proof (the batch signature and the
+//! canonical bytes; each record then carries a [`RecordProof`] (the batch signature and the
 //! record's path in the tree) up and down the tree, whatever batches later hops make. Every
 //! node checks the proof before applying the record. This crate is the cryptography only: it
 //! depends on nothing else of tiersync, and the daemon decides which key belongs to which
@@ -27,14 +27,63 @@
 //! Known-answer vectors made by an independent implementation are in
 //! `tests/vectors/tree-sm3.txt`.
 //!
-//! Batch signatures over the tree, per-record proofs and a verification cache come next.
+//! # Signed message, layout v1 (persisted: never changes)
+//!
+//! [`batch::signed_message`]: six fields, each a 4-byte big-endian length then the bytes:
+//!
+//! 1. the domain tag `tiersync.batch.v1` ([`DOMAIN_TAG_V1`]), which is also the version;
+//! 2. the algorithm name, `sm2-sm3`;
+//! 3. the signer, the origin's node code (UTF-8, 1 to 255 bytes);
+//! 4. the key id, 16 bytes: the first half of SM3 over the key's DER SubjectPublicKeyInfo;
+//! 5. the leaf count, 8 bytes big-endian: **signed** because a tree path does not pin it, and a
+//!    forwarding node must not be able to change it;
+//! 6. the tree root, 32 bytes.
+//!
+//! A new layout gets a new tag (`tiersync.batch.v2`); verifiers keep reading v1.
+//!
+//! # Use
+//!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use tiersync_trust::{BatchSigner, SigningKey, Verifier};
+//!
+//! // At the origin.
+//! let signer = BatchSigner::new("511102004001", SigningKey::generate())?;
+//! let records: Vec<Vec<u8>> = vec![b"record one".to_vec(), b"record two".to_vec()];
+//! let batch = signer.sign(&records)?;
+//! let proofs: Vec<_> = batch.proofs().collect();
+//!
+//! // Anywhere, with the origin's public key from the trust list.
+//! let key = signer.verifying_key();
+//! let verifier = Verifier::new(NonZeroUsize::new(4096).unwrap());
+//! for (record, proof) in records.iter().zip(&proofs) {
+//!     verifier.verify(proof, record, key)?;
+//! }
+//! assert_eq!(verifier.stats().misses, 1); // one SM2 verification for the batch
+//! assert!(verifier.verify(&proofs[0], b"forged", key).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! **Leaf bytes must be canonical.** Pass the record's canonical encoding as the origin signed
+//! it and as it travels, byte for byte; never re-encode a decoded protobuf message to get them,
+//! since two encoders may write the same message differently.
+//!
+//! A [`RecordProof`] can be carried as its fields (all public) or as the compact bytes of
+//! [`RecordProof::to_bytes`] (format v1, [`PROOF_FORMAT_V1`]). Refusals are a [`VerifyError`]
+//! naming the signer, root, count and leaf, with a [`VerifyFailure`] reason (wrong algorithm,
+//! wrong key, bad path or count, bad signature); the caller adds the record's id.
 
 use std::fmt;
 
+pub mod batch;
 pub mod hash;
 pub mod keys;
 pub mod tree;
 
+pub use batch::{
+    BatchError, BatchSigner, CacheStats, DOMAIN_TAG_V1, DecodeError, PROOF_FORMAT_V1, RecordProof,
+    SignedBatch, Verifier, VerifyError, VerifyFailure,
+};
 pub use hash::{Digest, sm3};
 pub use keys::{DIST_ID, KeyError, KeyId, Signature, SigningKey, VerifyingKey};
 pub use tree::HashTree;

@@ -1,0 +1,322 @@
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn records(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("record {i} of {n}").into_bytes())
+        .collect()
+}
+
+fn signer() -> BatchSigner {
+    BatchSigner::new("511102004001", SigningKey::generate()).unwrap()
+}
+
+fn verifier() -> Verifier {
+    Verifier::new(NonZeroUsize::new(16).unwrap())
+}
+
+/// The persisted layout, fixed: any change to `signed_message` breaks this test.
+#[test]
+fn signed_message_layout_v1() {
+    let message = signed_message(
+        Algorithm::Sm2Sm3,
+        "5111",
+        &KeyId([0xab; 16]),
+        3,
+        &Digest([0xcd; 32]),
+    );
+    let expected = [
+        "00000011",
+        &hex::encode("tiersync.batch.v1"),
+        "00000007",
+        &hex::encode("sm2-sm3"),
+        "00000004",
+        &hex::encode("5111"),
+        "00000010",
+        &"ab".repeat(16),
+        "00000008",
+        "0000000000000003",
+        "00000020",
+        &"cd".repeat(32),
+    ]
+    .concat();
+    assert_eq!(hex::encode(message), expected);
+}
+
+#[test]
+fn every_proof_verifies_with_and_without_the_cache() {
+    let signer = signer();
+    let records = records(37);
+    let batch = signer.sign(&records).unwrap();
+    assert_eq!(batch.leaf_count(), 37);
+    let verifier = verifier();
+    let key = signer.verifying_key();
+    for (record, proof) in records.iter().zip(batch.proofs()) {
+        proof.verify(record, key).unwrap();
+        verifier.verify(&proof, record, key).unwrap();
+    }
+    assert_eq!(
+        verifier.stats(),
+        CacheStats {
+            hits: 36,
+            misses: 1,
+            len: 1
+        }
+    );
+}
+
+#[test]
+fn a_cached_batch_still_checks_each_path() {
+    let signer = signer();
+    let records = records(4);
+    let batch = signer.sign(&records).unwrap();
+    let verifier = verifier();
+    let key = signer.verifying_key();
+    verifier
+        .verify(&batch.proof(0).unwrap(), &records[0], key)
+        .unwrap();
+    let error = verifier
+        .verify(&batch.proof(1).unwrap(), b"forged", key)
+        .unwrap_err();
+    assert!(matches!(
+        *error.reason,
+        VerifyFailure::Path(TreeError::RootMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_changed_count_is_caught_by_the_signature() {
+    // Leaf 0's path of 4 leaves also fits 3 leaves (see tree tests): only the signature
+    // catches a forwarder that rewrites the count.
+    let signer = signer();
+    let records = records(4);
+    let batch = signer.sign(&records).unwrap();
+    let mut proof = batch.proof(0).unwrap();
+    proof.leaf_count = 3;
+    let error = verifier()
+        .verify(&proof, &records[0], signer.verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(
+            *error.reason,
+            VerifyFailure::Signature(KeyError::BadSignature { .. })
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn refusals_name_signer_root_count_and_reason() {
+    let signer = signer();
+    let records = records(5);
+    let batch = signer.sign(&records).unwrap();
+    let root = batch.root();
+    let proof = batch.proof(2).unwrap();
+    let other = SigningKey::generate();
+
+    let error = proof
+        .verify(&records[2], other.verifying_key())
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "proof of leaf 2 from signer `511102004001` (batch root {root}, 5 leaves) is \
+             refused: it names key {}, but the key given is {}",
+            signer.verifying_key().key_id(),
+            other.verifying_key().key_id()
+        )
+    );
+
+    let mut short = proof.clone();
+    short.path.pop();
+    let error = short
+        .verify(&records[2], signer.verifying_key())
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("bad path: path for leaf 2 of 5 has 2 hashes; that position needs 3"),
+        "{error}"
+    );
+
+    let mut forged = proof.clone();
+    forged.signer = "511102004002".into();
+    let error = forged
+        .verify(&records[2], signer.verifying_key())
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("bad batch signature: SM2 signature does not verify"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bad_signer_names_and_empty_batches_are_refused() {
+    assert_eq!(
+        BatchSigner::new("", SigningKey::generate())
+            .unwrap_err()
+            .to_string(),
+        "signer name `` must be 1 to 255 bytes, it is 0"
+    );
+    assert_eq!(
+        signer()
+            .sign(Vec::<Vec<u8>>::new())
+            .unwrap_err()
+            .to_string(),
+        "batch from signer `511102004001` has no records: nothing to sign"
+    );
+}
+
+#[test]
+fn proof_bytes_round_trip_and_decode_errors() {
+    let signer = signer();
+    let records = records(9);
+    let batch = signer.sign(&records).unwrap();
+    for proof in batch.proofs() {
+        assert_eq!(RecordProof::from_bytes(&proof.to_bytes()).unwrap(), proof);
+    }
+    let bytes = batch.proof(3).unwrap().to_bytes();
+
+    let check = |bytes: &[u8], expected: &str| {
+        assert_eq!(
+            RecordProof::from_bytes(bytes).unwrap_err().to_string(),
+            expected
+        );
+    };
+    let mut version = bytes.clone();
+    version[0] = 2;
+    check(
+        &version,
+        "record proof format version 2 is unknown (this build reads 1)",
+    );
+    let mut algorithm = bytes.clone();
+    algorithm[2..9].copy_from_slice(b"ed25519");
+    check(
+        &algorithm,
+        "record proof names unknown signature algorithm `ed25519` (known: sm2-sm3)",
+    );
+    check(
+        &bytes[..bytes.len() - 1],
+        &format!(
+            "record proof ends inside its path (at byte {})",
+            bytes.len() - 32
+        ),
+    );
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    check(&trailing, "record proof has 1 bytes after its path");
+}
+
+#[test]
+fn the_verifier_is_shared_across_threads() {
+    let signer = signer();
+    let records = Arc::new(records(64));
+    let batch = signer.sign(records.iter()).unwrap();
+    let proofs: Arc<Vec<RecordProof>> = Arc::new(batch.proofs().collect());
+    let key = Arc::new(signer.verifying_key().clone());
+    let verifier = Arc::new(verifier());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (records, proofs, key, verifier) = (
+                records.clone(),
+                proofs.clone(),
+                key.clone(),
+                verifier.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in (t..64).step_by(4) {
+                    verifier.verify(&proofs[i], &records[i], &key).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = verifier.stats();
+    assert_eq!(stats.hits + stats.misses, 64);
+    assert_eq!(stats.len, 1);
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let signer = signer();
+    let verifier = Verifier::new(NonZeroUsize::new(2).unwrap());
+    for n in 1..=5 {
+        let records = records(n);
+        let batch = signer.sign(&records).unwrap();
+        verifier
+            .verify(
+                &batch.proof(0).unwrap(),
+                &records[0],
+                signer.verifying_key(),
+            )
+            .unwrap();
+    }
+    assert_eq!(verifier.stats().len, 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any flipped bit of the leaf, the path, the index, the count, the root or the signature
+    /// is refused, by `verify` and by the cached `Verifier` (warm with the true batch).
+    #[test]
+    fn every_flip_is_refused(
+        n in 1usize..40,
+        pick in any::<prop::sample::Index>(),
+        byte in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let signer = signer();
+        let key = signer.verifying_key();
+        let records = records(n);
+        let batch = signer.sign(&records).unwrap();
+        let i = pick.index(n);
+        let proof = batch.proof(i as u64).unwrap();
+        let verifier = verifier();
+        verifier.verify(&proof, &records[i], key).unwrap();
+        let mask = 1u8 << bit;
+
+        let mut leaf = records[i].clone();
+        let at = byte.index(leaf.len());
+        leaf[at] ^= mask;
+        prop_assert!(proof.verify(&leaf, key).is_err());
+        prop_assert!(verifier.verify(&proof, &leaf, key).is_err());
+
+        let mut altered = Vec::new();
+        if !proof.path.is_empty() {
+            let mut p = proof.clone();
+            let at = byte.index(p.path.len() * 32);
+            p.path[at / 32].0[at % 32] ^= mask;
+            altered.push(p);
+        }
+        let mut p = proof.clone();
+        p.leaf_index ^= 1 << byte.index(64);
+        altered.push(p);
+        let mut p = proof.clone();
+        p.leaf_count ^= 1 << byte.index(64);
+        altered.push(p);
+        let mut p = proof.clone();
+        p.root.0[byte.index(32)] ^= mask;
+        altered.push(p);
+        let mut der = proof.signature.as_der().to_vec();
+        let at = byte.index(der.len());
+        der[at] ^= mask;
+        if let Ok(signature) = Signature::from_der(&der) {
+            let mut p = proof.clone();
+            p.signature = signature;
+            altered.push(p);
+        }
+        for p in altered {
+            prop_assert!(p.verify(&records[i], key).is_err());
+            prop_assert!(verifier.verify(&p, &records[i], key).is_err());
+        }
+    }
+}
