@@ -38,7 +38,7 @@ pub const DIST_ID: &str = "1234567812345678";
 const RAW_SIGNATURE_LEN: usize = 64;
 
 /// Errors reading keys and signatures, and signature checks.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     /// A private key could not be read.
     #[error("{format} private key is not a valid SM2 key: {reason}")]

@@ -68,6 +68,11 @@
 //! it and as it travels, byte for byte; never re-encode a decoded protobuf message to get them,
 //! since two encoders may write the same message differently.
 //!
+//! A receiver checking a whole link batch should call [`Verifier::verify_many`]: one result
+//! per record, one SM2 verification per origin batch, and tree nodes shared by several
+//! records' paths hashed once (about 4 µs per 1 KB record instead of 7 when a whole origin
+//! batch arrives together; `cargo bench -p tiersync-trust --bench sign`).
+//!
 //! A [`RecordProof`] can be carried as its fields (all public) or as the compact bytes of
 //! [`RecordProof::to_bytes`] (format v1, [`PROOF_FORMAT_V1`]). Refusals are a [`VerifyError`]
 //! naming the signer, root, count and leaf, with a [`VerifyFailure`] reason (wrong algorithm,
@@ -81,8 +86,8 @@ pub mod keys;
 pub mod tree;
 
 pub use batch::{
-    BatchError, BatchSigner, CacheStats, DOMAIN_TAG_V1, DecodeError, PROOF_FORMAT_V1, RecordProof,
-    SignedBatch, Verifier, VerifyError, VerifyFailure,
+    BatchError, BatchSigner, CacheStats, DOMAIN_TAG_V1, DecodeError, Item, PROOF_FORMAT_V1,
+    RecordProof, SignedBatch, Verifier, VerifyError, VerifyFailure,
 };
 pub use hash::{Digest, sm3};
 pub use keys::{DIST_ID, KeyError, KeyId, Signature, SigningKey, VerifyingKey};

@@ -19,7 +19,7 @@ use crate::hash::{Digest, Sm3Hasher, sm3};
 const MAX_PATH_LEN: usize = 64;
 
 /// Why an inclusion proof does not check.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TreeError {
     /// A tree of zero leaves has nothing to prove.
     #[error("leaf count is 0: an empty tree has no leaf {index}")]

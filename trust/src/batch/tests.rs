@@ -320,3 +320,106 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn verify_many_checks_each_item_and_one_signature_per_batch() {
+    let (a, b) = (signer(), signer());
+    let records_a = records(10);
+    let records_b = records(7);
+    let batch_a = a.sign(&records_a).unwrap();
+    let batch_b = b.sign(&records_b).unwrap();
+    let proofs_a: Vec<_> = batch_a.proofs().collect();
+    let proofs_b: Vec<_> = batch_b.proofs().collect();
+    let mut items = Vec::new();
+    for i in [3, 0, 9, 4] {
+        items.push(Item {
+            proof: &proofs_a[i],
+            leaf: &records_a[i],
+            key: a.verifying_key(),
+        });
+    }
+    for i in [6, 1] {
+        items.push(Item {
+            proof: &proofs_b[i],
+            leaf: &records_b[i],
+            key: b.verifying_key(),
+        });
+    }
+    // A forged record among good ones, and a good one under the wrong key.
+    items.push(Item {
+        proof: &proofs_a[5],
+        leaf: b"forged",
+        key: a.verifying_key(),
+    });
+    items.push(Item {
+        proof: &proofs_b[2],
+        leaf: &records_b[2],
+        key: a.verifying_key(),
+    });
+    let verifier = verifier();
+    let results = verifier.verify_many(&items);
+    assert!(results[..6].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(
+        *results[6].as_ref().unwrap_err().reason,
+        VerifyFailure::Path(TreeError::RootMismatch { index: 5, .. })
+    ));
+    assert!(matches!(
+        *results[7].as_ref().unwrap_err().reason,
+        VerifyFailure::WrongKey { .. }
+    ));
+    assert_eq!(
+        verifier.stats().misses,
+        2,
+        "one SM2 verify per origin batch"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `verify_many` says exactly what `verify` says for each item, whatever subset, order
+    /// and corruption the items have.
+    #[test]
+    fn verify_many_agrees_with_verify(
+        n in 1usize..40,
+        picks in prop::collection::vec(
+            (any::<prop::sample::Index>(), 0u8..8, any::<prop::sample::Index>(), 0u8..8),
+            1..30,
+        ),
+    ) {
+        let signer = signer();
+        let key = signer.verifying_key();
+        let records = records(n);
+        let batch = signer.sign(&records).unwrap();
+        let mut cases = Vec::new();
+        for (pick, what, byte, bit) in picks {
+            let i = pick.index(n);
+            let mut proof = batch.proof(i as u64).unwrap();
+            let mut leaf = records[i].clone();
+            let mask = 1u8 << bit;
+            match what {
+                0 => {
+                    let at = byte.index(leaf.len());
+                    leaf[at] ^= mask;
+                }
+                1 if !proof.path.is_empty() => {
+                    let at = byte.index(proof.path.len() * 32);
+                    proof.path[at / 32].0[at % 32] ^= mask;
+                }
+                2 => proof.leaf_index ^= 1 << byte.index(64),
+                3 => proof.root.0[byte.index(32)] ^= mask,
+                4 => proof.leaf_count ^= 1 << byte.index(64),
+                _ => {} // most items are good
+            }
+            cases.push((proof, leaf));
+        }
+        let items: Vec<Item<'_>> = cases
+            .iter()
+            .map(|(proof, leaf)| Item { proof, leaf, key })
+            .collect();
+        let many = verifier().verify_many(&items);
+        for ((proof, leaf), result) in cases.iter().zip(many) {
+            prop_assert_eq!(result, proof.verify(leaf, key));
+        }
+    }
+}
