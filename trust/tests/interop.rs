@@ -542,3 +542,41 @@ fn gmssl_verifies_a_batch_signature_from_its_proof() {
         proof.signature.as_der()
     ));
 }
+
+// === the committed vectors, checked by both ===
+
+fn vector(name: &str) -> Vec<u8> {
+    let file = include_str!("vectors/batch-v1.txt");
+    let value = file
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{name}` in batch-v1.txt"));
+    hex::decode(value).unwrap()
+}
+
+#[test]
+fn openssl_and_gmssl_verify_the_committed_vector() {
+    let public = VerifyingKey::from_public_key_der(&vector("public_key_spki")).unwrap();
+    let message = vector("signed_message");
+    let signature = vector("signature");
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(openssl) = openssl("openssl_and_gmssl_verify_the_committed_vector (openssl)") {
+        assert!(openssl_verifies(
+            &openssl,
+            dir.path(),
+            &public.to_public_key_pem(),
+            &message,
+            &signature,
+            Some(DIST_ID)
+        ));
+    }
+    if let Some(python) = gmssl_python("openssl_and_gmssl_verify_the_committed_vector (gmssl)") {
+        assert!(gmssl_verifies(
+            &python,
+            dir.path(),
+            &public,
+            &message,
+            &signature
+        ));
+    }
+}
