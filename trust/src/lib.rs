@@ -20,6 +20,10 @@
 //! Keys are PKCS#8 / SPKI PEM exactly as OpenSSL writes them for SM2. The test
 //! `tests/interop.rs` checks all of this against the OpenSSL 3 CLI and Python's gmssl.
 //!
+//! SM2 X.509 certificates (an authority and what it issues; DER signatures inside, which
+//! `openssl verify -vfyopt distid:1234567812345678` accepts) are in [`cert`], for the trust
+//! list to come.
+//!
 //! # Hash tree
 //!
 //! RFC 6962 shape with SM3 ([`tree`]): leaf = `SM3(0x00 || bytes)`, node =
@@ -81,6 +85,7 @@
 use std::fmt;
 
 pub mod batch;
+pub mod cert;
 pub mod hash;
 pub mod keys;
 pub mod tree;

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use tiersync_trust::cert::{Certificate, Role};
 use tiersync_trust::tree::{HashTree, verify_inclusion};
 use tiersync_trust::{BatchSigner, DIST_ID, Digest, Signature, SigningKey, VerifyingKey, sm3};
 
@@ -579,4 +580,215 @@ fn openssl_and_gmssl_verify_the_committed_vector() {
             &signature
         ));
     }
+}
+
+// === X.509 ===
+
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+#[test]
+fn openssl_verifies_our_certificates() {
+    let Some(openssl) = openssl("openssl_verifies_our_certificates") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = SigningKey::generate();
+    let ca = Certificate::self_signed(&ca_key, "CN=5111,O=tiersync", DAY).unwrap();
+    let leaf_key = SigningKey::generate();
+    let leaf = ca
+        .issue(
+            &ca_key,
+            "CN=511102004001,O=tiersync",
+            leaf_key.verifying_key(),
+            Role::Signer,
+            DAY,
+        )
+        .unwrap();
+    let ca_pem = write(dir.path(), "ca.pem", ca.to_pem());
+    let leaf_pem = write(dir.path(), "leaf.pem", leaf.to_pem());
+    let distid = format!("distid:{DIST_ID}");
+    let out = run_ok(
+        &openssl,
+        &[
+            "verify",
+            "-CAfile",
+            path_str(&ca_pem),
+            "-vfyopt",
+            &distid,
+            path_str(&leaf_pem),
+        ],
+    );
+    assert!(out.contains(": OK"), "{out}");
+    // The trap, shown: without the ID, OpenSSL 3.0 refuses the same chain.
+    let out = run(
+        &openssl,
+        &["verify", "-CAfile", path_str(&ca_pem), path_str(&leaf_pem)],
+    );
+    assert!(!out.status.success());
+    // OpenSSL reads the signature as DER SEQUENCE{r, s} and the key as SM2.
+    let text = run_ok(
+        &openssl,
+        &["x509", "-in", path_str(&leaf_pem), "-noout", "-text"],
+    );
+    assert!(text.contains("Signature Algorithm: SM2-with-SM3"), "{text}");
+    assert!(text.contains("ASN1 OID: SM2"), "{text}");
+}
+
+#[test]
+fn we_verify_openssl_certificates() {
+    let Some(openssl) = openssl("we_verify_openssl_certificates") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let distid = format!("distid:{DIST_ID}");
+    for name in ["ca.key", "leaf.key"] {
+        run_ok(
+            &openssl,
+            &["genpkey", "-algorithm", "SM2", "-out", path_str(&p(name))],
+        );
+    }
+    run_ok(
+        &openssl,
+        &[
+            "req",
+            "-new",
+            "-key",
+            path_str(&p("ca.key")),
+            "-subj",
+            "/CN=openssl ca",
+            "-sigopt",
+            &distid,
+            "-out",
+            path_str(&p("ca.csr")),
+        ],
+    );
+    let ext = write(
+        dir.path(),
+        "ca.ext",
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    );
+    run_ok(
+        &openssl,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&p("ca.csr")),
+            "-key",
+            path_str(&p("ca.key")),
+            "-sigopt",
+            &distid,
+            "-vfyopt",
+            &distid,
+            "-extfile",
+            path_str(&ext),
+            "-days",
+            "1",
+            "-out",
+            path_str(&p("ca.pem")),
+        ],
+    );
+    run_ok(
+        &openssl,
+        &[
+            "req",
+            "-new",
+            "-key",
+            path_str(&p("leaf.key")),
+            "-subj",
+            "/CN=openssl leaf",
+            "-sigopt",
+            &distid,
+            "-out",
+            path_str(&p("leaf.csr")),
+        ],
+    );
+    run_ok(
+        &openssl,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&p("leaf.csr")),
+            "-CA",
+            path_str(&p("ca.pem")),
+            "-CAkey",
+            path_str(&p("ca.key")),
+            "-sigopt",
+            &distid,
+            "-vfyopt",
+            &distid,
+            "-days",
+            "1",
+            "-out",
+            path_str(&p("leaf.pem")),
+        ],
+    );
+    let ca = Certificate::from_pem(&std::fs::read_to_string(p("ca.pem")).unwrap()).unwrap();
+    let leaf = Certificate::from_pem(&std::fs::read_to_string(p("leaf.pem")).unwrap()).unwrap();
+    let ca_key = ca.public_key().unwrap();
+    ca.verify_signature(&ca_key).unwrap();
+    leaf.verify_signature(&ca_key).unwrap();
+    assert!(leaf.verify_signature(&leaf.public_key().unwrap()).is_err());
+    // Signed under OpenSSL's default empty ID, the same certificate does not verify for us.
+    run_ok(
+        &openssl,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&p("leaf.csr")),
+            "-CA",
+            path_str(&p("ca.pem")),
+            "-CAkey",
+            path_str(&p("ca.key")),
+            "-vfyopt",
+            &distid,
+            "-days",
+            "1",
+            "-out",
+            path_str(&p("empty-id.pem")),
+        ],
+    );
+    let empty_id =
+        Certificate::from_pem(&std::fs::read_to_string(p("empty-id.pem")).unwrap()).unwrap();
+    assert!(empty_id.verify_signature(&ca_key).is_err());
+}
+
+#[test]
+fn gmssl_verifies_our_certificates() {
+    let Some(python) = gmssl_python("gmssl_verifies_our_certificates") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = SigningKey::generate();
+    let ca = Certificate::self_signed(&ca_key, "CN=5111,O=tiersync", DAY).unwrap();
+    let leaf_key = SigningKey::generate();
+    let leaf = ca
+        .issue(
+            &ca_key,
+            "CN=511102,O=tiersync",
+            leaf_key.verifying_key(),
+            Role::Authority,
+            DAY,
+        )
+        .unwrap();
+    let check = |cert: &Certificate, issuer: &VerifyingKey| {
+        let file = write(dir.path(), "cert.der", cert.to_der());
+        let out = gmssl(
+            &python,
+            &["verify-cert", &gmssl_public(issuer), path_str(&file)],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "valid" && out.status.success()
+    };
+    assert!(
+        check(&ca, ca_key.verifying_key()),
+        "gmssl refused our self-signed authority"
+    );
+    assert!(
+        check(&leaf, ca_key.verifying_key()),
+        "gmssl refused our issued certificate"
+    );
+    assert!(!check(&leaf, leaf_key.verifying_key()));
 }

@@ -8,6 +8,8 @@ hex so the Rust test can drive them:
                                             signature verifies (ID 1234567812345678)
   sign MSG_FILE                             make a key, sign; print "public_xy <hex>" and
                                             "signature_der <hex>" lines
+  verify-cert ISSUER_XY_HEX CERT_DER_FILE   exit 0 and print "valid" if the X.509 certificate
+                                            is signed SM2-with-SM3 (DER signature) by the issuer
   sm3 FILE                                  print SM3 hex of the file
   tree N                                    RFC 6962 tree with SM3 over leaves b"leaf 0" ...
                                             b"leaf N-1"; print its "root" and "path" lines
@@ -20,7 +22,10 @@ power of two below n); the Rust side builds bottom up, so agreement is a real ch
 import secrets
 import sys
 
+from Cryptodome.Util.asn1 import DerBitString, DerObjectId, DerSequence
 from gmssl import func, sm2, sm3
+
+SM2_WITH_SM3 = "1.2.156.10197.1.501"
 
 def sm3_hex(data: bytes) -> str:
     return sm3.sm3_hash(func.bytes_to_list(data))
@@ -45,6 +50,25 @@ def cmd_verify(public_xy, msg_file, sig_file):
     msg = open(msg_file, "rb").read()
     sig_der = open(sig_file, "rb").read()
     ok = crypt(public_xy).verify_with_sm3(sig_der.hex(), msg)
+    print("valid" if ok else "invalid")
+    return 0 if ok else 1
+
+
+def cmd_verify_cert(issuer_xy, cert_file):
+    """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING },
+    read with pycryptodomex's DER classes, not with anything of ours."""
+    cert = DerSequence()
+    cert.decode(open(cert_file, "rb").read())
+    tbs_der, alg_der, sig_bits = cert[0], cert[1], cert[2]
+    alg = DerSequence()
+    alg.decode(alg_der)
+    oid = DerObjectId()
+    oid.decode(alg[0])
+    if oid.value != SM2_WITH_SM3:
+        print("invalid: signature algorithm %s" % oid.value)
+        return 1
+    sig_der = DerBitString().decode(sig_bits).value
+    ok = crypt(issuer_xy).verify_with_sm3(sig_der.hex(), tbs_der)
     print("valid" if ok else "invalid")
     return 0 if ok else 1
 
@@ -132,6 +156,7 @@ def cmd_kat(max_n):
 def main(argv):
     commands = {
         "verify": cmd_verify,
+        "verify-cert": cmd_verify_cert,
         "sign": cmd_sign,
         "sm3": lambda f: print(sm3_hex(open(f, "rb").read())) or 0,
         "tree": cmd_tree,
