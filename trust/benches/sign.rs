@@ -215,7 +215,7 @@ fn main() {
     );
 
     let path_len = proofs.iter().map(|p| p.path.len()).max().unwrap_or(0);
-    let proof_bytes = proofs[0].to_bytes().len();
+    let proof_bytes = proofs[0].to_bytes().expect("a proof we made encodes").len();
     println!(
         "proof size: {proof_bytes} bytes as RecordProof::to_bytes ({path_len} path hashes at most)"
     );

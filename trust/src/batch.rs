@@ -35,6 +35,9 @@ pub const PROOF_FORMAT_V1: u8 = 1;
 /// The longest signer name (it is length-prefixed with one byte in a proof's encoding).
 pub const MAX_SIGNER_LEN: usize = 255;
 
+/// The longest path: one hash per level of a tree of up to 2^64 leaves.
+pub const MAX_PATH_LEN: usize = 64;
+
 /// The exact bytes a batch signature covers (layout v1). Every field is a 4-byte big-endian
 /// length followed by the bytes:
 ///
@@ -349,7 +352,24 @@ impl RecordProof {
     /// `0x01` · algorithm name (1-byte length, ASCII) · signer (1-byte length, UTF-8) ·
     /// key id (16) · leaf count (8) · root (32) · signature (1-byte length, DER) ·
     /// leaf index (8) · path length in hashes (1) · path (32 each).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    ///
+    /// Fails only for a proof no signer makes: a signer name over 255 bytes or a path over 64
+    /// hashes (the fields are public, so a decoded peer message may hold anything).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        if self.signer.len() > MAX_SIGNER_LEN {
+            return Err(EncodeError {
+                field: "signer",
+                len: self.signer.len(),
+                max: MAX_SIGNER_LEN,
+            });
+        }
+        if self.path.len() > MAX_PATH_LEN {
+            return Err(EncodeError {
+                field: "path",
+                len: self.path.len(),
+                max: MAX_PATH_LEN,
+            });
+        }
         let name = self.algorithm.name().as_bytes();
         let der = self.signature.as_der();
         let mut out = Vec::with_capacity(
@@ -374,11 +394,11 @@ impl RecordProof {
         out.extend_from_slice(&self.root.0);
         push_short(&mut out, der);
         out.extend_from_slice(&self.leaf_index.to_be_bytes());
-        out.push(u8::try_from(self.path.len()).expect("a path has at most 64 hashes"));
+        out.push(self.path.len() as u8); // at most 64, checked above
         for hash in &self.path {
             out.extend_from_slice(&hash.0);
         }
-        out
+        Ok(out)
     }
 
     /// Reads [`to_bytes`](Self::to_bytes) output; every byte must be used.
@@ -404,6 +424,9 @@ impl RecordProof {
             Signature::from_der(reader.short("signature")?).map_err(DecodeError::Signature)?;
         let leaf_index = u64::from_be_bytes(reader.array("leaf index")?);
         let hashes = usize::from(reader.take(1, "path length")?[0]);
+        if hashes > MAX_PATH_LEN {
+            return Err(DecodeError::PathTooLong { hashes });
+        }
         let path = (0..hashes)
             .map(|_| reader.array("path").map(Digest))
             .collect::<Result<Vec<_>, _>>()?;
@@ -425,8 +448,9 @@ impl RecordProof {
     }
 }
 
+/// Appends a field of at most 255 bytes (checked by the caller) with its 1-byte length.
 fn push_short(out: &mut Vec<u8>, field: &[u8]) {
-    out.push(u8::try_from(field.len()).expect("short fields are at most 255 bytes"));
+    out.push(field.len() as u8);
     out.extend_from_slice(field);
 }
 
@@ -455,6 +479,18 @@ impl<'a> Reader<'a> {
         let len = usize::from(self.take(1, field)?[0]);
         self.take(len, field)
     }
+}
+
+/// A proof too large for [`RecordProof::to_bytes`].
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("record proof {field} is {len} long; the proof format allows at most {max}")]
+pub struct EncodeError {
+    /// The field.
+    pub field: &'static str,
+    /// Its length (bytes for the signer, hashes for the path).
+    pub len: usize,
+    /// The most the format allows.
+    pub max: usize,
 }
 
 /// Errors reading a [`RecordProof`] from bytes.
@@ -489,6 +525,12 @@ pub enum DecodeError {
     /// The signature is not a canonical DER SM2 signature.
     #[error("record proof signature: {0}")]
     Signature(KeyError),
+    /// More path hashes than any tree of 2^64 leaves needs.
+    #[error("record proof path has {hashes} hashes; at most {MAX_PATH_LEN} are possible")]
+    PathTooLong {
+        /// How many the proof claims.
+        hashes: usize,
+    },
     /// Bytes after the path.
     #[error("record proof has {extra} bytes after its path")]
     Trailing {

@@ -15,8 +15,7 @@
 
 use crate::hash::{Digest, Sm3Hasher, sm3};
 
-/// The largest leaf count a tree accepts: a path is at most 64 hashes long.
-const MAX_PATH_LEN: usize = 64;
+use crate::batch::MAX_PATH_LEN;
 
 /// Why an inclusion proof does not check.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]

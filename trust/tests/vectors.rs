@@ -44,7 +44,7 @@ fn render(key: &SigningKey) -> String {
             out,
             "proof {} {}",
             proof.leaf_index,
-            hex::encode(proof.to_bytes())
+            hex::encode(proof.to_bytes().unwrap())
         )
         .unwrap();
     }

@@ -179,9 +179,12 @@ fn proof_bytes_round_trip_and_decode_errors() {
     let records = records(9);
     let batch = signer.sign(&records).unwrap();
     for proof in batch.proofs() {
-        assert_eq!(RecordProof::from_bytes(&proof.to_bytes()).unwrap(), proof);
+        assert_eq!(
+            RecordProof::from_bytes(&proof.to_bytes().unwrap()).unwrap(),
+            proof
+        );
     }
-    let bytes = batch.proof(3).unwrap().to_bytes();
+    let bytes = batch.proof(3).unwrap().to_bytes().unwrap();
 
     let check = |bytes: &[u8], expected: &str| {
         assert_eq!(
@@ -422,4 +425,33 @@ proptest! {
             prop_assert_eq!(result, proof.verify(leaf, key));
         }
     }
+}
+
+#[test]
+fn oversized_proofs_are_refused_not_panicked_on() {
+    let signer = signer();
+    let batch = signer.sign(records(3)).unwrap();
+    let mut proof = batch.proof(0).unwrap();
+    proof.signer = "x".repeat(300);
+    assert_eq!(
+        proof.to_bytes().unwrap_err().to_string(),
+        "record proof signer is 300 long; the proof format allows at most 255"
+    );
+    let mut proof = batch.proof(0).unwrap();
+    proof.path = vec![Digest::default(); 65];
+    assert!(proof.to_bytes().is_err());
+    assert!(matches!(
+        *proof
+            .verify(&records(3)[0], signer.verifying_key())
+            .unwrap_err()
+            .reason,
+        VerifyFailure::Path(TreeError::PathLength { got: 65, .. })
+    ));
+    let mut bytes = batch.proof(0).unwrap().to_bytes().unwrap();
+    let at = bytes.len() - 2 * 32 - 1;
+    bytes[at] = 65;
+    assert_eq!(
+        RecordProof::from_bytes(&bytes),
+        Err(DecodeError::PathTooLong { hashes: 65 })
+    );
 }
