@@ -455,3 +455,43 @@ fn oversized_proofs_are_refused_not_panicked_on() {
         Err(DecodeError::PathTooLong { hashes: 65 })
     );
 }
+
+proptest! {
+    /// Peer bytes never panic the decoder; what decodes re-encodes to the same bytes.
+    #[test]
+    fn proof_decoding_is_total_and_exact(
+        junk in prop::collection::vec(any::<u8>(), 0..600),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let _ = RecordProof::from_bytes(&junk);
+        let batch = BatchSigner::new("5111", fixed_key())
+            .unwrap()
+            .sign(records(6))
+            .unwrap();
+        let mut bytes = batch.proof(4).unwrap().to_bytes().unwrap();
+        for (at, value) in flips {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        if let Ok(proof) = RecordProof::from_bytes(&bytes) {
+            prop_assert_eq!(proof.to_bytes().unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn signature_decoding_is_total(junk in prop::collection::vec(any::<u8>(), 0..100)) {
+        if let Ok(signature) = Signature::from_der(&junk) {
+            prop_assert_eq!(signature.as_der(), &junk[..]);
+        }
+    }
+}
+
+/// The committed vectors' test key, so the proptest above does not generate one per case.
+fn fixed_key() -> SigningKey {
+    let vectors = include_str!("../../tests/vectors/batch-v1.txt");
+    let der = vectors
+        .lines()
+        .find_map(|line| line.strip_prefix("private_key_pkcs8 "))
+        .expect("the vectors hold a key");
+    SigningKey::from_pkcs8_der(&hex::decode(der).unwrap()).unwrap()
+}
