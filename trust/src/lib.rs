@@ -43,7 +43,9 @@
 //!    forwarding node must not be able to change it;
 //! 6. the tree root, 32 bytes.
 //!
-//! A new layout gets a new tag (`tiersync.batch.v2`); verifiers keep reading v1.
+//! A new layout gets a new tag (`tiersync.batch.v2`); verifiers keep reading v1. A fixed key,
+//! its signed message, signature and proofs are committed in `tests/vectors/batch-v1.txt`, and
+//! `tests/vectors.rs` fails if this build stops reading them.
 //!
 //! # Use
 //!
