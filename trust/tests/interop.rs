@@ -227,6 +227,41 @@ fn openssl_reads_our_keys_and_we_read_its_byte_for_byte() {
 }
 
 #[test]
+fn keys_of_another_curve_are_refused_by_name() {
+    let Some(openssl) = openssl("keys_of_another_curve_are_refused_by_name") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p256 = dir.path().join("p256.pem");
+    run_ok(
+        &openssl,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path_str(&p256),
+        ],
+    );
+    let pem = std::fs::read_to_string(&p256).unwrap();
+    let error = SigningKey::from_pkcs8_pem(&pem).unwrap_err().to_string();
+    assert!(
+        error.starts_with("PKCS#8 PEM private key is not a valid SM2 key"),
+        "{error}"
+    );
+    let public = run_ok(&openssl, &["pkey", "-in", path_str(&p256), "-pubout"]);
+    let error = VerifyingKey::from_public_key_pem(&public)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("SPKI PEM public key is not a valid SM2 key"),
+        "{error}"
+    );
+}
+
+#[test]
 fn openssl_verifies_our_signatures() {
     let Some(openssl) = openssl("openssl_verifies_our_signatures") else {
         return;
