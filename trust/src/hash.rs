@@ -1,7 +1,7 @@
 //! SM3 (GB/T 32905) digests: the one hash function of this crate.
 //!
 //! [`Digest`] is a 32-byte SM3 output with a lowercase hex `Display`, so error messages and logs
-//! can name a root or a key fingerprint. [`sm3`] hashes one buffer; [`Sm3Hasher`] hashes in
+//! can name a root or a key fingerprint. [`sm3()`] hashes one buffer; [`Sm3Hasher`] hashes in
 //! parts (the hash tree uses it to avoid copying `0x00 || leaf`).
 
 use std::fmt;

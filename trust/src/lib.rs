@@ -17,6 +17,10 @@
 //!   defaults to an empty ID; pass it `-pkeyopt distid:1234567812345678`);
 //! - signatures are DER `SEQUENCE { r, s }` ([`Signature`]); raw 64-byte `r || s` is refused.
 //!
+//! The SM2 arithmetic is RustCrypto's `sm2`, whose README says it has never been independently
+//! audited; everything goes through this crate's small API so a certified module could replace
+//! it without changing any format.
+//!
 //! Keys are PKCS#8 / SPKI PEM exactly as OpenSSL writes them for SM2. The test
 //! `tests/interop.rs` checks all of this against the OpenSSL 3 CLI and Python's gmssl.
 //!
@@ -43,7 +47,9 @@
 //!    forwarding node must not be able to change it;
 //! 6. the tree root, 32 bytes.
 //!
-//! A new layout gets a new tag (`tiersync.batch.v2`); verifiers keep reading v1.
+//! A new layout gets a new tag (`tiersync.batch.v2`); verifiers keep reading v1. A fixed key,
+//! its signed message, signature and proofs are committed in `tests/vectors/batch-v1.txt`, and
+//! `tests/vectors.rs` fails if this build stops reading them.
 //!
 //! # Use
 //!

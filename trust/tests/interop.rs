@@ -15,7 +15,9 @@ use std::process::{Command, Output};
 
 use tiersync_trust::cert::{Certificate, Role};
 use tiersync_trust::tree::{HashTree, verify_inclusion};
-use tiersync_trust::{BatchSigner, DIST_ID, Digest, Signature, SigningKey, VerifyingKey, sm3};
+use tiersync_trust::{
+    BatchSigner, DIST_ID, Digest, RecordProof, Signature, SigningKey, VerifyingKey, sm3,
+};
 
 const GMSSL_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -222,6 +224,41 @@ fn openssl_reads_our_keys_and_we_read_its_byte_for_byte() {
         *theirs.verifying_key()
     );
     assert_eq!(theirs.verifying_key().to_public_key_pem(), theirs_public);
+}
+
+#[test]
+fn keys_of_another_curve_are_refused_by_name() {
+    let Some(openssl) = openssl("keys_of_another_curve_are_refused_by_name") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p256 = dir.path().join("p256.pem");
+    run_ok(
+        &openssl,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path_str(&p256),
+        ],
+    );
+    let pem = std::fs::read_to_string(&p256).unwrap();
+    let error = SigningKey::from_pkcs8_pem(&pem).unwrap_err().to_string();
+    assert!(
+        error.starts_with("PKCS#8 PEM private key is not a valid SM2 key"),
+        "{error}"
+    );
+    let public = run_ok(&openssl, &["pkey", "-in", path_str(&p256), "-pubout"]);
+    let error = VerifyingKey::from_public_key_pem(&public)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("SPKI PEM public key is not a valid SM2 key"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -579,6 +616,33 @@ fn openssl_and_gmssl_verify_the_committed_vector() {
             &message,
             &signature
         ));
+        // And every committed proof, whole, from the documented formats alone.
+        let file = include_str!("vectors/batch-v1.txt");
+        let mut proofs = 0;
+        for line in file.lines() {
+            let Some(rest) = line.strip_prefix("proof ") else {
+                continue;
+            };
+            let (index, bytes) = rest.split_once(' ').unwrap();
+            let proof = write(dir.path(), "proof", hex::decode(bytes).unwrap());
+            let leaf = write(dir.path(), "leaf", format!("record {index} of 5"));
+            let out = gmssl(
+                &python,
+                &[
+                    "verify-proof",
+                    &gmssl_public(&public),
+                    path_str(&proof),
+                    path_str(&leaf),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "gmssl refused committed proof {index}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            proofs += 1;
+        }
+        assert_eq!(proofs, 5);
     }
 }
 
@@ -791,4 +855,56 @@ fn gmssl_verifies_our_certificates() {
         "gmssl refused our issued certificate"
     );
     assert!(!check(&leaf, leaf_key.verifying_key()));
+}
+
+#[test]
+fn gmssl_verifies_whole_record_proofs_from_the_documented_formats() {
+    let Some(python) =
+        gmssl_python("gmssl_verifies_whole_record_proofs_from_the_documented_formats")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let signer = BatchSigner::new("511102004001", SigningKey::generate()).unwrap();
+    let records: Vec<Vec<u8>> = (0..11)
+        .map(|i| format!("record {i}").into_bytes())
+        .collect();
+    let batch = signer.sign(&records).unwrap();
+    let public = gmssl_public(signer.verifying_key());
+    let check = |proof: &RecordProof, leaf: &[u8]| {
+        let proof_file = write(dir.path(), "proof", proof.to_bytes().unwrap());
+        let leaf_file = write(dir.path(), "leaf", leaf);
+        let out = gmssl(
+            &python,
+            &[
+                "verify-proof",
+                &public,
+                path_str(&proof_file),
+                path_str(&leaf_file),
+            ],
+        );
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            out.status.success(),
+            said == "valid",
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.status.success()
+    };
+    for (proof, record) in batch.proofs().zip(&records) {
+        assert!(
+            check(&proof, record),
+            "gmssl refused the proof of leaf {}",
+            proof.leaf_index
+        );
+    }
+    let proof = batch.proof(6).unwrap();
+    assert!(!check(&proof, b"forged"));
+    let mut recounted = proof.clone();
+    recounted.leaf_count = 12;
+    assert!(!check(&recounted, &records[6]));
+    let mut moved = proof.clone();
+    moved.leaf_index = 7;
+    assert!(!check(&moved, &records[6]));
 }
