@@ -69,6 +69,7 @@ fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey
         },
         reach: Some(scope),
         withdrawn: false,
+        ..Default::default()
     }
 }
 
@@ -80,13 +81,16 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
         * 1000.0
 }
 
-async fn throughput(records: usize) -> anyhow::Result<()> {
+/// One link catching up on a backlog of `records` signed records, with the
+/// receiver checking every signature (`verify`) or not.
+async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = Deployment::create(dir.path())?;
     let key_hex = std::fs::read_to_string(dir.path().join("pki/deployment.key"))?;
     let key = tiersync_proto::types::DigestKey::from_hex(key_hex.trim())?;
-    // Start the chain once so every node has its port, then stop it so the
-    // backlog can be loaded into the community while nothing drains it.
+    // Start the chain once so every node has its port (and the community
+    // has published its key), then stop it so the backlog can be loaded into
+    // the community while nothing drains it.
     for node in d
         .start_all(&["5111", "511102", "511102004", "511102004001"])
         .await?
@@ -98,10 +102,14 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
     let community = d.start("511102004001").await?;
     let sample = kilobyte_record(0, "511102004001", &key);
     let load = Instant::now();
+    let mut signing = Duration::ZERO;
     for chunk in 0..records.div_ceil(1000) {
-        let batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
+        let mut batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
             .map(|n| kilobyte_record(n, "511102004001", &key))
             .collect();
+        let t = Instant::now();
+        community.node.identity.sign(&mut batch)?;
+        signing += t.elapsed();
         community
             .node
             .store
@@ -114,20 +122,37 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
             .await?;
     }
     let load_s = load.elapsed().as_secs_f64();
-    println!(
-        "backlog: {records} records of {} bytes each loaded into the community in {load_s:.2} s ({:.0}/s)",
-        sample.encoded_len(),
-        records as f64 / load_s
-    );
+    if verify {
+        println!(
+            "backlog: {records} signed records of {} bytes each ({} of them proof) loaded into the community in {load_s:.2} s ({:.0}/s); signing alone {:.0} records/s",
+            {
+                let mut signed = vec![sample.clone()];
+                community.node.identity.sign(&mut signed)?;
+                signed[0].encoded_len()
+            },
+            {
+                let mut signed = vec![sample.clone()];
+                community.node.identity.sign(&mut signed)?;
+                signed[0].proof.len()
+            },
+            records as f64 / load_s,
+            records as f64 / signing.as_secs_f64()
+        );
+    }
     community.shutdown().await;
 
     // Parent up first, then the child: the clock starts when the child starts.
-    let street = d.start("511102004").await?;
+    let street = d
+        .start_tuned("511102004", |c| c.sync.verify_origin = verify)
+        .await?;
+    let already = street.node.store.head_seq().await?;
     let start = Instant::now();
     let community = d.start("511102004001").await?;
     let mut head = street.node.subscribe_head();
+    // The street already holds what the community had before the backlog.
+    let target = already + records as u64;
     loop {
-        if *head.borrow_and_update() >= records as u64 {
+        if *head.borrow_and_update() >= target {
             break;
         }
         tokio::time::timeout(Duration::from_secs(120), head.changed()).await??;
@@ -135,7 +160,8 @@ async fn throughput(records: usize) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let rejected = street.node.store.quarantine_count().await?;
     println!(
-        "link throughput: {records} records caught up over one mutual-TLS link in {secs:.2} s = {:.0} records/s ({:.1} MB/s), {rejected} rejected",
+        "link throughput, signatures {}: {records} records caught up over one mutual-TLS link in {secs:.2} s = {:.0} records/s ({:.1} MB/s), {rejected} rejected",
+        if verify { "verified" } else { "NOT verified" },
         records as f64 / secs,
         records as f64 * sample.encoded_len() as f64 / secs / 1e6
     );
@@ -252,7 +278,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         tiersync::tls::install_crypto_provider();
         let records = env("BENCH_RECORDS", 100_000) as usize;
-        throughput(records).await?;
+        throughput(records, true).await?;
+        throughput(records, false).await?;
         latency(env("BENCH_RATE", 1000), env("BENCH_SECONDS", 10)).await?;
         anyhow::Ok(())
     })

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::node::{KEY_ID_DIGEST, KIND_RESIDENT, Node, NodeError, PutInput};
-use crate::route::Toward;
 use crate::store::{ListQuery, StoreError};
 
 /// The one mapping from domain errors to gRPC statuses.
@@ -288,71 +287,19 @@ impl LocalApi for LocalApiService {
         request: Request<wire::ReplayQuarantineRequest>,
     ) -> Result<Response<wire::ReplayQuarantineResponse>, Status> {
         let qid = request.into_inner().qid;
-        let node = &self.node;
-        let row = node
-            .store
-            .quarantine_get(qid)
+        let outcome = self
+            .node
+            .replay_quarantined(qid)
             .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no open quarantine entry {qid}")))?;
-        let record: wire::Record = prost::Message::decode(row.body.as_slice()).map_err(|e| {
-            Status::failed_precondition(format!("quarantined body does not decode: {e}"))
-        })?;
-        let peer = tiersync_proto::types::DivisionCode::parse(&row.peer).map_err(|e| {
-            Status::failed_precondition(format!("quarantine entry {qid} has no peer: {e}"))
-        })?;
-        let from = if node.code.parent().as_ref() == Some(&peer) {
-            Toward::Parent
-        } else {
-            Toward::Child
-        };
-        if let Err(reason) = node.check_incoming(&record, &peer, from) {
-            return Ok(Response::new(wire::ReplayQuarantineResponse {
-                applied: false,
-                reason,
-            }));
-        }
-        if let Some(held) = node.store.get(&record.id).await.map_err(store_status)?
-            && (held.record.version, held.record.withdrawn) >= (record.version, record.withdrawn)
-        {
-            node.store
-                .quarantine_resolve(qid)
-                .await
-                .map_err(store_status)?;
-            node.metrics.quarantined.dec();
-            return Ok(Response::new(wire::ReplayQuarantineResponse {
-                applied: false,
-                reason: format!(
-                    "superseded: version {} is already held; entry closed",
-                    held.record.version
-                ),
-            }));
-        }
-        let report = node
-            .store
-            .apply(crate::store::ApplyBatch {
-                via: row.peer.clone(),
-                cursor: None,
-                records: vec![record],
-                refused: vec![],
-            })
-            .await
-            .map_err(store_status)?;
-        if let Some(refusal) = report.refused.first() {
-            return Ok(Response::new(wire::ReplayQuarantineResponse {
-                applied: false,
-                reason: refusal.reason.clone(),
-            }));
-        }
-        node.store
-            .quarantine_resolve(qid)
-            .await
-            .map_err(store_status)?;
-        node.metrics.quarantined.dec();
-        node.applied_locally(&report);
+            .map_err(|e| match e {
+                NodeError::NotFound(_) => {
+                    Status::not_found(format!("no open quarantine entry {qid}"))
+                }
+                e => status_of(e),
+            })?;
         Ok(Response::new(wire::ReplayQuarantineResponse {
-            applied: true,
-            reason: String::new(),
+            applied: outcome.applied,
+            reason: outcome.reason,
         }))
     }
 }

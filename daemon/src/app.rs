@@ -28,6 +28,7 @@ use crate::config::NodeConfig;
 use crate::join::JoinService;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::origin::{Identity, TrustRoot};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::sync::server::SyncService;
@@ -53,7 +54,12 @@ impl App {
     /// Builds every part of a node from its config and starts it. Listeners
     /// bind before this returns, so a `:0` port is known to the caller.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
-        let (tls, digest_key) = load_material(&config)?;
+        let Material {
+            tls,
+            digest_key,
+            root,
+            identity,
+        } = load_material(&config)?;
         // What the join service hands a new child (load_material checked both).
         let ca_pem = std::fs::read_to_string(&config.tls.ca)
             .with_context(|| format!("cannot read tls.ca {}", config.tls.ca.display()))?;
@@ -90,8 +96,11 @@ impl App {
             digest_key,
             metrics,
             config.sync.clone(),
+            root,
+            identity,
         )
         .await?;
+        node.publish_own_key().await?;
         node.process_amendments(None).await?;
         if let Some(ca_key) = &config.tls.ca_key {
             let read = |path: &std::path::Path| {
@@ -101,8 +110,21 @@ impl App {
             let ca = crate::pki::Ca::load(&read(&config.tls.ca)?, &read(ca_key)?)
                 .with_context(|| format!("tls.ca_key {}", ca_key.display()))?;
             let _ = node.issuer.set(Arc::new(ca));
-            crate::join::issue_pending(&node, None).await?;
         }
+        if let Some(root_key) = &config.trust.root_key {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let issuer = crate::origin::RootIssuer::from_pem(
+                &read(&config.trust.root)?,
+                &read(root_key)?,
+                &config.trust.root.display().to_string(),
+            )
+            .with_context(|| format!("trust.root_key {}", root_key.display()))?;
+            let _ = node.root_issuer.set(Arc::new(issuer));
+        }
+        crate::join::issue_pending(&node, None).await?;
         let registry = Arc::new(registry);
 
         let cancel = CancellationToken::new();
@@ -228,7 +250,7 @@ impl App {
 /// (the certificate must be for this node's code and chain to the CA) and
 /// the deployment secret. `check-config` runs this too, so `ExecStartPre`
 /// catches what `serve` would fail on.
-pub fn load_material(config: &NodeConfig) -> anyhow::Result<(TlsMaterial, DigestKey)> {
+pub fn load_material(config: &NodeConfig) -> anyhow::Result<Material> {
     crate::tls::install_crypto_provider();
     let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     if tls.own_code() != &config.code {
@@ -253,7 +275,38 @@ pub fn load_material(config: &NodeConfig) -> anyhow::Result<(TlsMaterial, Digest
             config.digest_key_file.display()
         )
     })?;
-    Ok((tls, digest_key))
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {key} {}", path.display()))
+    };
+    let root_what = config.trust.root.display().to_string();
+    let root = TrustRoot::from_pem(&read("trust.root", &config.trust.root)?, &root_what)
+        .with_context(|| format!("trust.root {root_what}"))?;
+    let identity = Identity::load(
+        &root,
+        &config.code,
+        &read("trust.key", &config.trust.key)?,
+        &read("trust.cert", &config.trust.cert)?,
+        &format!(
+            "trust.key {} / trust.cert {}",
+            config.trust.key.display(),
+            config.trust.cert.display()
+        ),
+    )?;
+    Ok(Material {
+        tls,
+        digest_key,
+        root,
+        identity,
+    })
+}
+
+/// What a node's config points at, loaded and checked.
+pub struct Material {
+    pub tls: TlsMaterial,
+    pub digest_key: DigestKey,
+    pub root: TrustRoot,
+    pub identity: Identity,
 }
 
 impl RunningNode {

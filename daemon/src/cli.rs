@@ -473,10 +473,13 @@ async fn pki(command: PkiCommand) -> anyhow::Result<()> {
         PkiCommand::Issue { dir, code, days } => {
             let code = DivisionCode::parse(&code)?;
             let (cert, key) = crate::pki::issue_into_dir(&dir, &code, days)?;
+            let (origin_cert, origin_key) = crate::pki::issue_origin_into_dir(&dir, &code)?;
             println!(
-                "issued {} and {} for node {code}",
+                "issued {} and {} (TLS), {} and {} (record signing) for node {code}",
                 cert.display(),
-                key.display()
+                key.display(),
+                origin_cert.display(),
+                origin_key.display()
             );
             Ok(())
         }

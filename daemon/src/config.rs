@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub listen: RawListen,
     pub parent: Option<RawParent>,
     pub tls: Option<RawTls>,
+    pub trust: Option<RawTrust>,
     pub deployment: Option<RawDeployment>,
     #[serde(default)]
     pub sync: RawSync,
@@ -79,6 +80,19 @@ pub struct RawTls {
     /// The deployment CA's private key: at the city only, which then issues
     /// the certificates of nodes that join (`tiersync join`).
     pub ca_key: Option<PathBuf>,
+}
+
+/// Signed origin: the deployment's trust root and this node's SM2 signing
+/// key with its origin certificate (see `crate::origin`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrust {
+    pub root: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    /// The trust root's private key: at the city only, which then issues
+    /// origin certificates to nodes that join.
+    pub root_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +158,10 @@ pub struct SyncTuning {
     pub stall_after: Duration,
     /// Largest frame a peer may send; larger ones end the session.
     pub max_frame_bytes: usize,
+    /// Check every arriving record's owner signature. Not settable from a
+    /// config file: only the link benchmark turns it off, to measure what
+    /// verification costs.
+    pub verify_origin: bool,
 }
 
 impl Default for SyncTuning {
@@ -155,6 +173,7 @@ impl Default for SyncTuning {
             heartbeat: Duration::from_secs(5),
             stall_after: Duration::from_secs(30),
             max_frame_bytes: 16 << 20,
+            verify_origin: true,
         }
     }
 }
@@ -163,6 +182,14 @@ impl Default for SyncTuning {
 pub struct ParentConfig {
     pub code: DivisionCode,
     pub address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustPaths {
+    pub root: PathBuf,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub root_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +211,7 @@ pub struct NodeConfig {
     pub listen_admin: Option<SocketAddr>,
     pub parent: Option<ParentConfig>,
     pub tls: TlsPaths,
+    pub trust: TrustPaths,
     pub digest_key_file: PathBuf,
     pub sync: SyncTuning,
 }
@@ -501,6 +529,50 @@ impl RawConfig {
             }
         };
 
+        let trust = match self.trust {
+            None => {
+                issue(
+                    "trust",
+                    "missing; add [trust] with root, key and cert (the trust root certificate and this node's SM2 signing key and origin certificate, made by `tiersync pki`)"
+                        .into(),
+                );
+                None
+            }
+            Some(t) => {
+                let mut path = |key: &str, p: Option<PathBuf>| match p {
+                    None => {
+                        issue(key, "missing".into());
+                        None
+                    }
+                    Some(p) => Some(resolve(base, &p)),
+                };
+                let root = path("trust.root", t.root);
+                let key = path("trust.key", t.key);
+                let cert = path("trust.cert", t.cert);
+                let root_key = t.root_key.map(|p| resolve(base, &p));
+                if let (Some(_), Some(c)) = (&root_key, &code)
+                    && c.tier() != Tier::City
+                {
+                    issue(
+                        "trust.root_key",
+                        format!(
+                            "only the city holds the trust root's key, and `{c}` is a {}; remove trust.root_key from this node",
+                            c.tier()
+                        ),
+                    );
+                }
+                match (root, key, cert) {
+                    (Some(root), Some(key), Some(cert)) => Some(TrustPaths {
+                        root,
+                        key,
+                        cert,
+                        root_key,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+
         let digest_key_file = match self.deployment.and_then(|d| d.digest_key_file) {
             None => {
                 issue(
@@ -522,6 +594,7 @@ impl RawConfig {
             None => default,
         };
         let sync = SyncTuning {
+            verify_origin: true,
             batch_records: positive(
                 "sync.batch_records",
                 self.sync.batch_records,
@@ -571,6 +644,7 @@ impl RawConfig {
             listen_admin,
             parent,
             tls: tls.expect("checked"),
+            trust: trust.expect("checked"),
             digest_key_file: digest_key_file.expect("checked"),
             sync,
         })
@@ -611,6 +685,10 @@ address = "street.example:7400"
 ca = "pki/ca.pem"
 cert = "pki/511102004001.pem"
 key = "pki/511102004001.key"
+[trust]
+root = "pki/trust-root.pem"
+key = "pki/511102004001.sm2.key"
+cert = "pki/511102004001.sm2.pem"
 [deployment]
 digest_key_file = "pki/deployment.key"
 "#;
@@ -644,7 +722,7 @@ digest_key_file = "pki/deployment.key"
     #[test]
     fn missing_and_misplaced_parent() {
         let no_parent = COMMUNITY.split("[parent]").next().unwrap().to_owned()
-            + "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[deployment]\ndigest_key_file = \"d\"\n";
+            + "[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nroot = \"r\"\nkey = \"k\"\ncert = \"c\"\n[deployment]\ndigest_key_file = \"d\"\n";
         assert_eq!(
             validate(&no_parent).unwrap_err(),
             vec!["`parent`: missing; node `511102004001` is a community and must dial its parent `511102004`: add [parent] with code = \"511102004\" and address = \"HOST:PORT\"".to_owned()]

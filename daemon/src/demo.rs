@@ -63,6 +63,7 @@ impl Deployment {
     ) -> anyhow::Result<PathBuf> {
         let dc = DivisionCode::parse(code)?;
         crate::pki::issue_into_dir(&self.dir.join("pki"), &dc, 30)?;
+        crate::pki::issue_origin_into_dir(&self.dir.join("pki"), &dc)?;
         let name = self.names.get(&dc).cloned().unwrap_or_default();
         let mut text = format!(
             "version = 1\n\n[node]\ncode = \"{code}\"\ntier = \"{tier}\"\nname = \"{name}\"\n\n[storage]\npath = \"{code}.db\"\n\n[listen]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
@@ -76,14 +77,18 @@ impl Deployment {
                 "\n[parent]\ncode = \"{pcode}\"\naddress = \"{p}\"\n"
             ));
         }
-        // The city holds the CA key, so nodes can join through the tree.
-        let ca_key = if dc.tier() == Tier::City {
-            "ca_key = \"pki/ca.key\"\n"
+        // The city holds the CA and trust root keys, so nodes can join
+        // through the tree.
+        let (ca_key, root_key) = if dc.tier() == Tier::City {
+            (
+                "ca_key = \"pki/ca.key\"\n",
+                "root_key = \"pki/trust-root.key\"\n",
+            )
         } else {
-            ""
+            ("", "")
         };
         text.push_str(&format!(
-            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n{ca_key}\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\nstall_secs = 2\n"
+            "\n[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n{ca_key}\n[trust]\nroot = \"pki/trust-root.pem\"\nkey = \"pki/{code}.sm2.key\"\ncert = \"pki/{code}.sm2.pem\"\n{root_key}\n[deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n[sync]\nheartbeat_secs = 1\nstall_secs = 2\n"
         ));
         let path = self.dir.join(format!("{code}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -94,12 +99,23 @@ impl Deployment {
     /// start the ports it bound are written back into its config, so a
     /// restart comes back where its children look for it.
     pub async fn start(&self, code: &str) -> anyhow::Result<RunningNode> {
+        self.start_tuned(code, |_| {}).await
+    }
+
+    /// Like [`Deployment::start`], with the config changed by `tune` first
+    /// (benchmarks use it for settings no config file may change).
+    pub async fn start_tuned(
+        &self,
+        code: &str,
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> anyhow::Result<RunningNode> {
         let path = self.dir.join(format!("{code}.toml"));
         let text = std::fs::read_to_string(&path)?;
         let raw: RawConfig = toml::from_str(&text)?;
-        let config: NodeConfig = raw
+        let mut config: NodeConfig = raw
             .validate(&self.dir)
             .map_err(|issues| anyhow::anyhow!("demo config {code}: {issues:?}"))?;
+        tune(&mut config);
         let node = App::start(config).await?;
         let mut fixed = text.clone();
         for (key, addr) in [

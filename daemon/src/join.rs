@@ -39,7 +39,7 @@ use tracing::{info, warn};
 use crate::node::{Node, NodeError, owner_code};
 use crate::route;
 use crate::status::now_ms;
-use crate::store::{LocalWrite, StoreError};
+use crate::store::StoreError;
 
 pub const KIND_JOIN_TOKEN: &str = "tiersync.v1.JoinToken";
 pub const KIND_CERT_REQUEST: &str = "tiersync.v1.CertificateRequest";
@@ -247,16 +247,7 @@ impl Node {
             payload,
             keys,
         );
-        let stored = self
-            .store
-            .put_local(LocalWrite {
-                record,
-                expected_version,
-                unique_keys: false,
-            })
-            .await?;
-        self.advance_head(stored.seq);
-        Ok(stored)
+        self.put_own(record, expected_version, false).await
     }
 }
 
@@ -393,9 +384,12 @@ impl wire::join_server::Join for JoinService {
 
         let city = city_of(&self.node.code);
         let request_id = RecordId::new().as_bytes().to_vec();
+        tiersync_trust::VerifyingKey::from_public_key_pem(&req.origin_public_key_pem)
+            .map_err(|e| Status::invalid_argument(format!("origin_public_key_pem: {e}")))?;
         let cert_request = wire::CertificateRequest {
             subject: code.to_string(),
             csr_pem: req.csr_pem,
+            origin_public_key_pem: req.origin_public_key_pem,
         };
         let stored = self
             .node
@@ -456,6 +450,8 @@ impl wire::join_server::Join for JoinService {
             ca_pem: self.ca_pem.clone(),
             deployment_key: self.deployment_key_hex.clone(),
             parent: self.node.code.to_string(),
+            origin_cert_pem: answer.origin_cert_pem,
+            trust_root_pem: self.node.keyring.root().cert.to_pem(),
         }))
     }
 }
@@ -508,12 +504,17 @@ pub async fn issue_pending(
         let request = wire::CertificateRequest::decode(record.payload.as_slice()).ok();
         let outcome = match &request {
             None => Err("the request does not decode".to_owned()),
-            Some(request) => decide(ca, &requester, request),
+            Some(request) => decide(
+                ca,
+                node.root_issuer.get().map(|r| &**r),
+                &requester,
+                request,
+            ),
         };
         let subject = request.map(|r| r.subject).unwrap_or_default();
-        let (accepted, cert_pem, reason) = match outcome {
-            Ok(pem) => (true, pem, String::new()),
-            Err(reason) => (false, String::new(), reason),
+        let (accepted, (cert_pem, origin_cert_pem), reason) = match outcome {
+            Ok(pems) => (true, pems, String::new()),
+            Err(reason) => (false, Default::default(), reason),
         };
         if accepted {
             info!(%requester, %subject, "node certificate issued");
@@ -526,6 +527,7 @@ pub async fn issue_pending(
             accepted,
             cert_pem,
             reason,
+            origin_cert_pem,
         };
         let put = node
             .put_internal(
@@ -548,19 +550,32 @@ pub async fn issue_pending(
 
 /// The city's rule: a node may request certificates for its direct children
 /// only (the same rule by which a parent admits a child's link).
+/// Returns the TLS certificate and the origin certificate, both PEM.
 fn decide(
     ca: &crate::pki::Ca,
+    root: Option<&crate::origin::RootIssuer>,
     requester: &DivisionCode,
     request: &wire::CertificateRequest,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let subject = DivisionCode::parse(&request.subject).map_err(|e| format!("subject: {e}"))?;
     if subject.parent().as_ref() != Some(requester) {
         return Err(format!(
             "node `{requester}` may request certificates only for its direct children, and `{subject}` is not one"
         ));
     }
-    ca.issue_for_request(&subject, &request.csr_pem, CERT_VALIDITY_DAYS)
-        .map_err(|e| e.to_string())
+    let root = root.ok_or(
+        "this city has no trust.root_key, so it cannot issue origin certificates; issue them with `tiersync pki issue`",
+    )?;
+    let origin_key =
+        tiersync_trust::VerifyingKey::from_public_key_pem(&request.origin_public_key_pem)
+            .map_err(|e| format!("origin public key: {e}"))?;
+    let tls = ca
+        .issue_for_request(&subject, &request.csr_pem, CERT_VALIDITY_DAYS)
+        .map_err(|e| e.to_string())?;
+    let origin = root
+        .issue(&subject, &origin_key)
+        .map_err(|e| e.to_string())?;
+    Ok((tls, origin))
 }
 
 // === the joining side ===
@@ -595,6 +610,11 @@ pub async fn join(
     files.refuse_existing()?;
     crate::tls::install_crypto_provider();
     let (csr_pem, key_pem) = crate::pki::certificate_request(&token.code)?;
+    let origin_key = tiersync_trust::SigningKey::generate();
+    let origin_key_pem = origin_key
+        .to_pkcs8_pem()
+        .map_err(|e| JoinError::BadAnswer(format!("cannot encode the new signing key: {e}")))?;
+    let origin_public_key_pem = origin_key.verifying_key().to_public_key_pem();
     let client_config = crate::tls::join_client_config(token.ca_fingerprint)?;
 
     let attempt = || async {
@@ -604,6 +624,7 @@ pub async fn join(
                 code: token.code.to_string(),
                 secret: token.secret.to_vec(),
                 csr_pem: csr_pem.clone(),
+                origin_public_key_pem: origin_public_key_pem.clone(),
             })
             .await
             .map(Response::into_inner)
@@ -648,10 +669,21 @@ pub async fn join(
     }
     tiersync_proto::types::DigestKey::from_hex(&answer.deployment_key)
         .map_err(|e| JoinError::BadAnswer(format!("deployment secret: {e}")))?;
+    let root = crate::origin::TrustRoot::from_pem(&answer.trust_root_pem, "the trust root")
+        .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
+    crate::origin::Identity::load(
+        &root,
+        &token.code,
+        &origin_key_pem,
+        &answer.origin_cert_pem,
+        "the origin",
+    )
+    .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
 
     files.write(
         &answer,
         &key_pem,
+        &origin_key_pem,
         &config_text(token, &parent, parent_addr, options),
     )?;
     info!(node = %token.code, %parent, config = %files.config.display(), "joined");
@@ -678,6 +710,7 @@ impl NodeFiles {
         for path in [
             self.config.clone(),
             self.pki.join("node.key"),
+            self.pki.join("node.sm2.key"),
             self.data.join("node.db"),
         ] {
             if std::fs::symlink_metadata(&path).is_ok() {
@@ -691,6 +724,7 @@ impl NodeFiles {
         &self,
         answer: &wire::JoinResponse,
         key_pem: &str,
+        origin_key_pem: &str,
         config: &str,
     ) -> Result<(), JoinError> {
         let write = |path: PathBuf, text: &str, private: bool| -> Result<(), JoinError> {
@@ -710,6 +744,17 @@ impl NodeFiles {
         write(self.pki.join("node.key"), key_pem, true)?;
         write(self.pki.join("node.pem"), &answer.cert_pem, false)?;
         write(self.pki.join("ca.pem"), &answer.ca_pem, false)?;
+        write(self.pki.join("node.sm2.key"), origin_key_pem, true)?;
+        write(
+            self.pki.join("node.sm2.pem"),
+            &answer.origin_cert_pem,
+            false,
+        )?;
+        write(
+            self.pki.join(crate::origin::TRUST_ROOT_CERT_FILE),
+            &answer.trust_root_pem,
+            false,
+        )?;
         write(
             self.pki.join("deployment.key"),
             &format!("{}\n", answer.deployment_key),
@@ -740,6 +785,7 @@ fn config_text(
          [listen]\n{peer}api = \"{api}\"\nadmin = \"{admin}\"\n\n\
          [parent]\ncode = \"{parent}\"\naddress = \"{parent_addr}\"\n\n\
          [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node.pem\"\nkey = \"pki/node.key\"\n\n\
+         [trust]\nroot = \"pki/trust-root.pem\"\nkey = \"pki/node.sm2.key\"\ncert = \"pki/node.sm2.pem\"\n\n\
          [deployment]\ndigest_key_file = \"pki/deployment.key\"\n",
         code = token.code,
         api = options.listen_api,
@@ -799,24 +845,36 @@ mod tests {
         let c = |s: &str| DivisionCode::parse(s).unwrap();
         let ca = crate::pki::Ca::generate(&c("5111"), 30).unwrap();
         let (csr_pem, _key) = crate::pki::certificate_request(&c("511102004001")).unwrap();
+        let (root_key, root_pem) = crate::origin::generate_root(&c("5111")).unwrap();
+        let root = crate::origin::RootIssuer::from_pem(&root_pem, &root_key, "root").unwrap();
+        let origin_public_key_pem = tiersync_trust::SigningKey::generate()
+            .verifying_key()
+            .to_public_key_pem();
         let request = |subject: &str| wire::CertificateRequest {
             subject: subject.into(),
             csr_pem: csr_pem.clone(),
+            origin_public_key_pem: origin_public_key_pem.clone(),
         };
-        let pem = decide(&ca, &c("511102004"), &request("511102004001")).unwrap();
-        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        let error = decide(&ca, &c("511102004"), &request("511102006001")).unwrap_err();
+        let root = Some(&root);
+        let (tls, origin) = decide(&ca, root, &c("511102004"), &request("511102004001")).unwrap();
+        assert!(tls.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(origin.starts_with("-----BEGIN CERTIFICATE-----"));
+        let error = decide(&ca, None, &c("511102004"), &request("511102004001")).unwrap_err();
+        assert!(error.contains("no trust.root_key"), "{error}");
+        let error = decide(&ca, root, &c("511102004"), &request("511102006001")).unwrap_err();
         assert_eq!(
             error,
             "node `511102004` may request certificates only for its direct children, and `511102006001` is not one"
         );
         // a grandchild may not skip its parent
-        assert!(decide(&ca, &c("511102"), &request("511102004001")).is_err());
+        assert!(decide(&ca, root, &c("511102"), &request("511102004001")).is_err());
         let error = decide(
             &ca,
+            root,
             &c("511102004"),
             &wire::CertificateRequest {
                 subject: "511102004001".into(),
+                origin_public_key_pem: origin_public_key_pem.clone(),
                 csr_pem:
                     "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
                         .into(),

@@ -17,6 +17,7 @@ pub mod divisions;
 pub mod join;
 pub mod metrics;
 pub mod node;
+pub mod origin;
 pub mod pki;
 pub mod route;
 pub mod status;

@@ -15,12 +15,13 @@
 //! - Reads at any node but the owner mask the fields the schema marks
 //!   personal.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use prost::Message;
 use tiersync_proto::pb::{civil, gov, service};
 use tiersync_proto::types::{
-    DigestKey, DivisionCode, Hlc, HlcTimestamp, RecordId, ResidentId, Schemas,
+    DigestKey, DivisionCode, Hlc, HlcTimestamp, RecordId, ResidentId, Schemas, Tier,
 };
 use tiersync_proto::wire;
 use tokio::sync::watch;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::SyncTuning;
 use crate::metrics::Metrics;
+use crate::origin::{Identity, KEY_NODE, KIND_NODE_KEY, Keyring, TrustRoot, UNKNOWN_SIGNER};
 use crate::route::{self, Scope, Toward};
 use crate::status::LinkTable;
 use crate::store::{
@@ -47,6 +49,7 @@ pub const INTERNAL_KINDS: &[&str] = &[
     crate::join::KIND_JOIN_TOKEN,
     crate::join::KIND_CERT_REQUEST,
     crate::join::KIND_CERT_ISSUED,
+    crate::origin::KIND_NODE_KEY,
 ];
 /// Natural key of a resident: the keyed digest of the ID number.
 pub const KEY_ID_DIGEST: &str = "id_digest";
@@ -82,6 +85,14 @@ pub struct PutInput {
     pub reason: String,
 }
 
+/// What replaying a quarantined record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayOutcome {
+    pub applied: bool,
+    /// Why not, when not applied.
+    pub reason: String,
+}
+
 #[derive(Debug)]
 pub struct PutOutcome {
     pub stored: Stored,
@@ -102,9 +113,17 @@ pub struct Node {
     /// The deployment CA, at the city node only: it answers certificate
     /// requests routed up from parents whose children join.
     pub issuer: std::sync::OnceLock<Arc<crate::pki::Ca>>,
+    /// The trust root's key, at the city only: it issues the origin
+    /// certificates of nodes that join.
+    pub root_issuer: std::sync::OnceLock<Arc<crate::origin::RootIssuer>>,
+    /// This node's signing key and origin certificate.
+    pub identity: Identity,
+    /// Every origin key this node has learned, and verified-batch cache.
+    pub keyring: Keyring,
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         code: DivisionCode,
         name: Option<String>,
@@ -112,6 +131,8 @@ impl Node {
         digest_key: DigestKey,
         metrics: Arc<Metrics>,
         tuning: SyncTuning,
+        root: TrustRoot,
+        identity: Identity,
     ) -> Result<Arc<Node>, StoreError> {
         let head = store.head_seq().await?;
         metrics.head_seq.set(head as i64);
@@ -127,6 +148,9 @@ impl Node {
             tuning,
             head: watch::Sender::new(head),
             issuer: std::sync::OnceLock::new(),
+            root_issuer: std::sync::OnceLock::new(),
+            identity,
+            keyring: Keyring::new(root),
         }))
     }
 
@@ -271,17 +295,9 @@ impl Node {
             keys,
         );
         record.deleted = input.delete;
-        let stored = self
-            .store
-            .put_local(LocalWrite {
-                record,
-                expected_version: input.expected_version,
-                unique_keys: true,
-            })
-            .await?;
+        let stored = self.put_own(record, input.expected_version, true).await?;
         self.metrics
             .record_applied(&stored.record.kind, self.schemas);
-        self.advance_head(stored.seq);
         Ok(PutOutcome {
             stored,
             amendment: false,
@@ -316,7 +332,40 @@ impl Node {
             keys,
             reach: Some(reach.to_wire()),
             withdrawn: false,
+            proof: Vec::new(),
+            content_digest: Vec::new(),
         }
+    }
+
+    /// Writes a record this node owns: the version it will have is fixed
+    /// by `expected_version` (the store refuses any other), so it is signed
+    /// first and stored with its proof. Every write of an own record goes
+    /// through here.
+    pub(crate) async fn put_own(
+        &self,
+        mut record: wire::Record,
+        expected_version: u64,
+        unique_keys: bool,
+    ) -> Result<Stored, NodeError> {
+        record.version = expected_version + 1;
+        let mut one = [record];
+        self.identity
+            .sign(&mut one)
+            .map_err(|e| NodeError::Invalid {
+                field: "record",
+                reason: e.to_string(),
+            })?;
+        let [record] = one;
+        let stored = self
+            .store
+            .put_local(LocalWrite {
+                record,
+                expected_version,
+                unique_keys,
+            })
+            .await?;
+        self.advance_head(stored.seq);
+        Ok(stored)
     }
 
     /// Natural keys the node derives from a payload: for a resident, the
@@ -383,16 +432,8 @@ impl Node {
             amendment.encode_to_vec(),
             keys,
         );
-        let stored = self
-            .store
-            .put_local(LocalWrite {
-                record,
-                expected_version: 0,
-                unique_keys: false,
-            })
-            .await?;
+        let stored = self.put_own(record, 0, false).await?;
         info!(target = %RecordId::from_bytes(&target.record.id).map(|i| i.to_string()).unwrap_or_default(), %owner, "amendment routed to owner");
-        self.advance_head(stored.seq);
         Ok(PutOutcome {
             stored,
             amendment: true,
@@ -471,15 +512,11 @@ impl Node {
                 result.encode_to_vec(),
                 keys,
             );
-            let stored = self
-                .store
-                .put_local(LocalWrite {
-                    record: answer,
-                    expected_version: 0,
-                    unique_keys: false,
-                })
-                .await?;
-            self.advance_head(stored.seq);
+            match self.put_own(answer, 0, false).await {
+                Ok(_) => {}
+                Err(NodeError::Store(e)) => return Err(e),
+                Err(e) => warn!(%requester, error = %e, "cannot answer an amendment"),
+            }
         }
         Ok(())
     }
@@ -631,6 +668,10 @@ impl Node {
                 Err(reason) => refused.push(Refusal::of(&r, reason)),
             }
         }
+        let mut learned = BTreeSet::new();
+        let records = self
+            .verify_origins(records, &mut refused, &mut learned)
+            .await?;
         let report = self
             .store
             .apply(ApplyBatch {
@@ -670,7 +711,225 @@ impl Node {
                 report.applied.iter().map(|(_, r)| r.clone()).collect();
             crate::join::issue_pending(self, Some(&applied)).await?;
         }
+        if !learned.is_empty() {
+            self.replay_unknown_signers(&learned).await?;
+        }
         Ok(report)
+    }
+
+    // === signed origin ===
+
+    /// Keeps the records whose owner's signature verifies; the rest are
+    /// refused with the record, its origin and the reason. Keys in
+    /// `NodeKey` records of the batch are learned first (a node's first
+    /// batch brings its key), then keys of owners not known yet are read from
+    /// the store. `learned` gets the owners whose keys were new.
+    pub(crate) async fn verify_origins(
+        &self,
+        records: Vec<wire::Record>,
+        refused: &mut Vec<Refusal>,
+        learned: &mut BTreeSet<String>,
+    ) -> Result<Vec<wire::Record>, StoreError> {
+        if !self.tuning.verify_origin || records.is_empty() {
+            return Ok(records);
+        }
+        let owner_of =
+            |r: &wire::Record| r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default();
+        let mut bad_keys: HashMap<usize, String> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.kind == KIND_NODE_KEY && !r.deleted {
+                match self.keyring.learn(r) {
+                    Ok(true) => {
+                        learned.insert(owner_of(r));
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        bad_keys.insert(i, reason);
+                    }
+                }
+            }
+        }
+        let unknown: BTreeSet<String> = records
+            .iter()
+            .map(owner_of)
+            .filter(|o| !self.keyring.knows(o))
+            .collect();
+        for owner in unknown {
+            for held in self.store.lookup(KIND_NODE_KEY, KEY_NODE, &owner).await? {
+                if let Err(reason) = self.keyring.learn(&held.record) {
+                    warn!(%owner, %reason, "stored NodeKey record unusable");
+                }
+            }
+        }
+        let results = self.keyring.verify(&records.iter().collect::<Vec<_>>());
+        let mut kept = Vec::with_capacity(records.len());
+        for (i, (r, result)) in records.into_iter().zip(results).enumerate() {
+            match bad_keys.remove(&i).map(Err).unwrap_or(result) {
+                Ok(()) => kept.push(r),
+                Err(reason) => {
+                    let id = RecordId::from_bytes(&r.id)
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|_| hex::encode(&r.id));
+                    let reason = format!(
+                        "record {id} ({}) of origin `{}`: {reason}",
+                        r.kind,
+                        owner_of(&r)
+                    );
+                    refused.push(Refusal::of(&r, reason));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Publishes this node's origin certificate as its `NodeKey` record (to
+    /// the whole deployment) unless the record already lists it; earlier
+    /// certificates stay listed so older records still verify.
+    pub async fn publish_own_key(&self) -> Result<(), NodeError> {
+        let held = self
+            .store
+            .lookup(KIND_NODE_KEY, KEY_NODE, self.code.as_str())
+            .await?
+            .into_iter()
+            .find(|s| owner_code(&s.record).as_ref() == Ok(&self.code));
+        let mut node_key = match &held {
+            Some(s) => wire::NodeKey::decode(s.record.payload.as_slice()).unwrap_or_default(),
+            None => wire::NodeKey::default(),
+        };
+        let mine = self.identity.cert_der().to_vec();
+        if !node_key.certificates.contains(&mine) {
+            node_key.certificates.push(mine);
+            let mut city = self.code.clone();
+            while let Some(p) = city.parent() {
+                city = p;
+            }
+            let everywhere = Scope {
+                up_to: Some(Tier::City),
+                down_to: vec![city],
+                departments: Vec::new(),
+            };
+            let (id, expected) = match &held {
+                Some(s) => (s.record.id.clone(), s.record.version),
+                None => (RecordId::new().as_bytes().to_vec(), 0),
+            };
+            let record = self.own_record(
+                id,
+                KIND_NODE_KEY.into(),
+                String::new(),
+                &everywhere,
+                &everywhere,
+                node_key.encode_to_vec(),
+                vec![wire::NaturalKey {
+                    name: KEY_NODE.into(),
+                    value: self.code.to_string(),
+                }],
+            );
+            let stored = self.put_own(record, expected, false).await?;
+            info!(
+                certificates = node_key.certificates.len(),
+                "origin key published"
+            );
+            let _ = self.keyring.learn(&stored.record);
+        } else if let Some(s) = &held {
+            let _ = self.keyring.learn(&s.record);
+        }
+        Ok(())
+    }
+
+    /// Replays quarantined records that were refused because their owner's
+    /// key was unknown, now that keys of `owners` arrived.
+    async fn replay_unknown_signers(&self, owners: &BTreeSet<String>) -> Result<(), StoreError> {
+        let waiting: Vec<u64> = self
+            .store
+            .quarantine_list(10_000)
+            .await?
+            .into_iter()
+            .filter(|q| owners.contains(&q.origin) && q.reason.contains(UNKNOWN_SIGNER))
+            .map(|q| q.qid)
+            .collect();
+        for qid in waiting {
+            match self.replay_quarantined(qid).await {
+                Ok(outcome) if outcome.applied => info!(
+                    qid,
+                    "quarantined record applied once its signer's key arrived"
+                ),
+                Ok(outcome) => {
+                    info!(qid, reason = %outcome.reason, "quarantined record still refused")
+                }
+                Err(NodeError::Store(e)) => return Err(e),
+                Err(e) => warn!(qid, error = %e, "replay failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-checks a quarantined record (scope, origin, signature) and applies
+    /// it if it now passes; closes the entry if it applied or a newer version
+    /// is held.
+    pub async fn replay_quarantined(&self, qid: u64) -> Result<ReplayOutcome, NodeError> {
+        let row = self
+            .store
+            .quarantine_get(qid)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("quarantine entry {qid}")))?;
+        let refuse = |reason: String| ReplayOutcome {
+            applied: false,
+            reason,
+        };
+        let record = match wire::Record::decode(row.body.as_slice()) {
+            Ok(r) => r,
+            Err(e) => return Ok(refuse(format!("quarantined body does not decode: {e}"))),
+        };
+        let peer = match DivisionCode::parse(&row.peer) {
+            Ok(p) => p,
+            Err(e) => return Ok(refuse(format!("quarantine entry {qid} has no peer: {e}"))),
+        };
+        let from = if self.code.parent().as_ref() == Some(&peer) {
+            Toward::Parent
+        } else {
+            Toward::Child
+        };
+        if let Err(reason) = self.check_incoming(&record, &peer, from) {
+            return Ok(refuse(reason));
+        }
+        let mut refused = Vec::new();
+        let mut learned = BTreeSet::new();
+        let mut records = self
+            .verify_origins(vec![record], &mut refused, &mut learned)
+            .await?;
+        if let Some(refusal) = refused.pop() {
+            return Ok(refuse(refusal.reason));
+        }
+        let record = records.pop().expect("one record in, one out");
+        if let Some(held) = self.store.get(&record.id).await?
+            && (held.record.version, held.record.withdrawn) >= (record.version, record.withdrawn)
+        {
+            self.store.quarantine_resolve(qid).await?;
+            self.metrics.quarantined.dec();
+            return Ok(refuse(format!(
+                "superseded: version {} is already held; entry closed",
+                held.record.version
+            )));
+        }
+        let report = self
+            .store
+            .apply(ApplyBatch {
+                via: row.peer.clone(),
+                cursor: None,
+                records: vec![record],
+                refused: vec![],
+            })
+            .await?;
+        if let Some(refusal) = report.refused.first() {
+            return Ok(refuse(refusal.reason.clone()));
+        }
+        self.store.quarantine_resolve(qid).await?;
+        self.metrics.quarantined.dec();
+        self.applied_locally(&report);
+        Ok(ReplayOutcome {
+            applied: true,
+            reason: String::new(),
+        })
     }
 
     // === reads ===
@@ -747,9 +1006,19 @@ mod tests {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let key = DigestKey::from_bytes(&[7; 32]).unwrap();
-        let node = Node::new(code, None, store, key, metrics, SyncTuning::default())
-            .await
-            .unwrap();
+        let (root, identity) = Identity::generate_for_tests(&code);
+        let node = Node::new(
+            code,
+            None,
+            store,
+            key,
+            metrics,
+            SyncTuning::default(),
+            root,
+            identity,
+        )
+        .await
+        .unwrap();
         let resident = civil::v1::Resident {
             name: "张三丰".into(),
             id_number: "11010519491231002X".into(),

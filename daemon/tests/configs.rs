@@ -168,13 +168,35 @@ fn every_node_uses_its_own_certificate_and_the_shared_deployment_files() {
             "{}",
             path.display()
         );
+        assert_eq!(
+            name(&c.trust.key),
+            Some(format!("{}.sm2.key", c.code)),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            name(&c.trust.cert),
+            Some(format!("{}.sm2.pem", c.code)),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            c.trust.root_key.is_some(),
+            c.tier() == Tier::City,
+            "only the city holds trust-root.key: {}",
+            path.display()
+        );
         assert!(c.storage.is_absolute(), "{}", path.display());
-        shared.insert((c.tls.ca.clone(), c.digest_key_file.clone()));
+        shared.insert((
+            c.tls.ca.clone(),
+            c.trust.root.clone(),
+            c.digest_key_file.clone(),
+        ));
     }
     assert_eq!(
         shared.len(),
         1,
-        "all examples should share one CA and one deployment secret: {shared:?}"
+        "all examples should share one CA, one trust root and one deployment secret: {shared:?}"
     );
 }
 

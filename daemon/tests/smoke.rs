@@ -158,6 +158,7 @@ impl Cluster {
         }
         text += &format!(
             "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n\n\
+             [trust]\nroot = \"pki/trust-root.pem\"\nkey = \"pki/{code}.sm2.key\"\ncert = \"pki/{code}.sm2.pem\"\n\n\
              [deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n\
              [sync]\nheartbeat_secs = 1\n"
         );
@@ -444,6 +445,10 @@ address = "street.example:7400"
 ca = "pki/ca.pem"
 cert = "pki/511102004001.pem"
 key = "pki/511102004001.key"
+[trust]
+root = "pki/trust-root.pem"
+key = "pki/511102004001.sm2.key"
+cert = "pki/511102004001.sm2.pem"
 [deployment]
 digest_key_file = "pki/deployment.key"
 "#,

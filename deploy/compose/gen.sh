@@ -65,15 +65,15 @@ code_of() {
 
 for node in "${nodes[@]}"; do
     read -r service code parent name <<<"$node"
-    if [[ ! -f "$ca/$code.pem" || ! -f "$ca/$code.key" ]]; then
+    if [[ ! -f "$ca/$code.pem" || ! -f "$ca/$code.key" || ! -f "$ca/$code.sm2.key" ]]; then
         "$tiersync" pki issue --dir "$ca" --code "$code"
     fi
 
     dir="$out/$service"
     mkdir -p "$dir/pki"
-    cp "$ca/ca.pem" "$ca/$code.pem" "$dir/pki/"
+    cp "$ca/ca.pem" "$ca/$code.pem" "$ca/trust-root.pem" "$ca/$code.sm2.pem" "$dir/pki/"
     # Secrets keep the owner-only mode `tiersync pki` gave them.
-    cp -p "$ca/deployment.key" "$ca/$code.key" "$dir/pki/"
+    cp -p "$ca/deployment.key" "$ca/$code.key" "$ca/$code.sm2.key" "$dir/pki/"
 
     if [[ ${#code} -eq 12 ]]; then
         peer_line="# a community has no children, so no peer listener"
@@ -123,6 +123,11 @@ $parent_table
 ca = "pki/ca.pem"
 cert = "pki/$code.pem"
 key = "pki/$code.key"
+
+[trust]
+root = "pki/trust-root.pem"
+key = "pki/$code.sm2.key"
+cert = "pki/$code.sm2.pem"
 
 [deployment]
 digest_key_file = "pki/deployment.key"

@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "tiersync/v1/sync.proto",
     "tiersync/v1/api.proto",
     "tiersync/v1/join.proto",
+    "tiersync/v1/trust.proto",
     "civil/v1/resident.proto",
     "service/v1/application.proto",
     "gov/v1/notice.proto",

@@ -3,6 +3,7 @@
 
 mod amend;
 mod chain;
+mod integrity;
 mod join;
 mod operate;
 mod reject;

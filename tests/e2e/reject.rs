@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tiersync_e2e::{Cluster, FakeChild, envelope, eventually, fake_channel, holds, raw_link};
+use tiersync_e2e::{
+    Cluster, FakeChild, envelope, eventually, fake_channel, holds, raw_link, records_held, sign_as,
+};
 use tiersync_proto::pb::civil;
 use tiersync_proto::types::Tier;
 use tiersync_proto::wire::{self, local_api_client::LocalApiClient};
@@ -179,7 +181,7 @@ async fn invalid_id_numbers_are_refused_at_the_api_and_from_peers() {
         ack.rejections[0].reason
     );
     assert!(!holds(&street, &bad.id).await);
-    assert_eq!(street.store.count().await.unwrap(), 0);
+    assert_eq!(records_held(&street).await, 0);
     cluster.shutdown().await;
 }
 
@@ -232,13 +234,14 @@ async fn malformed_and_oversized_frames_end_the_session_and_touch_nothing() {
     let mut child = FakeChild::connect(&cluster, "511102004001", "511102004")
         .await
         .unwrap();
-    let kept = envelope(
+    let mut kept = envelope(
         "511102004001",
         "civil.v1.Resident",
         1,
         resident_payload("11010519491231002X"),
         Tier::City,
     );
+    sign_as(&cluster, "511102004001", std::slice::from_mut(&mut kept));
     child.send_batch(1, vec![kept.clone()]).await.unwrap();
     drop(child);
     let before = street.store.head_seq().await.unwrap();

@@ -207,14 +207,100 @@ pub fn envelope(
         keys: vec![],
         reach: Some(scope),
         withdrawn: false,
+        ..Default::default()
     }
 }
 
+/// Records in `node`'s store other than the nodes' published keys (every
+/// node holds those of the whole deployment).
+pub async fn records_held(node: &Node) -> u64 {
+    let keys = node
+        .store
+        .list(&tiersync::store::ListQuery {
+            kind: tiersync::origin::KIND_NODE_KEY.into(),
+            include_deleted: true,
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("store")
+        .len() as u64;
+    node.store.count().await.expect("store") - keys
+}
+
+/// The signing identity of `code` from the deployment's PKI folder, issued
+/// there first if it has none.
+pub fn identity(cluster: &Cluster, code: &str) -> tiersync::origin::Identity {
+    let pki = cluster.dir().join("pki");
+    let dc = DivisionCode::parse(code).expect("code");
+    let key = pki.join(format!("{code}.sm2.key"));
+    if !key.is_file() {
+        tiersync::pki::issue_origin_into_dir(&pki, &dc).expect("issue origin key");
+    }
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("read pki file");
+    let root = tiersync::origin::TrustRoot::from_pem(&read(pki.join("trust-root.pem")), "root")
+        .expect("trust root");
+    tiersync::origin::Identity::load(
+        &root,
+        &dc,
+        &read(key),
+        &read(pki.join(format!("{code}.sm2.pem"))),
+        code,
+    )
+    .expect("identity")
+}
+
+/// Signs `records` as their owner `code` would (one batch signature).
+pub fn sign_as(cluster: &Cluster, code: &str, records: &mut [wire::Record]) {
+    identity(cluster, code).sign(records).expect("sign");
+}
+
+/// The `NodeKey` record `code` publishes, signed.
+pub fn node_key_record(cluster: &Cluster, code: &str) -> wire::Record {
+    let identity = identity(cluster, code);
+    let city = &code[..4];
+    let everywhere = wire::Scope {
+        up_to: tiersync_proto::types::Tier::City.to_wire() as i32,
+        down_to: vec![city.to_owned()],
+        departments: vec![],
+    };
+    let mut record = wire::Record {
+        id: RecordId::new().as_bytes().to_vec(),
+        kind: tiersync::origin::KIND_NODE_KEY.into(),
+        owner: Some(wire::Owner {
+            node: code.into(),
+            department: String::new(),
+        }),
+        version: 1,
+        updated_at: 1,
+        scope: Some(everywhere.clone()),
+        payload: wire::NodeKey {
+            certificates: vec![identity.cert_der().to_vec()],
+        }
+        .encode_to_vec(),
+        keys: vec![wire::NaturalKey {
+            name: tiersync::origin::KEY_NODE.into(),
+            value: code.into(),
+        }],
+        reach: Some(everywhere),
+        ..Default::default()
+    };
+    identity
+        .sign(std::slice::from_mut(&mut record))
+        .expect("sign");
+    record
+}
+
 /// A scripted child: real certificate and TLS, frames written by the test.
+/// It publishes its signing key on connecting, and signs the records it
+/// owns that it sends unsigned, as an honest node would; tests that forge
+/// send what they forged with a proof already set.
 pub struct FakeChild {
     pub tx: mpsc::Sender<wire::LinkFrame>,
     pub inbound: Streaming<wire::LinkFrame>,
     pub parent_hello: wire::Hello,
+    code: String,
+    identity: tiersync::origin::Identity,
 }
 
 impl FakeChild {
@@ -246,16 +332,50 @@ impl FakeChild {
             }) => h,
             other => panic!("expected the parent's hello, got {other:?}"),
         };
-        Ok(FakeChild {
+        let mut child = FakeChild {
             tx,
             inbound,
             parent_hello,
-        })
+            code: code.to_owned(),
+            identity: identity(cluster, code),
+        };
+        let key = node_key_record(cluster, code);
+        let ack = child.send_batch_as_is(0, vec![key]).await?;
+        assert_eq!(
+            ack.rejected, 0,
+            "the parent refused the fake child's key: {:?}",
+            ack.rejections
+        );
+        Ok(child)
     }
 
-    /// Sends one batch and waits for its ack (skipping the parent's own
-    /// batches and heartbeats).
+    /// Sends one batch, first signing the records this child owns that
+    /// carry no proof yet, and waits for its ack.
     pub async fn send_batch(
+        &mut self,
+        through_seq: u64,
+        mut records: Vec<wire::Record>,
+    ) -> Result<wire::Ack, tonic::Status> {
+        let mut unsigned: Vec<usize> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.proof.is_empty() && r.owner.as_ref().is_some_and(|o| o.node == self.code) {
+                unsigned.push(i);
+            }
+        }
+        if !unsigned.is_empty() {
+            let mut batch: Vec<wire::Record> =
+                unsigned.iter().map(|&i| records[i].clone()).collect();
+            self.identity.sign(&mut batch).expect("sign");
+            for (i, r) in unsigned.into_iter().zip(batch) {
+                records[i] = r;
+            }
+        }
+        self.send_batch_as_is(through_seq, records).await
+    }
+
+    /// Sends one batch exactly as given and waits for its ack (skipping the
+    /// parent's own batches and heartbeats).
+    pub async fn send_batch_as_is(
         &mut self,
         through_seq: u64,
         records: Vec<wire::Record>,

@@ -34,6 +34,7 @@ fn record(id: u8, version: u64, owner: &str) -> wire::Record {
         }],
         reach: None,
         withdrawn: false,
+        ..Default::default()
     }
 }
 

@@ -418,13 +418,7 @@ fn outgoing(
         // longer have.
         Delivery::Full if record.withdrawn => None,
         Delivery::Full => Some(record),
-        Delivery::Withdrawal => Some(wire::Record {
-            deleted: true,
-            withdrawn: true,
-            payload: Vec::new(),
-            keys: Vec::new(),
-            ..record
-        }),
+        Delivery::Withdrawal => Some(crate::origin::withdrawal_of(record)),
     }
 }
 

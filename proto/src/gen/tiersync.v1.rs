@@ -71,6 +71,18 @@ pub struct Record {
     /// receiving node. `payload` is empty.
     #[prost(bool, tag = "11")]
     pub withdrawn: bool,
+    /// The owner's signature: a tiersync-trust record proof (format v1: the
+    /// owner's SM2 batch signature and this record's path in the batch's SM3
+    /// hash tree) over the record's signed bytes (daemon `origin::signed_bytes`:
+    /// every field above except `withdrawn`, with `deleted`, `keys` and
+    /// `payload` folded into one content digest). Set by the owner on every
+    /// change and carried unchanged by every hop.
+    #[prost(bytes = "vec", tag = "12")]
+    pub proof: ::prost::alloc::vec::Vec<u8>,
+    /// On a withdrawal only (which carries no payload or keys): the content
+    /// digest of the version it withdraws, so its proof still verifies.
+    #[prost(bytes = "vec", tag = "13")]
+    pub content_digest: ::prost::alloc::vec::Vec<u8>,
 }
 /// A change requested by a node that does not own the target record. It is a
 /// record itself, owned by the requester and routed to the target's owner,
@@ -1610,6 +1622,9 @@ pub struct JoinRequest {
     /// certificate's names come from `code`.
     #[prost(string, tag = "3")]
     pub csr_pem: ::prost::alloc::string::String,
+    /// The SM2 public key (SPKI PEM) the joiner generated to sign its records.
+    #[prost(string, tag = "4")]
+    pub origin_public_key_pem: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct JoinResponse {
@@ -1623,6 +1638,12 @@ pub struct JoinResponse {
     /// The parent's division code.
     #[prost(string, tag = "4")]
     pub parent: ::prost::alloc::string::String,
+    /// The joiner's origin certificate (SM2, issued by the trust root) and the
+    /// deployment's trust root certificate, both PEM.
+    #[prost(string, tag = "5")]
+    pub origin_cert_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub trust_root_pem: ::prost::alloc::string::String,
 }
 /// A join token, held only by the node that issued it (its scope reaches no
 /// other node). Single use: the version that sets `used_at_ms` is written with
@@ -1654,6 +1675,8 @@ pub struct CertificateRequest {
     pub subject: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub csr_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub origin_public_key_pem: ::prost::alloc::string::String,
 }
 /// The city's answer, routed back to the requesting parent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1668,6 +1691,8 @@ pub struct CertificateIssued {
     pub cert_pem: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub origin_cert_pem: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod join_client {
@@ -1962,4 +1987,13 @@ pub mod join_server {
     impl<T> tonic::server::NamedService for JoinServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
+}
+/// A node's origin certificates, published by the node (its owner) to the
+/// whole deployment. The newest is the one it signs with now; older ones stay
+/// listed so records signed before a key change still verify.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeKey {
+    /// DER X.509 certificates, SM2 with SM3, subject `CN=<code>,O=tiersync  origin`, issued by the trust root. Newest last.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub certificates: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }

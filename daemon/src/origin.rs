@@ -1,0 +1,660 @@
+//! Signed origin: every record carries its owner's signature, and every node
+//! checks it before applying, so no node on the way (a street between a
+//! community and its county, say) can alter, invent or re-scope another
+//! node's records unnoticed.
+//!
+//! - **Keys.** Each node has an SM2 signing key and an *origin certificate*
+//!   for it, subject `CN=<code>,O=tiersync origin`, issued by the
+//!   deployment's *trust root* (an SM2 authority kept at the city; its
+//!   certificate `trust-root.pem` is on every node). A node publishes its
+//!   certificates itself as a [`KIND_NODE_KEY`] record that reaches the
+//!   whole deployment, so verifying needs nothing but the trust root:
+//!   certificate against the root, record against the certificate.
+//! - **What is signed.** [`signed_bytes`]: a versioned, length-prefixed
+//!   layout of the envelope (id, kind, owner, version, clock, scope, reach)
+//!   and one SM3 *content digest* over `deleted`, the natural keys and the
+//!   payload bytes as they are ([`content_digest`]). Never a re-encoded
+//!   protobuf. A withdrawal (a scoped tombstone a hop derives when a scope
+//!   narrows) drops payload and keys but carries the content digest, so the
+//!   owner's proof still covers it; `withdrawn` itself is not signed.
+//! - **How.** The owner signs each change with a tiersync-trust batch
+//!   signature (one SM2 signature over an SM3 hash tree; a record's proof is
+//!   the signature plus its path), and the proof travels in
+//!   `Record.proof`, unchanged, whatever batches later hops make.
+//! - **Checks on arrival** ([`Keyring::verify`]): the proof decodes, names
+//!   the record's owner as signer, was made with one of the owner's
+//!   certified keys, its path leads to the signed root, and the SM2
+//!   signature verifies (cached per origin batch). A record whose owner's key
+//!   is not known yet is refused with [`UNKNOWN_SIGNER`] and replayed when
+//!   the key arrives.
+//!
+//! The layouts below are persisted in every proof: never change them; a new
+//! layout gets a new tag.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use prost::Message;
+use tiersync_proto::types::DivisionCode;
+use tiersync_proto::wire;
+use tiersync_trust::cert::{Certificate, Role};
+use tiersync_trust::{BatchSigner, Item, RecordProof, SigningKey, Verifier, VerifyingKey};
+
+pub const KIND_NODE_KEY: &str = "tiersync.v1.NodeKey";
+/// Natural key of a `NodeKey` record: the node's code.
+pub const KEY_NODE: &str = "node";
+pub const TRUST_ROOT_CERT_FILE: &str = "trust-root.pem";
+pub const TRUST_ROOT_KEY_FILE: &str = "trust-root.key";
+/// Start of the refusal reason for a record whose owner's key is unknown
+/// here; such records are replayed when the key arrives.
+pub const UNKNOWN_SIGNER: &str = "no signing key known for origin";
+
+const RECORD_TAG: &[u8] = b"tiersync.record.v1";
+const CONTENT_TAG: &[u8] = b"tiersync.content.v1";
+const ORIGIN_ORG: &str = "tiersync origin";
+/// Origin certificates outlive the records they sign being checked: a
+/// record signed years ago must still verify. Compromise is handled by
+/// revocation, not by expiry.
+pub const ORIGIN_CERT_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 60);
+const ROOT_VALIDITY: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+/// Origin batches whose signature stays verified in memory.
+const VERIFIED_BATCHES: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("{what}: {source}")]
+    Cert {
+        what: String,
+        #[source]
+        source: tiersync_trust::cert::CertError,
+    },
+    #[error("{what}: {source}")]
+    Key {
+        what: String,
+        #[source]
+        source: tiersync_trust::KeyError,
+    },
+    #[error("{what} is not an origin certificate of a tiersync node: {reason}")]
+    NotOrigin { what: String, reason: String },
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+// === signed bytes ===
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_scope(out: &mut Vec<u8>, scope: Option<&wire::Scope>) {
+    match scope {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&s.up_to.to_be_bytes());
+            out.extend_from_slice(&(s.down_to.len() as u32).to_be_bytes());
+            for d in &s.down_to {
+                put(out, d.as_bytes());
+            }
+            out.extend_from_slice(&(s.departments.len() as u32).to_be_bytes());
+            for d in &s.departments {
+                put(out, d.as_bytes());
+            }
+        }
+    }
+}
+
+/// SM3 over `deleted`, the natural keys and the payload, layout
+/// `tiersync.content.v1`.
+pub fn content_digest(r: &wire::Record) -> [u8; 32] {
+    let mut out = Vec::with_capacity(r.payload.len() + 64);
+    put(&mut out, CONTENT_TAG);
+    out.push(r.deleted as u8);
+    out.extend_from_slice(&(r.keys.len() as u32).to_be_bytes());
+    for k in &r.keys {
+        put(&mut out, k.name.as_bytes());
+        put(&mut out, k.value.as_bytes());
+    }
+    put(&mut out, &r.payload);
+    tiersync_trust::sm3(&out).0
+}
+
+/// The content digest a record's proof covers: carried by a withdrawal,
+/// computed from the fields otherwise.
+fn covered_content(r: &wire::Record) -> Result<[u8; 32], String> {
+    if r.withdrawn {
+        r.content_digest.as_slice().try_into().map_err(|_| {
+            format!(
+                "a withdrawal must carry the 32-byte content digest of what it withdraws, not {} bytes",
+                r.content_digest.len()
+            )
+        })
+    } else {
+        Ok(content_digest(r))
+    }
+}
+
+/// The bytes an owner signs for a record, layout `tiersync.record.v1`.
+pub fn signed_bytes(r: &wire::Record) -> Result<Vec<u8>, String> {
+    let content = covered_content(r)?;
+    let owner = r.owner.clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(160);
+    put(&mut out, RECORD_TAG);
+    put(&mut out, &r.id);
+    put(&mut out, r.kind.as_bytes());
+    put(&mut out, owner.node.as_bytes());
+    put(&mut out, owner.department.as_bytes());
+    out.extend_from_slice(&r.version.to_be_bytes());
+    out.extend_from_slice(&r.updated_at.to_be_bytes());
+    put_scope(&mut out, r.scope.as_ref());
+    put_scope(&mut out, r.reach.as_ref());
+    put(&mut out, &content);
+    Ok(out)
+}
+
+/// The withdrawal of `record` for a node its scope no longer reaches.
+pub fn withdrawal_of(record: wire::Record) -> wire::Record {
+    let content_digest = if record.withdrawn {
+        record.content_digest.clone()
+    } else {
+        content_digest(&record).to_vec()
+    };
+    wire::Record {
+        deleted: true,
+        withdrawn: true,
+        payload: Vec::new(),
+        keys: Vec::new(),
+        content_digest,
+        ..record
+    }
+}
+
+// === certificates ===
+
+fn origin_subject(code: &DivisionCode) -> String {
+    format!("CN={code},O={ORIGIN_ORG}")
+}
+
+/// The node code an origin certificate names.
+pub fn origin_code(cert: &Certificate) -> Result<DivisionCode, String> {
+    let subject = cert.subject();
+    let mut cn = None;
+    let mut org = None;
+    for part in subject.split(',') {
+        match part.split_once('=') {
+            Some(("CN", v)) => cn = Some(v),
+            Some(("O", v)) => org = Some(v),
+            _ => {}
+        }
+    }
+    if org != Some(ORIGIN_ORG) {
+        return Err(format!(
+            "subject `{subject}` is not `O={ORIGIN_ORG}`; it is no origin certificate"
+        ));
+    }
+    let cn = cn.ok_or_else(|| format!("subject `{subject}` has no CN"))?;
+    DivisionCode::parse(cn).map_err(|e| format!("subject `{subject}`: {e}"))
+}
+
+/// The trust root of a deployment, with its key where this node issues
+/// origin certificates (the city).
+pub struct TrustRoot {
+    pub cert: Certificate,
+    key: VerifyingKey,
+}
+
+impl TrustRoot {
+    pub fn from_pem(pem: &str, what: &str) -> Result<TrustRoot, OriginError> {
+        let cert = Certificate::from_pem(pem).map_err(|source| OriginError::Cert {
+            what: what.to_owned(),
+            source,
+        })?;
+        let key = cert.public_key().map_err(|source| OriginError::Cert {
+            what: what.to_owned(),
+            source,
+        })?;
+        cert.verify_signature(&key)
+            .map_err(|source| OriginError::Cert {
+                what: format!("{what} (not self-signed by its own key)"),
+                source,
+            })?;
+        Ok(TrustRoot { cert, key })
+    }
+
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// Checks that `cert` is an origin certificate this root issued and
+    /// returns the code it names with its key.
+    pub fn check_origin(&self, cert: &Certificate) -> Result<(DivisionCode, VerifyingKey), String> {
+        cert.verify_signature(&self.key)
+            .map_err(|e| format!("not issued by this deployment's trust root: {e}"))?;
+        let code = origin_code(cert)?;
+        let key = cert.public_key().map_err(|e| e.to_string())?;
+        Ok((code, key))
+    }
+}
+
+/// A new trust root: key PEM (PKCS#8) and self-signed certificate PEM.
+pub fn generate_root(city: &DivisionCode) -> Result<(String, String), OriginError> {
+    let key = SigningKey::generate();
+    let subject = format!("CN=tiersync trust root {city},O=tiersync");
+    let cert = Certificate::self_signed(&key, &subject, ROOT_VALIDITY).map_err(|source| {
+        OriginError::Cert {
+            what: "the new trust root".into(),
+            source,
+        }
+    })?;
+    let key_pem = key.to_pkcs8_pem().map_err(|source| OriginError::Key {
+        what: "the new trust root key".into(),
+        source,
+    })?;
+    Ok((key_pem.to_string(), cert.to_pem()))
+}
+
+/// The trust root's certificate and signing key, where origin
+/// certificates are issued (the city, and `tiersync pki issue`).
+pub struct RootIssuer {
+    cert: Certificate,
+    key: SigningKey,
+}
+
+impl RootIssuer {
+    pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<RootIssuer, OriginError> {
+        let root = TrustRoot::from_pem(cert_pem, what)?;
+        let key = SigningKey::from_pkcs8_pem(key_pem).map_err(|source| OriginError::Key {
+            what: format!("{what} key"),
+            source,
+        })?;
+        if key.verifying_key() != root.verifying_key() {
+            return Err(OriginError::NotOrigin {
+                what: format!("{what} key"),
+                reason: "it is not the key of the trust root certificate".into(),
+            });
+        }
+        Ok(RootIssuer {
+            cert: root.cert,
+            key,
+        })
+    }
+
+    /// An origin certificate (PEM) for `code` over `public`.
+    pub fn issue(&self, code: &DivisionCode, public: &VerifyingKey) -> Result<String, OriginError> {
+        self.cert
+            .issue(
+                &self.key,
+                &origin_subject(code),
+                public,
+                Role::Signer,
+                ORIGIN_CERT_VALIDITY,
+            )
+            .map(|c| c.to_pem())
+            .map_err(|source| OriginError::Cert {
+                what: format!("the origin certificate of `{code}`"),
+                source,
+            })
+    }
+}
+
+// === signing ===
+
+/// This node's signing identity.
+pub struct Identity {
+    signer: BatchSigner,
+    cert: Certificate,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("signer", &self.signer.signer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads and checks this node's key and origin certificate: issued by
+    /// `root`, naming `code`, certifying this very key.
+    pub fn load(
+        root: &TrustRoot,
+        code: &DivisionCode,
+        key_pem: &str,
+        cert_pem: &str,
+        what: &str,
+    ) -> Result<Identity, OriginError> {
+        let key = SigningKey::from_pkcs8_pem(key_pem).map_err(|source| OriginError::Key {
+            what: format!("{what} key"),
+            source,
+        })?;
+        let cert = Certificate::from_pem(cert_pem).map_err(|source| OriginError::Cert {
+            what: format!("{what} certificate"),
+            source,
+        })?;
+        let not_origin = |reason: String| OriginError::NotOrigin {
+            what: format!("{what} certificate"),
+            reason,
+        };
+        let (named, certified) = root.check_origin(&cert).map_err(not_origin)?;
+        if &named != code {
+            return Err(not_origin(format!(
+                "it is for node `{named}`, but this node is `{code}`"
+            )));
+        }
+        if &certified != key.verifying_key() {
+            return Err(not_origin(
+                "it certifies another key than the one given".into(),
+            ));
+        }
+        let signer = BatchSigner::new(code.to_string(), key)
+            .map_err(|e| OriginError::Sign(e.to_string()))?;
+        Ok(Identity { signer, cert })
+    }
+
+    /// A throwaway root and identity, for unit tests of nodes.
+    pub fn generate_for_tests(code: &DivisionCode) -> (TrustRoot, Identity) {
+        let (root_key, root_pem) = generate_root(code).expect("root");
+        let issuer = RootIssuer::from_pem(&root_pem, &root_key, "test root").expect("issuer");
+        let key = SigningKey::generate();
+        let cert = issuer.issue(code, key.verifying_key()).expect("cert");
+        let root = TrustRoot::from_pem(&root_pem, "test root").expect("root");
+        let key_pem = key.to_pkcs8_pem().expect("pem");
+        let identity = Identity::load(&root, code, &key_pem, &cert, "test").expect("identity");
+        (root, identity)
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        self.cert.to_der()
+    }
+
+    /// Signs `records` (owned by this node, versions final) with one batch
+    /// signature, setting each one's proof.
+    pub fn sign(&self, records: &mut [wire::Record]) -> Result<(), OriginError> {
+        let leaves = records
+            .iter()
+            .map(signed_bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(OriginError::Sign)?;
+        let batch = self
+            .signer
+            .sign(&leaves)
+            .map_err(|e| OriginError::Sign(e.to_string()))?;
+        for (record, proof) in records.iter_mut().zip(batch.proofs()) {
+            record.proof = proof
+                .to_bytes()
+                .map_err(|e| OriginError::Sign(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+// === verifying ===
+
+/// The origin keys this node knows, by node code, and the cache of batch
+/// signatures already verified.
+pub struct Keyring {
+    root: TrustRoot,
+    keys: RwLock<HashMap<String, Vec<VerifyingKey>>>,
+    verifier: Verifier,
+}
+
+impl Keyring {
+    pub fn new(root: TrustRoot) -> Keyring {
+        Keyring {
+            root,
+            keys: RwLock::new(HashMap::new()),
+            verifier: Verifier::new(NonZeroUsize::new(VERIFIED_BATCHES).expect("non-zero")),
+        }
+    }
+
+    pub fn root(&self) -> &TrustRoot {
+        &self.root
+    }
+
+    pub fn knows(&self, code: &str) -> bool {
+        self.keys.read().expect("keyring lock").contains_key(code)
+    }
+
+    /// Learns the keys in a `NodeKey` record: each certificate must come
+    /// from the trust root and name the record's owner. Safe to call before
+    /// the record itself is verified: a root-issued certificate is
+    /// authoritative on its own. Returns whether anything new was learned.
+    pub fn learn(&self, record: &wire::Record) -> Result<bool, String> {
+        let owner = record.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
+        let node_key = wire::NodeKey::decode(record.payload.as_slice())
+            .map_err(|e| format!("NodeKey payload does not decode: {e}"))?;
+        let mut keys = Vec::with_capacity(node_key.certificates.len());
+        for (i, der) in node_key.certificates.iter().enumerate() {
+            let cert = Certificate::from_der(der).map_err(|e| format!("certificate {i}: {e}"))?;
+            let (code, key) = self
+                .root
+                .check_origin(&cert)
+                .map_err(|e| format!("certificate {i}: {e}"))?;
+            if code.as_str() != owner {
+                return Err(format!(
+                    "certificate {i} is for node `{code}`, but the record is owned by `{owner}`"
+                ));
+            }
+            keys.push(key);
+        }
+        let mut map = self.keys.write().expect("keyring lock");
+        let entry = map.entry(owner.to_owned()).or_default();
+        let before = entry.len();
+        for key in keys {
+            if !entry.contains(&key) {
+                entry.push(key);
+            }
+        }
+        Ok(entry.len() > before)
+    }
+
+    /// Checks the owner's signature on each record; one result per record,
+    /// in order. The error names the reason; callers add the record.
+    pub fn verify(&self, records: &[&wire::Record]) -> Vec<Result<(), String>> {
+        struct Prepared {
+            proof: RecordProof,
+            leaf: Vec<u8>,
+            key: VerifyingKey,
+        }
+        let keys = self.keys.read().expect("keyring lock");
+        let prepared: Vec<Result<Prepared, String>> = records
+            .iter()
+            .map(|r| {
+                let owner = r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
+                if r.proof.is_empty() {
+                    return Err(format!(
+                        "unsigned: it carries no proof from its owner `{owner}`"
+                    ));
+                }
+                let proof = RecordProof::from_bytes(&r.proof)
+                    .map_err(|e| format!("its proof does not decode: {e}"))?;
+                if proof.signer != owner {
+                    return Err(format!(
+                        "it is signed by `{}`, not by its owner `{owner}`",
+                        proof.signer
+                    ));
+                }
+                let Some(known) = keys.get(owner) else {
+                    return Err(format!("{UNKNOWN_SIGNER} `{owner}` yet"));
+                };
+                let key = known
+                    .iter()
+                    .find(|k| k.key_id() == proof.key_id)
+                    .ok_or_else(|| {
+                        format!(
+                            "it names key {} of `{owner}`, which no origin certificate of `{owner}` certifies",
+                            proof.key_id.to_hex()
+                        )
+                    })?
+                    .clone();
+                let leaf = signed_bytes(r)?;
+                Ok(Prepared { proof, leaf, key })
+            })
+            .collect();
+        drop(keys);
+        let items: Vec<Item<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| Item {
+                proof: &p.proof,
+                leaf: &p.leaf,
+                key: &p.key,
+            })
+            .collect();
+        let mut checked = self.verifier.verify_many(&items).into_iter();
+        prepared
+            .into_iter()
+            .map(|p| match p {
+                Err(e) => Err(e),
+                Ok(_) => checked
+                    .next()
+                    .expect("one result per item")
+                    .map_err(|e| format!("signature: {e}")),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(s: &str) -> DivisionCode {
+        DivisionCode::parse(s).unwrap()
+    }
+
+    fn record(owner: &str, payload: &[u8]) -> wire::Record {
+        wire::Record {
+            id: vec![1; 16],
+            kind: "civil.v1.Resident".into(),
+            owner: Some(wire::Owner {
+                node: owner.into(),
+                department: String::new(),
+            }),
+            version: 1,
+            updated_at: 7,
+            scope: Some(wire::Scope {
+                up_to: 4,
+                down_to: vec![],
+                departments: vec![],
+            }),
+            payload: payload.to_vec(),
+            keys: vec![wire::NaturalKey {
+                name: "id_digest".into(),
+                value: "ab".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn node_key(owner: &str, identity: &Identity) -> wire::Record {
+        let mut r = record(owner, &[]);
+        r.kind = KIND_NODE_KEY.into();
+        r.payload = wire::NodeKey {
+            certificates: vec![identity.cert_der().to_vec()],
+        }
+        .encode_to_vec();
+        r
+    }
+
+    fn check(keyring: &Keyring, r: &wire::Record, expected: Result<(), &str>) {
+        let got = keyring.verify(&[r]).pop().unwrap();
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Err(want)) => assert!(e.contains(want), "`{e}` lacks `{want}`"),
+            (got, want) => panic!("got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn a_signed_record_verifies_and_any_change_is_refused() {
+        let c = code("511102004001");
+        let (root, identity) = Identity::generate_for_tests(&c);
+        let keyring = Keyring::new(root);
+        let mut records = vec![
+            record("511102004001", b"one"),
+            record("511102004001", b"two"),
+        ];
+        identity.sign(&mut records).unwrap();
+
+        check(&keyring, &records[0], Err(UNKNOWN_SIGNER));
+        assert!(keyring.learn(&node_key("511102004001", &identity)).unwrap());
+        assert!(!keyring.learn(&node_key("511102004001", &identity)).unwrap());
+        check(&keyring, &records[0], Ok(()));
+        check(&keyring, &records[1], Ok(()));
+
+        let mut altered = records[0].clone();
+        altered.payload = b"One".to_vec();
+        check(&keyring, &altered, Err("signature"));
+        let mut widened = records[0].clone();
+        widened.scope.as_mut().unwrap().down_to.push("5111".into());
+        check(&keyring, &widened, Err("signature"));
+        let mut bumped = records[0].clone();
+        bumped.version = 2;
+        check(&keyring, &bumped, Err("signature"));
+        let mut rekeyed = records[0].clone();
+        rekeyed.keys[0].value = "cd".into();
+        check(&keyring, &rekeyed, Err("signature"));
+        let mut unsigned = records[0].clone();
+        unsigned.proof.clear();
+        check(&keyring, &unsigned, Err("unsigned"));
+        let mut garbage = records[0].clone();
+        garbage.proof = vec![1, 2, 3];
+        check(&keyring, &garbage, Err("does not decode"));
+        // claimed by another owner: the proof names the real signer
+        let mut stolen = records[0].clone();
+        stolen.owner.as_mut().unwrap().node = "511102004002".into();
+        check(&keyring, &stolen, Err("not by its owner `511102004002`"));
+
+        // a withdrawal keeps the proof valid through its content digest
+        let withdrawn = withdrawal_of(records[0].clone());
+        assert!(withdrawn.payload.is_empty() && withdrawn.keys.is_empty());
+        check(&keyring, &withdrawn, Ok(()));
+        let mut forged = withdrawn.clone();
+        forged.content_digest = vec![0; 32];
+        check(&keyring, &forged, Err("signature"));
+        forged.content_digest = vec![0; 3];
+        check(&keyring, &forged, Err("32-byte content digest"));
+    }
+
+    #[test]
+    fn keys_are_learned_only_from_the_root_and_for_their_owner() {
+        let c = code("511102004001");
+        let (root, identity) = Identity::generate_for_tests(&c);
+        let keyring = Keyring::new(root);
+        // a certificate from another root
+        let (_, stranger) = Identity::generate_for_tests(&c);
+        let e = keyring
+            .learn(&node_key("511102004001", &stranger))
+            .unwrap_err();
+        assert!(
+            e.contains("not issued by this deployment's trust root"),
+            "{e}"
+        );
+        // a genuine certificate published under another owner
+        let e = keyring
+            .learn(&node_key("511102004002", &identity))
+            .unwrap_err();
+        assert!(
+            e.contains("is for node `511102004001`, but the record is owned by `511102004002`"),
+            "{e}"
+        );
+        assert!(!keyring.knows("511102004002"));
+    }
+
+    #[test]
+    fn the_signed_layout_is_stable() {
+        // Persisted in every proof: a change here breaks every stored record.
+        let r = record("511102004001", b"payload");
+        let bytes = signed_bytes(&r).unwrap();
+        assert_eq!(bytes.len(), 149);
+        assert_eq!(&bytes[4..22], RECORD_TAG);
+        assert_eq!(
+            hex::encode(tiersync_trust::sm3(&bytes).0),
+            "bf14d038b824232407532a232f18d99ea4556319c1c0cf94a647142aa28e6fb8"
+        );
+    }
+}
