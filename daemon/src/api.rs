@@ -230,6 +230,7 @@ impl LocalApi for LocalApiService {
             records: node.store.count().await.map_err(store_status)?,
             quarantined: node.store.quarantine_count().await.map_err(store_status)?,
             links: node.links.snapshot().iter().map(|l| l.to_wire()).collect(),
+            trust: Some(node.keyring.trust_status(crate::status::now_ms())),
         }))
     }
 
@@ -280,6 +281,34 @@ impl LocalApi for LocalApiService {
             token: token.to_string(),
             expires_at_ms,
         }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<wire::RevokeRequest>,
+    ) -> Result<Response<wire::TrustListStatus>, Status> {
+        let req = request.into_inner();
+        self.node
+            .publish_trust_list(Some(wire::Revocation {
+                node: req.node,
+                reason: req.reason,
+                effective_at_ms: req.effective_at_ms,
+                revoked_at_ms: 0,
+            }))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(
+            self.node.keyring.trust_status(crate::status::now_ms()),
+        ))
+    }
+
+    async fn trust_status(
+        &self,
+        _request: Request<wire::TrustStatusRequest>,
+    ) -> Result<Response<wire::TrustListStatus>, Status> {
+        Ok(Response::new(
+            self.node.keyring.trust_status(crate::status::now_ms()),
+        ))
     }
 
     async fn replay_quarantine(

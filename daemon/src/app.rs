@@ -125,6 +125,10 @@ impl App {
             let _ = node.root_issuer.set(Arc::new(issuer));
         }
         crate::join::issue_pending(&node, None).await?;
+        node.load_trust_list().await?;
+        if node.root_issuer.get().is_some() && node.keyring.trust_list().is_none() {
+            node.publish_trust_list(None).await?;
+        }
         let registry = Arc::new(registry);
 
         let cancel = CancellationToken::new();
@@ -233,6 +237,8 @@ impl App {
             ));
         }
 
+        tasks.spawn(trust_worker(node.clone(), cancel.clone()));
+
         info!(node = %node.code, tier = %node.code.tier(), "node started");
         Ok(RunningNode {
             node,
@@ -243,6 +249,30 @@ impl App {
             cancel,
             tasks,
         })
+    }
+}
+
+/// Keeps the trust list gauges current (staleness moves with the clock)
+/// and, at the city, publishes a fresh list once half of the current one's
+/// validity has passed, so nodes never see it go stale while the city runs.
+async fn trust_worker(node: Arc<Node>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if node.root_issuer.get().is_some()
+            && let Some(list) = node.keyring.trust_list()
+        {
+            let half = (list.next_update_ms - list.issued_at_ms) / 2;
+            if crate::status::now_ms() >= list.issued_at_ms + half
+                && let Err(error) = node.publish_trust_list(None).await
+            {
+                tracing::error!(%error, "cannot publish a fresh trust list");
+            }
+        }
+        node.refresh_trust_metrics();
     }
 }
 

@@ -81,6 +81,12 @@ pub enum Command {
         #[arg(long)]
         no_serve: bool,
     },
+    /// The trust list: revoke a node's signing keys (at the city), or show
+    /// the list a node holds.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// The deployment's certificate authority and node certificates.
     Pki {
         #[command(subcommand)]
@@ -154,6 +160,30 @@ pub enum Command {
     },
     /// The canonical kinds this build knows.
     Kinds,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Revoke a node in a new trust list (run against the city's local API).
+    /// Its records signed from --effective-at-ms on are refused everywhere,
+    /// earlier ones stay valid, and its parent refuses its link.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        node: String,
+        /// keyCompromise, cessationOfOperation, superseded, ...
+        #[arg(long)]
+        reason: String,
+        /// Milliseconds since the epoch; default now.
+        #[arg(long, default_value_t = 0)]
+        effective_at_ms: i64,
+    },
+    /// The trust list this node holds.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +262,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { dir, residents } => crate::demo::run(dir, residents).await,
         Command::Pki { command } => pki(command).await,
+        Command::Trust { command } => {
+            let status = match command {
+                TrustCommand::Revoke {
+                    api,
+                    node,
+                    reason,
+                    effective_at_ms,
+                } => connect(api.api)
+                    .await?
+                    .revoke(wire::RevokeRequest {
+                        node,
+                        reason,
+                        effective_at_ms,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+                TrustCommand::Status { api } => connect(api.api)
+                    .await?
+                    .trust_status(wire::TrustStatusRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+            };
+            println!(
+                "trust list {}{} issued at {} ms, next update at {} ms",
+                status.sequence,
+                if status.stale { " (STALE)" } else { "" },
+                status.issued_at_ms,
+                status.next_update_ms
+            );
+            for r in &status.revocations {
+                println!(
+                    "  revoked {} ({}) from {} ms, decided at {} ms",
+                    r.node, r.reason, r.effective_at_ms, r.revoked_at_ms
+                );
+            }
+            Ok(())
+        }
         Command::Join {
             parent,
             token,
@@ -539,6 +608,20 @@ pub fn format_status(s: &wire::StatusResponse) -> String {
         "node {} ({}) head {} records {} quarantined {}\n",
         s.node, s.tier, s.head_seq, s.records, s.quarantined
     );
+    match &s.trust {
+        Some(t) if t.sequence > 0 => out.push_str(&format!(
+            "  trust list {}{} next update at {} ms, {} revoked{}\n",
+            t.sequence,
+            if t.stale { " STALE" } else { "" },
+            t.next_update_ms,
+            t.revocations.len(),
+            t.revocations
+                .iter()
+                .map(|r| format!(" {} ({})", r.node, r.reason))
+                .collect::<String>()
+        )),
+        _ => out.push_str("  trust list: none yet (stale)\n"),
+    }
     if s.links.is_empty() {
         out.push_str("  no links\n");
     }

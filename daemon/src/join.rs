@@ -36,7 +36,7 @@ use tiersync_proto::wire::{self, join_client::JoinClient};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::node::{Node, NodeError, owner_code};
+use crate::node::{Node, NodeError, city_of, owner_code};
 use crate::route;
 use crate::status::now_ms;
 use crate::store::StoreError;
@@ -355,15 +355,6 @@ impl JoinService {
 
 fn internal(e: StoreError) -> Status {
     Status::internal(e.to_string())
-}
-
-/// The city of a code: its first four digits.
-fn city_of(code: &DivisionCode) -> DivisionCode {
-    let mut c = code.clone();
-    while let Some(p) = c.parent() {
-        c = p;
-    }
-    c
 }
 
 #[tonic::async_trait]
@@ -890,7 +881,7 @@ mod tests {
     #[test]
     fn the_city_of_a_code() {
         let c = |s: &str| DivisionCode::parse(s).unwrap();
-        assert_eq!(city_of(&c("511102004001")), c("5111"));
-        assert_eq!(city_of(&c("5111")), c("5111"));
+        assert_eq!(crate::node::city_of(&c("511102004001")), c("5111"));
+        assert_eq!(crate::node::city_of(&c("5111")), c("5111"));
     }
 }

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub rejected: Family<KindLabels, Counter>,
     pub head_seq: Gauge,
     pub quarantined: Gauge,
+    pub trust_list_sequence: Gauge,
+    pub trust_list_stale: Gauge,
+    pub trust_list_next_update: Gauge,
 }
 
 impl Metrics {
@@ -56,6 +59,9 @@ impl Metrics {
             rejected: Family::default(),
             head_seq: Gauge::default(),
             quarantined: Gauge::default(),
+            trust_list_sequence: Gauge::default(),
+            trust_list_stale: Gauge::default(),
+            trust_list_next_update: Gauge::default(),
         };
         // Series an alert compares against exist from the start, at zero.
         let schemas = Schemas::global();
@@ -128,6 +134,21 @@ impl Metrics {
             "store_quarantined_records",
             "Records waiting in quarantine",
             m.quarantined.clone(),
+        );
+        tiersync.register(
+            "trust_list_sequence",
+            "Sequence number of the trust list this node holds (0: none yet)",
+            m.trust_list_sequence.clone(),
+        );
+        tiersync.register(
+            "trust_list_stale",
+            "1 while this node holds no trust list or one past its next update",
+            m.trust_list_stale.clone(),
+        );
+        tiersync.register(
+            "trust_list_next_update_timestamp_seconds",
+            "When the trust list held expects its successor, Unix seconds",
+            m.trust_list_next_update.clone(),
         );
         m
     }

@@ -29,7 +29,10 @@ use tracing::{info, warn};
 
 use crate::config::SyncTuning;
 use crate::metrics::Metrics;
-use crate::origin::{Identity, KEY_NODE, KIND_NODE_KEY, Keyring, TrustRoot, UNKNOWN_SIGNER};
+use crate::origin::{
+    Identity, KEY_NODE, KEY_TRUST_LIST, KIND_NODE_KEY, KIND_TRUST_LIST, Keyring,
+    TRUST_LIST_VALIDITY, TrustRoot, UNKNOWN_SIGNER,
+};
 use crate::route::{self, Scope, Toward};
 use crate::status::LinkTable;
 use crate::store::{
@@ -50,6 +53,7 @@ pub const INTERNAL_KINDS: &[&str] = &[
     crate::join::KIND_CERT_REQUEST,
     crate::join::KIND_CERT_ISSUED,
     crate::origin::KIND_NODE_KEY,
+    crate::origin::KIND_TRUST_LIST,
 ];
 /// Natural key of a resident: the keyed digest of the ID number.
 pub const KEY_ID_DIGEST: &str = "id_digest";
@@ -736,6 +740,30 @@ impl Node {
         let owner_of =
             |r: &wire::Record| r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default();
         let mut bad_keys: HashMap<usize, String> = HashMap::new();
+        // Trust lists first: a revocation applies to the records after it.
+        for (i, r) in records.iter().enumerate() {
+            if r.kind == KIND_TRUST_LIST && !r.deleted {
+                match self.keyring.check_trust_list(r) {
+                    Err(reason) => {
+                        bad_keys.insert(i, reason);
+                    }
+                    Ok(body) => {
+                        let held = self.keyring.trust_list().map_or(0, |b| b.sequence);
+                        if body.sequence < held {
+                            bad_keys.insert(
+                                i,
+                                format!(
+                                    "trust list sequence {} is older than the {held} held here",
+                                    body.sequence
+                                ),
+                            );
+                        } else {
+                            self.adopt_trust_list(body);
+                        }
+                    }
+                }
+            }
+        }
         for (i, r) in records.iter().enumerate() {
             if r.kind == KIND_NODE_KEY && !r.deleted {
                 match self.keyring.learn(r) {
@@ -799,13 +827,9 @@ impl Node {
         let mine = self.identity.cert_der().to_vec();
         if !node_key.certificates.contains(&mine) {
             node_key.certificates.push(mine);
-            let mut city = self.code.clone();
-            while let Some(p) = city.parent() {
-                city = p;
-            }
             let everywhere = Scope {
                 up_to: Some(Tier::City),
-                down_to: vec![city],
+                down_to: vec![city_of(&self.code)],
                 departments: Vec::new(),
             };
             let (id, expected) = match &held {
@@ -834,6 +858,149 @@ impl Node {
             let _ = self.keyring.learn(&s.record);
         }
         Ok(())
+    }
+
+    /// Why `peer` may no longer link to this node, if the trust list held
+    /// revokes it as of now.
+    pub fn revoked_now(&self, peer: &DivisionCode) -> Option<String> {
+        let revocation = self.keyring.revocation(peer.as_str())?;
+        (crate::status::now_ms() >= revocation.effective_at_ms).then(|| {
+            format!(
+                "node `{peer}` is revoked in trust list {} ({}, from {} ms since the epoch)",
+                self.keyring.trust_list().map_or(0, |b| b.sequence),
+                revocation.reason,
+                revocation.effective_at_ms
+            )
+        })
+    }
+
+    fn adopt_trust_list(&self, body: wire::TrustListBody) {
+        let (sequence, revoked) = (body.sequence, body.revocations.len());
+        if self.keyring.adopt(body) {
+            info!(sequence, revoked, "trust list adopted");
+            self.refresh_trust_metrics();
+        }
+    }
+
+    /// Sets the trust list gauges (staleness moves with the clock, so this
+    /// also runs periodically).
+    pub fn refresh_trust_metrics(&self) {
+        let status = self.keyring.trust_status(crate::status::now_ms());
+        self.metrics.trust_list_sequence.set(status.sequence as i64);
+        self.metrics.trust_list_stale.set(status.stale as i64);
+        self.metrics
+            .trust_list_next_update
+            .set(status.next_update_ms / 1000);
+    }
+
+    /// Adopts the trust list held in the store (at start).
+    pub async fn load_trust_list(&self) -> Result<(), StoreError> {
+        let city = city_of(&self.code);
+        for held in self
+            .store
+            .lookup(KIND_TRUST_LIST, KEY_TRUST_LIST, city.as_str())
+            .await?
+        {
+            match self.keyring.check_trust_list(&held.record) {
+                Ok(body) => self.adopt_trust_list(body),
+                Err(reason) => warn!(%reason, "stored trust list unusable"),
+            }
+        }
+        self.refresh_trust_metrics();
+        Ok(())
+    }
+
+    /// At the city: publishes a new trust list (the next sequence, valid
+    /// for [`TRUST_LIST_VALIDITY`]) with `revoke` added.
+    pub async fn publish_trust_list(
+        &self,
+        revoke: Option<wire::Revocation>,
+    ) -> Result<wire::TrustListBody, NodeError> {
+        let issuer = self.root_issuer.get().ok_or_else(|| NodeError::Invalid {
+            field: "trust",
+            reason: format!(
+                "node `{}` holds no trust root key (trust.root_key, the city only), so it cannot publish trust lists",
+                self.code
+            ),
+        })?;
+        let held = self
+            .store
+            .lookup(KIND_TRUST_LIST, KEY_TRUST_LIST, self.code.as_str())
+            .await?
+            .into_iter()
+            .next();
+        let previous = match &held {
+            Some(s) => self.keyring.check_trust_list(&s.record).ok(),
+            None => None,
+        };
+        let now = crate::status::now_ms();
+        let mut revocations = previous
+            .as_ref()
+            .map(|b| b.revocations.clone())
+            .unwrap_or_default();
+        if let Some(r) = revoke {
+            DivisionCode::parse(&r.node).map_err(|e| NodeError::Invalid {
+                field: "node",
+                reason: e.to_string(),
+            })?;
+            if r.node == self.code.as_str() {
+                return Err(NodeError::Invalid {
+                    field: "node",
+                    reason: "the city cannot revoke itself".into(),
+                });
+            }
+            if r.reason.is_empty() {
+                return Err(NodeError::Invalid {
+                    field: "reason",
+                    reason: "say why, e.g. keyCompromise or cessationOfOperation".into(),
+                });
+            }
+            revocations.push(wire::Revocation {
+                effective_at_ms: if r.effective_at_ms == 0 {
+                    now
+                } else {
+                    r.effective_at_ms
+                },
+                revoked_at_ms: now,
+                ..r
+            });
+        }
+        let body = wire::TrustListBody {
+            sequence: previous.as_ref().map_or(0, |b| b.sequence) + 1,
+            issued_at_ms: now,
+            next_update_ms: now + TRUST_LIST_VALIDITY.as_millis() as i64,
+            revocations,
+        };
+        let list = issuer.sign_trust_list(&body);
+        let everywhere = Scope {
+            up_to: Some(Tier::City),
+            down_to: vec![self.code.clone()],
+            departments: Vec::new(),
+        };
+        let (id, expected) = match &held {
+            Some(s) => (s.record.id.clone(), s.record.version),
+            None => (RecordId::new().as_bytes().to_vec(), 0),
+        };
+        let record = self.own_record(
+            id,
+            KIND_TRUST_LIST.into(),
+            String::new(),
+            &everywhere,
+            &everywhere,
+            list.encode_to_vec(),
+            vec![wire::NaturalKey {
+                name: KEY_TRUST_LIST.into(),
+                value: self.code.to_string(),
+            }],
+        );
+        self.put_own(record, expected, false).await?;
+        info!(
+            sequence = body.sequence,
+            revoked = body.revocations.len(),
+            "trust list published"
+        );
+        self.adopt_trust_list(body.clone());
+        Ok(body)
     }
 
     /// Replays quarantined records that were refused because their owner's
@@ -972,6 +1139,15 @@ impl Node {
 /// down to nobody.
 fn default_scope(_owner: &DivisionCode) -> Scope {
     Scope::up_to(tiersync_proto::types::Tier::City)
+}
+
+/// The city a code belongs to: its root ancestor.
+pub(crate) fn city_of(code: &DivisionCode) -> DivisionCode {
+    let mut c = code.clone();
+    while let Some(p) = c.parent() {
+        c = p;
+    }
+    c
 }
 
 pub(crate) fn owner_code(r: &wire::Record) -> Result<DivisionCode, String> {

@@ -43,6 +43,13 @@ use tiersync_trust::cert::{Certificate, Role};
 use tiersync_trust::{BatchSigner, Item, RecordProof, SigningKey, Verifier, VerifyingKey};
 
 pub const KIND_NODE_KEY: &str = "tiersync.v1.NodeKey";
+pub const KIND_TRUST_LIST: &str = "tiersync.v1.TrustList";
+/// Natural key of the trust list record: the city's code.
+pub const KEY_TRUST_LIST: &str = "trust_list";
+/// How long a trust list is current; the city publishes a fresh one when
+/// half of that has passed.
+pub const TRUST_LIST_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
+const TRUST_LIST_TAG: &[u8] = b"tiersync.trustlist.v1";
 /// Natural key of a `NodeKey` record: the node's code.
 pub const KEY_NODE: &str = "node";
 pub const TRUST_ROOT_CERT_FILE: &str = "trust-root.pem";
@@ -282,6 +289,17 @@ impl RootIssuer {
         })
     }
 
+    /// Signs a trust list body.
+    pub fn sign_trust_list(&self, body: &wire::TrustListBody) -> wire::TrustList {
+        let body = body.encode_to_vec();
+        let signature = self.key.sign(&trust_list_message(&body));
+        wire::TrustList {
+            body,
+            signature: signature.as_der().to_vec(),
+            algorithm: tiersync_trust::Algorithm::Sm2Sm3.name().into(),
+        }
+    }
+
     /// An origin certificate (PEM) for `code` over `public`.
     pub fn issue(&self, code: &DivisionCode, public: &VerifyingKey) -> Result<String, OriginError> {
         self.cert
@@ -399,6 +417,15 @@ pub struct Keyring {
     root: TrustRoot,
     keys: RwLock<HashMap<String, Vec<VerifyingKey>>>,
     verifier: Verifier,
+    /// The newest trust list adopted.
+    trust: RwLock<Option<wire::TrustListBody>>,
+}
+
+fn trust_list_message(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 32);
+    put(&mut out, TRUST_LIST_TAG);
+    put(&mut out, body);
+    out
 }
 
 impl Keyring {
@@ -407,7 +434,74 @@ impl Keyring {
             root,
             keys: RwLock::new(HashMap::new()),
             verifier: Verifier::new(NonZeroUsize::new(VERIFIED_BATCHES).expect("non-zero")),
+            trust: RwLock::new(None),
         }
+    }
+
+    /// Checks a trust list record: signed by the trust root, body decodes.
+    pub fn check_trust_list(&self, record: &wire::Record) -> Result<wire::TrustListBody, String> {
+        let list = wire::TrustList::decode(record.payload.as_slice())
+            .map_err(|e| format!("TrustList payload does not decode: {e}"))?;
+        if list.algorithm != tiersync_trust::Algorithm::Sm2Sm3.name() {
+            return Err(format!(
+                "trust list signed with `{}`, not sm2-sm3",
+                list.algorithm
+            ));
+        }
+        let signature = tiersync_trust::Signature::from_der(&list.signature)
+            .map_err(|e| format!("trust list signature: {e}"))?;
+        self.root
+            .key
+            .verify(&trust_list_message(&list.body), &signature)
+            .map_err(|e| format!("trust list not signed by this deployment's trust root: {e}"))?;
+        wire::TrustListBody::decode(list.body.as_slice())
+            .map_err(|e| format!("trust list body does not decode: {e}"))
+    }
+
+    /// Adopts `body` if it is newer than the list held; returns whether it
+    /// was adopted.
+    pub fn adopt(&self, body: wire::TrustListBody) -> bool {
+        let mut held = self.trust.write().expect("trust lock");
+        if held.as_ref().is_some_and(|h| h.sequence >= body.sequence) {
+            return false;
+        }
+        *held = Some(body);
+        true
+    }
+
+    /// The trust list held, if any.
+    pub fn trust_list(&self) -> Option<wire::TrustListBody> {
+        self.trust.read().expect("trust lock").clone()
+    }
+
+    /// What the status page and `tiersync status` show.
+    pub fn trust_status(&self, now_ms: i64) -> wire::TrustListStatus {
+        match self.trust_list() {
+            None => wire::TrustListStatus {
+                stale: true,
+                ..Default::default()
+            },
+            Some(b) => wire::TrustListStatus {
+                sequence: b.sequence,
+                issued_at_ms: b.issued_at_ms,
+                next_update_ms: b.next_update_ms,
+                stale: now_ms >= b.next_update_ms,
+                revocations: b.revocations,
+            },
+        }
+    }
+
+    /// The revocation of `code` in the trust list held, if any.
+    pub fn revocation(&self, code: &str) -> Option<wire::Revocation> {
+        self.trust
+            .read()
+            .expect("trust lock")
+            .as_ref()?
+            .revocations
+            .iter()
+            .filter(|r| r.node == code)
+            .min_by_key(|r| r.effective_at_ms)
+            .cloned()
     }
 
     pub fn root(&self) -> &TrustRoot {
@@ -460,6 +554,11 @@ impl Keyring {
             key: VerifyingKey,
         }
         let keys = self.keys.read().expect("keyring lock");
+        let revocations: HashMap<String, wire::Revocation> = records
+            .iter()
+            .filter_map(|r| r.owner.as_ref())
+            .filter_map(|o| self.revocation(&o.node).map(|rev| (o.node.clone(), rev)))
+            .collect();
         let prepared: Vec<Result<Prepared, String>> = records
             .iter()
             .map(|r| {
@@ -490,6 +589,15 @@ impl Keyring {
                         )
                     })?
                     .clone();
+                if let Some(revoked) = revocations.get(owner) {
+                    let signed_at = tiersync_proto::types::HlcTimestamp::from_u64(r.updated_at).millis() as i64;
+                    if signed_at >= revoked.effective_at_ms {
+                        return Err(format!(
+                            "origin `{owner}` is revoked ({}) from {} ms since the epoch, and this record was signed at {signed_at}",
+                            revoked.reason, revoked.effective_at_ms
+                        ));
+                    }
+                }
                 let leaf = signed_bytes(r)?;
                 Ok(Prepared { proof, leaf, key })
             })
@@ -643,6 +751,100 @@ mod tests {
             "{e}"
         );
         assert!(!keyring.knows("511102004002"));
+    }
+
+    fn trust_list_record(list: &wire::TrustList) -> wire::Record {
+        let mut r = record("5111", &[]);
+        r.kind = KIND_TRUST_LIST.into();
+        r.payload = list.encode_to_vec();
+        r
+    }
+
+    #[test]
+    fn trust_lists_are_checked_adopted_in_order_and_go_stale() {
+        let city = code("5111");
+        let (root_key, root_pem) = generate_root(&city).unwrap();
+        let issuer = RootIssuer::from_pem(&root_pem, &root_key, "root").unwrap();
+        let keyring = Keyring::new(TrustRoot::from_pem(&root_pem, "root").unwrap());
+        assert!(keyring.trust_status(0).stale, "no list yet is stale");
+
+        let body = |sequence, next_update_ms| wire::TrustListBody {
+            sequence,
+            issued_at_ms: 1_000,
+            next_update_ms,
+            revocations: vec![wire::Revocation {
+                node: "511102004001".into(),
+                reason: "keyCompromise".into(),
+                effective_at_ms: 5_000,
+                revoked_at_ms: 5_000,
+            }],
+        };
+        let list = issuer.sign_trust_list(&body(2, 10_000));
+        let checked = keyring.check_trust_list(&trust_list_record(&list)).unwrap();
+        assert!(keyring.adopt(checked));
+        assert!(
+            !keyring.adopt(body(1, 99_000)),
+            "an older sequence is not adopted"
+        );
+        assert!(!keyring.trust_status(9_999).stale);
+        assert!(keyring.trust_status(10_000).stale);
+        assert_eq!(
+            keyring.revocation("511102004001").unwrap().effective_at_ms,
+            5_000
+        );
+        assert!(keyring.revocation("511102004002").is_none());
+
+        // tampered body, or another root's signature
+        let mut tampered = list.clone();
+        tampered.body = body(3, 10_000).encode_to_vec();
+        let e = keyring
+            .check_trust_list(&trust_list_record(&tampered))
+            .unwrap_err();
+        assert!(
+            e.contains("not signed by this deployment's trust root"),
+            "{e}"
+        );
+        let (other_key, other_pem) = generate_root(&city).unwrap();
+        let other = RootIssuer::from_pem(&other_pem, &other_key, "other").unwrap();
+        let foreign = other.sign_trust_list(&body(4, 10_000));
+        let e = keyring
+            .check_trust_list(&trust_list_record(&foreign))
+            .unwrap_err();
+        assert!(
+            e.contains("not signed by this deployment's trust root"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_revocation_refuses_records_signed_from_its_effective_time_on() {
+        let c = code("511102004001");
+        let (root, identity) = Identity::generate_for_tests(&c);
+        let keyring = Keyring::new(root);
+        keyring.learn(&node_key("511102004001", &identity)).unwrap();
+        keyring.adopt(wire::TrustListBody {
+            sequence: 1,
+            issued_at_ms: 0,
+            next_update_ms: i64::MAX,
+            revocations: vec![wire::Revocation {
+                node: "511102004001".into(),
+                reason: "keyCompromise".into(),
+                effective_at_ms: 5_000,
+                revoked_at_ms: 6_000,
+            }],
+        });
+        let at = |ms: u64| {
+            let mut r = record("511102004001", b"x");
+            r.updated_at = tiersync_proto::types::HlcTimestamp::new(ms, 0).as_u64();
+            identity.sign(std::slice::from_mut(&mut r)).unwrap();
+            r
+        };
+        check(&keyring, &at(4_999), Ok(()));
+        check(
+            &keyring,
+            &at(5_000),
+            Err("is revoked (keyCompromise) from 5000"),
+        );
     }
 
     #[test]

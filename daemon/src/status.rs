@@ -148,7 +148,38 @@ pub struct StatusReport {
     pub head_seq: u64,
     pub records: u64,
     pub quarantined: u64,
+    pub trust: TrustReport,
     pub links: Vec<LinkReport>,
+}
+
+/// The trust list a node holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrustReport {
+    /// 0: no trust list yet.
+    pub sequence: u64,
+    pub next_update_ms: i64,
+    /// No list, or the list is past its next update; the node keeps working.
+    pub stale: bool,
+    pub revoked: Vec<String>,
+}
+
+impl TrustReport {
+    fn describe(&self) -> String {
+        if self.sequence == 0 {
+            return "trust list: none yet (stale)".into();
+        }
+        format!(
+            "trust list {}{}, next update at {} ms{}",
+            self.sequence,
+            if self.stale { " STALE" } else { "" },
+            self.next_update_ms,
+            if self.revoked.is_empty() {
+                String::new()
+            } else {
+                format!(", revoked: {}", self.revoked.join(", "))
+            }
+        )
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -175,6 +206,15 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
         head_seq: node.store.head_seq().await?,
         records: node.store.count().await?,
         quarantined: node.store.quarantine_count().await?,
+        trust: {
+            let t = node.keyring.trust_status(now_ms());
+            TrustReport {
+                sequence: t.sequence,
+                next_update_ms: t.next_update_ms,
+                stale: t.stale,
+                revoked: t.revocations.into_iter().map(|r| r.node).collect(),
+            }
+        },
         links: node
             .links
             .snapshot()
@@ -230,8 +270,8 @@ impl StatusReport {
         format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>tiersync {node}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
-tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}</style></head>\
-<body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p>\
+p.stale{{color:#b00}}tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}</style></head>\
+<body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p><p class=\"{trust_class}\">{trust}</p>\
 <table><tr><th>peer</th><th>direction</th><th>state</th><th>since (ms)</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
 <p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/status.json\">status.json</a></p></body></html>\n",
             node = escape(&self.node),
@@ -240,6 +280,8 @@ tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-ch
             head = self.head_seq,
             records = self.records,
             q = self.quarantined,
+            trust = escape(&self.trust.describe()),
+            trust_class = if self.trust.stale { "stale" } else { "fresh" },
         )
     }
 }

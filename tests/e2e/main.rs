@@ -9,3 +9,4 @@ mod operate;
 mod reject;
 mod scope;
 mod tidy;
+mod trust;

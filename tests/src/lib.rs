@@ -211,21 +211,27 @@ pub fn envelope(
     }
 }
 
-/// Records in `node`'s store other than the nodes' published keys (every
-/// node holds those of the whole deployment).
+/// Records in `node`'s store other than those the nodes keep for
+/// themselves everywhere (published keys, the trust list).
 pub async fn records_held(node: &Node) -> u64 {
-    let keys = node
-        .store
-        .list(&tiersync::store::ListQuery {
-            kind: tiersync::origin::KIND_NODE_KEY.into(),
-            include_deleted: true,
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await
-        .expect("store")
-        .len() as u64;
-    node.store.count().await.expect("store") - keys
+    let mut internal = 0;
+    for kind in [
+        tiersync::origin::KIND_NODE_KEY,
+        tiersync::origin::KIND_TRUST_LIST,
+    ] {
+        internal += node
+            .store
+            .list(&tiersync::store::ListQuery {
+                kind: kind.into(),
+                include_deleted: true,
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("store")
+            .len() as u64;
+    }
+    node.store.count().await.expect("store") - internal
 }
 
 /// The signing identity of `code` from the deployment's PKI folder, issued

@@ -70,6 +70,10 @@ impl Sync for SyncService {
             warn!(peer = %peer, "link refused: not a child of this node");
             return Err(status);
         }
+        if let Some(reason) = node.revoked_now(&peer) {
+            warn!(peer = %peer, %reason, "link refused: the child is revoked");
+            return Err(Status::permission_denied(reason));
+        }
         let mut inbound = request.into_inner();
         let peer_hello = session::read_hello(&mut inbound, peer.as_str())
             .await

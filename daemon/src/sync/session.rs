@@ -46,6 +46,8 @@ pub enum LinkError {
     Connect { address: String, reason: String },
     #[error("session closed")]
     Closed,
+    #[error("{reason}; the link is closed")]
+    Revoked { reason: String },
 }
 
 /// The first frame of each side.
@@ -270,6 +272,11 @@ where
                     .iter()
                     .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
                     .max();
+                if from == Toward::Child
+                    && let Some(reason) = node.revoked_now(peer)
+                {
+                    return Err(LinkError::Revoked { reason });
+                }
                 let report = node.apply_from_peer(peer, from, peer_epoch, batch).await?;
                 let rejections: Vec<wire::Rejection> = report
                     .refused

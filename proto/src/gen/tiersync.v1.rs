@@ -548,6 +548,60 @@ pub mod sync_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// A node's origin certificates, published by the node (its owner) to the
+/// whole deployment. The newest is the one it signs with now; older ones stay
+/// listed so records signed before a key change still verify.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeKey {
+    /// DER X.509 certificates, SM2 with SM3, subject `CN=<code>,O=tiersync  origin`, issued by the trust root. Newest last.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub certificates: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+}
+/// The deployment's trust list, published by the city to the whole
+/// deployment as one record whose versions succeed each other. Every node
+/// checks the root's signature before adopting a list, and a list never
+/// replaces one with a higher sequence.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrustList {
+    /// An encoded `TrustListBody`, carried as the bytes the root signed.
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    /// SM2 signature (DER, distinguishing ID 1234567812345678) over the domain
+    /// tag `tiersync.trustlist.v1` followed by `body`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+    /// The signature algorithm, `sm2-sm3`.
+    #[prost(string, tag = "3")]
+    pub algorithm: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TrustListBody {
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(int64, tag = "2")]
+    pub issued_at_ms: i64,
+    /// A node whose newest list is past this time reports it stale (and keeps
+    /// working).
+    #[prost(int64, tag = "3")]
+    pub next_update_ms: i64,
+    #[prost(message, repeated, tag = "4")]
+    pub revocations: ::prost::alloc::vec::Vec<Revocation>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Revocation {
+    /// The node whose signing keys are revoked.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Why: `keyCompromise`, `cessationOfOperation`, `superseded`, ...
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// Records the node signed from this time on (their clock) are refused;
+    /// records signed before it stay valid.
+    #[prost(int64, tag = "3")]
+    pub effective_at_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub revoked_at_ms: i64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PutRequest {
     /// Empty to create a record (a UUIDv7 is minted).
@@ -676,6 +730,8 @@ pub struct StatusResponse {
     pub quarantined: u64,
     #[prost(message, repeated, tag = "6")]
     pub links: ::prost::alloc::vec::Vec<LinkStatus>,
+    #[prost(message, optional, tag = "7")]
+    pub trust: ::core::option::Option<TrustListStatus>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListQuarantineRequest {
@@ -733,6 +789,32 @@ pub struct CreateJoinTokenResponse {
     pub token: ::prost::alloc::string::String,
     #[prost(int64, tag = "2")]
     pub expires_at_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// 0: now.
+    #[prost(int64, tag = "3")]
+    pub effective_at_ms: i64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrustStatusRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TrustListStatus {
+    /// 0 when this node holds no trust list yet.
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(int64, tag = "2")]
+    pub issued_at_ms: i64,
+    #[prost(int64, tag = "3")]
+    pub next_update_ms: i64,
+    #[prost(bool, tag = "4")]
+    pub stale: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub revocations: ::prost::alloc::vec::Vec<Revocation>,
 }
 /// Generated client implementations.
 pub mod local_api_client {
@@ -1024,6 +1106,56 @@ pub mod local_api_client {
                 .insert(GrpcMethod::new("tiersync.v1.LocalApi", "CreateJoinToken"));
             self.inner.unary(req, path, codec).await
         }
+        /// At the city: revokes a node's signing keys in a new trust list.
+        pub async fn revoke(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TrustListStatus>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tiersync.v1.LocalApi/Revoke",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tiersync.v1.LocalApi", "Revoke"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The trust list this node holds.
+        pub async fn trust_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TrustStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TrustListStatus>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tiersync.v1.LocalApi/TrustStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tiersync.v1.LocalApi", "TrustStatus"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1095,6 +1227,16 @@ pub mod local_api_server {
             tonic::Response<super::CreateJoinTokenResponse>,
             tonic::Status,
         >;
+        /// At the city: revokes a node's signing keys in a new trust list.
+        async fn revoke(
+            &self,
+            request: tonic::Request<super::RevokeRequest>,
+        ) -> std::result::Result<tonic::Response<super::TrustListStatus>, tonic::Status>;
+        /// The trust list this node holds.
+        async fn trust_status(
+            &self,
+            request: tonic::Request<super::TrustStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::TrustListStatus>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct LocalApiServer<T> {
@@ -1568,6 +1710,94 @@ pub mod local_api_server {
                     };
                     Box::pin(fut)
                 }
+                "/tiersync.v1.LocalApi/Revoke" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeSvc<T: LocalApi>(pub Arc<T>);
+                    impl<T: LocalApi> tonic::server::UnaryService<super::RevokeRequest>
+                    for RevokeSvc<T> {
+                        type Response = super::TrustListStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as LocalApi>::revoke(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tiersync.v1.LocalApi/TrustStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct TrustStatusSvc<T: LocalApi>(pub Arc<T>);
+                    impl<
+                        T: LocalApi,
+                    > tonic::server::UnaryService<super::TrustStatusRequest>
+                    for TrustStatusSvc<T> {
+                        type Response = super::TrustListStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TrustStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as LocalApi>::trust_status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TrustStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1987,13 +2217,4 @@ pub mod join_server {
     impl<T> tonic::server::NamedService for JoinServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
-}
-/// A node's origin certificates, published by the node (its owner) to the
-/// whole deployment. The newest is the one it signs with now; older ones stay
-/// listed so records signed before a key change still verify.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct NodeKey {
-    /// DER X.509 certificates, SM2 with SM3, subject `CN=<code>,O=tiersync  origin`, issued by the trust root. Newest last.
-    #[prost(bytes = "vec", repeated, tag = "1")]
-    pub certificates: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }

@@ -393,6 +393,7 @@ mod tests {
                 "tiersync.v1.CertificateRequest",
                 "tiersync.v1.JoinToken",
                 "tiersync.v1.NodeKey",
+                "tiersync.v1.TrustList",
             ]
         );
         assert!(std::ptr::eq(Schemas::global(), Schemas::global()));
@@ -438,7 +439,7 @@ mod tests {
         let known = "civil.v1.Household, civil.v1.Resident, gov.v1.Notice, \
                      service.v1.Application, tiersync.v1.Amendment, tiersync.v1.AmendmentResult, \
                      tiersync.v1.CertificateIssued, tiersync.v1.CertificateRequest, tiersync.v1.JoinToken, \
-                     tiersync.v1.NodeKey";
+                     tiersync.v1.NodeKey, tiersync.v1.TrustList";
         let s = schemas();
         check(
             s.validate_payload("civil.v1.Pet", b""),
