@@ -183,8 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("shutdown requested");
                 cancel.cancel();
             });
-            node.wait().await;
-            Ok(())
+            node.wait().await
         }
         Command::CheckConfig { config } => {
             let c = NodeConfig::load(&config, &environment())?;
@@ -196,7 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 c.code,
                 c.parent
                     .as_ref()
-                    .map(|p| format!(", parent `{}` at {}", p.code, p.address))
+                    .map(|p| format!(", parent `{}` at {}", p.code, p.addresses.join(" or ")))
                     .unwrap_or_default()
             );
             Ok(())

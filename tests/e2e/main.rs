@@ -4,6 +4,7 @@
 mod amend;
 mod chain;
 mod operate;
+mod postgres;
 mod reject;
 mod scope;
 mod tidy;
