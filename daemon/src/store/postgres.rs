@@ -195,44 +195,62 @@ impl PgStore {
 
     /// Begins a write transaction after checking the fencing token.
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.write_tx_held(&[]).await?.0)
+    }
+
+    /// Begins a write transaction, checks the fencing token and reads the
+    /// versions held of `ids` (id → (version, withdrawn)), in one round
+    /// trip.
+    async fn write_tx_held(
+        &self,
+        ids: &[Vec<u8>],
+    ) -> Result<(
+        Transaction<'static, Postgres>,
+        HashMap<Vec<u8>, (u64, bool)>,
+    )> {
         let mut tx = self.pool.begin().await?;
-        let held: String =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'fence' FOR SHARE")
-                .fetch_one(&mut *tx)
-                .await?;
-        let held: i64 = held.parse().unwrap_or_default();
-        if held != self.fence {
+        let rows = sqlx::query(
+            "SELECT f.value, r.id, r.version, r.withdrawn \
+             FROM (SELECT value FROM meta WHERE key = 'fence' FOR SHARE) f \
+             LEFT JOIN records r ON r.id = ANY($1::bytea[])",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let held_fence: i64 = match rows.first() {
+            Some(row) => row.try_get::<String, _>(0)?.parse().unwrap_or_default(),
+            None => -1,
+        };
+        if held_fence != self.fence {
             return Err(StoreError::Fenced {
                 ours: self.fence,
-                held,
+                held: held_fence,
             });
         }
-        Ok(tx)
+        let mut held = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(id) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+                held.insert(
+                    id,
+                    (row.try_get::<i64, _>(2)? as u64, row.try_get::<bool, _>(3)?),
+                );
+            }
+        }
+        Ok((tx, held))
     }
 }
 
-/// Writes records (new or changed) at their sequence numbers, after
-/// removing the index entries `stale_keys` of the versions they replace.
+/// Writes records (new or changed) at their sequence numbers, removes the
+/// index entries `stale_keys` of the versions they replace, adds theirs, and
+/// stores the peer's cursor: one statement (data-modifying CTEs), so a batch
+/// costs one round trip here whatever its size.
 async fn write_records(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(u64, wire::Record)],
     via: &str,
     stale_keys: &[(i64, i64)],
+    cursor: Option<&(DivisionCode, Cursor)>,
 ) -> Result<()> {
-    if !stale_keys.is_empty() {
-        let (hashes, seqs): (Vec<i64>, Vec<i64>) = stale_keys.iter().copied().unzip();
-        sqlx::query(
-            "DELETE FROM natural_keys k USING UNNEST($1::int8[], $2::int8[]) AS s(h, q) \
-             WHERE k.key_hash = s.h AND k.record_seq = s.q",
-        )
-        .bind(hashes)
-        .bind(seqs)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if rows.is_empty() {
-        return Ok(());
-    }
     let n = rows.len();
     let (mut seq, mut id, mut kind, mut owner) = (
         Vec::with_capacity(n),
@@ -258,13 +276,33 @@ async fn write_records(
         withdrawn.push(r.withdrawn);
         body.push(r.encode_to_vec());
     }
+    let (stale_hashes, stale_seqs): (Vec<i64>, Vec<i64>) = stale_keys.iter().copied().unzip();
+    let (hashes, key_seqs): (Vec<i64>, Vec<i64>) = rows
+        .iter()
+        .flat_map(|(seq, r)| index_entries(*seq, r))
+        .unzip();
     sqlx::query(
-        "INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) \
-         SELECT s, i, k, o, v, u, d, w, $10, b FROM UNNEST($1::int8[], $2::bytea[], $3::text[], \
-         $4::text[], $5::int8[], $6::int8[], $7::bool[], $8::bool[], $9::bytea[]) AS t(s, i, k, o, v, u, d, w, b) \
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, owner = excluded.owner, \
-         version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted, \
-         withdrawn = excluded.withdrawn, via = excluded.via, body = excluded.body",
+        "WITH stale AS ( \
+           DELETE FROM natural_keys k USING UNNEST($11::int8[], $12::int8[]) AS s(h, q) \
+           WHERE k.key_hash = s.h AND k.record_seq = s.q), \
+         rec AS ( \
+           INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) \
+           SELECT s, i, k, o, v, u, d, w, $10, b FROM UNNEST($1::int8[], $2::bytea[], $3::text[], \
+             $4::text[], $5::int8[], $6::int8[], $7::bool[], $8::bool[], $9::bytea[]) \
+             AS t(s, i, k, o, v, u, d, w, b) \
+           ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, \
+             owner = excluded.owner, version = excluded.version, updated_at = excluded.updated_at, \
+             deleted = excluded.deleted, withdrawn = excluded.withdrawn, via = excluded.via, \
+             body = excluded.body), \
+         keys AS ( \
+           INSERT INTO natural_keys (key_hash, record_seq) \
+           SELECT * FROM UNNEST($13::int8[], $14::int8[]) ON CONFLICT DO NOTHING), \
+         cur AS ( \
+           INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) \
+           SELECT $15, $16, $17, $18 WHERE $15::text IS NOT NULL \
+           ON CONFLICT (peer) DO UPDATE SET applied_through = excluded.applied_through, \
+             peer_epoch = excluded.peer_epoch, updated_at_ms = excluded.updated_at_ms) \
+         SELECT 1",
     )
     .bind(seq)
     .bind(id)
@@ -276,22 +314,16 @@ async fn write_records(
     .bind(withdrawn)
     .bind(body)
     .bind(via)
+    .bind(stale_hashes)
+    .bind(stale_seqs)
+    .bind(hashes)
+    .bind(key_seqs)
+    .bind(cursor.map(|(peer, _)| peer.as_str().to_owned()))
+    .bind(cursor.map(|(_, c)| c.applied_through as i64))
+    .bind(cursor.map(|(_, c)| c.peer_epoch.clone()))
+    .bind(now_ms())
     .execute(&mut **tx)
     .await?;
-    let (hashes, seqs): (Vec<i64>, Vec<i64>) = rows
-        .iter()
-        .flat_map(|(seq, r)| index_entries(*seq, r))
-        .unzip();
-    if !hashes.is_empty() {
-        sqlx::query(
-            "INSERT INTO natural_keys (key_hash, record_seq) \
-             SELECT * FROM UNNEST($1::int8[], $2::int8[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(hashes)
-        .bind(seqs)
-        .execute(&mut **tx)
-        .await?;
-    }
     Ok(())
 }
 
@@ -444,41 +476,20 @@ impl Store for PgStore {
             ..Default::default()
         };
         let incoming = newest_per_id(batch.records, &mut report);
+        let ids: Vec<Vec<u8>> = incoming.iter().map(|r| r.id.clone()).collect();
         let mut writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
-        let mut held: HashMap<Vec<u8>, (u64, bool)> = HashMap::new();
-        if !incoming.is_empty() {
-            let ids: Vec<Vec<u8>> = incoming.iter().map(|r| r.id.clone()).collect();
-            let rows = sqlx::query(
-                "SELECT id, version, withdrawn FROM records WHERE id = ANY($1::bytea[])",
-            )
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                held.insert(
-                    row.try_get(0)?,
-                    (row.try_get::<i64, _>(1)? as u64, row.try_get(2)?),
-                );
-            }
-        }
+        let (mut tx, held) = self.write_tx_held(&ids).await?;
         let plan = plan_apply(incoming, &held, writer.next_seq, &mut report);
         let stale_keys = stored_keys(&mut tx, &plan.replaced).await?;
-        write_records(&mut tx, &plan.writes, &batch.via, &stale_keys).await?;
+        write_records(
+            &mut tx,
+            &plan.writes,
+            &batch.via,
+            &stale_keys,
+            batch.cursor.as_ref(),
+        )
+        .await?;
         quarantine(&mut tx, &batch.via, &report.refused).await?;
-        if let Some((peer, cursor)) = &batch.cursor {
-            sqlx::query(
-                "INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (peer) DO UPDATE SET applied_through = excluded.applied_through, \
-                 peer_epoch = excluded.peer_epoch, updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(peer.as_str())
-            .bind(cursor.applied_through as i64)
-            .bind(&cursor.peer_epoch)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         writer.next_seq = plan.next_seq;
         report.applied = plan.writes;
@@ -488,16 +499,9 @@ impl Store for PgStore {
     async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
         let mut record = write.record;
         let mut writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = $1")
-            .bind(&record.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        record.version = check_expected(
-            &record.id,
-            current.map(|v| v as u64),
-            write.expected_version,
-        )?;
+        let (mut tx, held) = self.write_tx_held(std::slice::from_ref(&record.id)).await?;
+        let current = held.get(&record.id).map(|&(v, _)| v);
+        record.version = check_expected(&record.id, current, write.expected_version)?;
         if write.unique_keys && !record.deleted && !record.keys.is_empty() {
             let hashes: Vec<i64> = record
                 .keys
@@ -525,7 +529,7 @@ impl Store for PgStore {
         };
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         let rows = [(seq, record)];
-        write_records(&mut tx, &rows, "", &stale_keys).await?;
+        write_records(&mut tx, &rows, "", &stale_keys, None).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
         let [(_, record)] = rows;
