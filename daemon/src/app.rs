@@ -245,6 +245,45 @@ async fn wait_for_lease(
     lease.context("lease wait cancelled")
 }
 
+/// Gives the store of a stopped node a new epoch (after a restore from
+/// backup) and returns it. On PostgreSQL it takes the node's lease for the
+/// duration, so it refuses while a daemon of the node is active.
+pub async fn new_epoch(config: &NodeConfig) -> anyhow::Result<String> {
+    match &config.storage {
+        Storage::Sqlite(path) => {
+            if !path.is_file() {
+                anyhow::bail!(
+                    "there is no store at {}; new-epoch renews an existing store",
+                    path.display()
+                );
+            }
+            let store = SqliteStore::open(path, &config.code)
+                .await
+                .with_context(|| format!("cannot open store {}", path.display()))?;
+            let epoch = store.renew_epoch().await;
+            store.close().await;
+            Ok(epoch?)
+        }
+        Storage::Postgres(url) => {
+            let options = connect_options(url)?;
+            let Some(lease) = ActiveLease::try_acquire(options.clone(), &config.code).await? else {
+                anyhow::bail!(
+                    "a daemon of node `{}` holds the active lease in {}; stop it (and its standby) before giving the store a new epoch",
+                    config.code,
+                    config.storage
+                );
+            };
+            let store = PgStore::open(options, &config.code)
+                .await
+                .with_context(|| format!("cannot open store {}", config.storage))?;
+            let epoch = store.renew_epoch().await;
+            store.close().await;
+            drop(lease);
+            Ok(epoch?)
+        }
+    }
+}
+
 /// Loads and checks the files a node's config points at: its TLS material
 /// (the certificate must be for this node's code and chain to the CA) and
 /// the deployment secret. `check-config` runs this too, so `ExecStartPre`

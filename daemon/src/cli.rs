@@ -44,6 +44,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Give the node's store a new epoch after restoring it from a backup, so
+    /// its peers resend instead of skipping renumbered changes. Run it with
+    /// the node stopped; on PostgreSQL it refuses while a daemon of the node
+    /// holds the active lease.
+    NewEpoch {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run a four-tier federation of Leshan in one process and show it converge.
     Demo {
         /// Keep the demo's files here instead of a temporary folder.
@@ -184,6 +192,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel.cancel();
             });
             node.wait().await
+        }
+        Command::NewEpoch { config } => {
+            let c = NodeConfig::load(&config, &environment())?;
+            let epoch = crate::app::new_epoch(&c).await?;
+            println!(
+                "{}: node `{}` store {} has the new epoch {epoch}; its peers will resend from the start",
+                config.display(),
+                c.code,
+                c.storage
+            );
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let c = NodeConfig::load(&config, &environment())?;

@@ -611,6 +611,22 @@ fn a_standby_county_takes_over_when_the_active_one_is_killed() {
         sample(&metrics(cluster.admin("county-b")), "tiersync_standby"),
         Some(0.0)
     );
+    // a restore's new epoch is refused while a daemon of the node is active
+    let config = cluster.nodes["county-b"]
+        .config
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    let out = run(&["new-epoch", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "new-epoch ran beside an active daemon"
+    );
+    assert!(
+        stderr.contains("a daemon of node `511102` holds the active lease"),
+        "{stderr}"
+    );
     // the killed one comes back as the standby, not as a second active
     cluster
         .start_until("county-a", standing_by)

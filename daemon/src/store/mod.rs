@@ -206,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>>;
     async fn quarantine_resolve(&self, qid: u64) -> Result<()>;
     async fn quarantine_count(&self) -> Result<u64>;
+    /// Gives the store a new random epoch and returns it: maintenance after a
+    /// restore from backup, run with the node stopped. Peers whose cursors
+    /// name the old epoch then restart from the beginning of this log
+    /// instead of skipping sequence numbers it hands out again. Takes effect
+    /// when the store is next opened; callers close it afterwards.
+    async fn renew_epoch(&self) -> Result<String>;
     /// Flushes and closes; the store is closed last at shutdown.
     async fn close(&self);
 }

@@ -179,20 +179,6 @@ impl PgStore {
         &self.pool
     }
 
-    /// Gives the store a new epoch (after a restore from backup), so peers
-    /// resend from the start instead of trusting cursors into a log whose
-    /// numbers may repeat.
-    pub async fn new_epoch(&self) -> Result<String> {
-        let mut tx = self.write_tx().await?;
-        let epoch = hex::encode(rand::random::<[u8; 16]>());
-        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'epoch'")
-            .bind(&epoch)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(epoch)
-    }
-
     /// Begins a write transaction after checking the fencing token.
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.write_tx_held(&[]).await?.0)
@@ -579,6 +565,18 @@ impl Store for PgStore {
         Ok(n as u64)
     }
 
+    async fn renew_epoch(&self) -> Result<String> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.write_tx().await?;
+        let epoch = hex::encode(rand::random::<[u8; 16]>());
+        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'epoch'")
+            .bind(&epoch)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(epoch)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -620,11 +618,8 @@ impl ActiveLease {
             }
             match Self::try_once(&options, node).await {
                 Ok(Some(conn)) => {
-                    let lost = CancellationToken::new();
-                    let stop = CancellationToken::new();
-                    tokio::spawn(hold(conn, lost.clone(), stop.clone()));
                     info!(node = %node, "holding the active lease");
-                    return Ok(Some(ActiveLease { lost, stop }));
+                    return Ok(Some(Self::held(conn)));
                 }
                 Ok(None) => {
                     if !told {
@@ -639,6 +634,21 @@ impl ActiveLease {
                 _ = tokio::time::sleep(LEASE_POLL) => {}
             }
         }
+    }
+
+    /// Takes the lease of `node` if no daemon holds it; `None` otherwise.
+    pub async fn try_acquire(
+        options: PgConnectOptions,
+        node: &DivisionCode,
+    ) -> Result<Option<ActiveLease>> {
+        Ok(Self::try_once(&options, node).await?.map(Self::held))
+    }
+
+    fn held(conn: PgConnection) -> ActiveLease {
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(hold(conn, lost.clone(), stop.clone()));
+        ActiveLease { lost, stop }
     }
 
     async fn try_once(

@@ -428,6 +428,16 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
+    async fn renew_epoch(&self) -> Result<String> {
+        let _writer = self.writer.lock().await;
+        let epoch = hex::encode(rand::random::<[u8; 16]>());
+        sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'epoch'")
+            .bind(&epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(epoch)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -475,6 +475,21 @@ async fn quarantine_lists_and_resolves(engine: &mut dyn Engine) {
     assert_eq!(store.quarantine_count().await.unwrap(), 0);
 }
 
+async fn a_renewed_epoch_survives_reopening_and_keeps_the_records(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    store
+        .apply(batch(vec![record(1, 1, "511102004001")], 1))
+        .await
+        .unwrap();
+    let old = store.epoch().to_owned();
+    let new = store.renew_epoch().await.unwrap();
+    assert_ne!(new, old);
+    let reopened = engine.reopen("511102").await.unwrap();
+    assert_eq!(reopened.epoch(), new);
+    assert_eq!(reopened.count().await.unwrap(), 1);
+    assert_eq!(reopened.head_seq().await.unwrap(), 1);
+}
+
 /// Runs every case on one engine, each on a fresh store.
 async fn suite(engine: &mut dyn Engine) {
     apply_is_idempotent_and_version_ordered(engine.fresh().await).await;
@@ -486,6 +501,7 @@ async fn suite(engine: &mut dyn Engine) {
     lookup_checks_the_key_on_the_record_not_just_the_hash(engine).await;
     a_batch_keeps_the_newest_copy_of_each_record(engine).await;
     quarantine_lists_and_resolves(engine).await;
+    a_renewed_epoch_survives_reopening_and_keeps_the_records(engine).await;
 }
 
 #[tokio::test]
