@@ -735,6 +735,17 @@ digest_key_file = "pki/deployment.key"
         let c = raw.with_env(&env).validate(Path::new("/etc")).unwrap();
         assert_eq!(c.storage, Storage::Sqlite(PathBuf::from("/data/x.db")));
         assert_eq!(c.parent.unwrap().addresses, vec!["10.0.0.1:7400"]);
+        // an active county and its standby, comma-separated
+        let raw: RawConfig = toml::from_str(COMMUNITY).unwrap();
+        let env = BTreeMap::from([(
+            "TIERSYNC_PARENT_ADDRESS".to_owned(),
+            "10.0.0.1:7400, 10.0.0.2:7400".to_owned(),
+        )]);
+        let c = raw.with_env(&env).validate(Path::new("/etc")).unwrap();
+        assert_eq!(
+            c.parent.unwrap().addresses,
+            vec!["10.0.0.1:7400", "10.0.0.2:7400"]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! while the street is SIGKILLed wait in the community's log and arrive once
 //! the street is back. A county run as two processes on one PostgreSQL
 //! schema (an active daemon and its standby) survives SIGKILL of the active
-//! one (skipped, with the reason printed, where no PostgreSQL answers).
+//! one, and the loss of the active one's database session (skipped, with
+//! the reason printed, where no PostgreSQL answers).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -633,6 +634,49 @@ fn a_standby_county_takes_over_when_the_active_one_is_killed() {
         .expect("county-a restarts as the standby");
     let log = std::fs::read_to_string(&cluster.nodes["county-b"].log).expect("log");
     assert!(log.contains("standing by"), "{log}");
+
+    // The active one loses its database session (as when the database
+    // restarts or the network cuts it): it stops with an error, and the
+    // standby takes over.
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&schema.options())
+            .await
+            .expect("connect");
+        let ended: Vec<bool> = sqlx::query_scalar(
+            // the lease of this node in this schema (other tests may hold
+            // leases in theirs)
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND ((classid::int8 << 32) | objid::int8) = hashtextextended(current_schema() || '/tiersync/' || $1, 0)",
+        )
+        .bind(COUNTY)
+        .fetch_all(&mut conn)
+        .await
+        .expect("terminate the lease session");
+        assert_eq!(ended, vec![true], "exactly one session holds the lease");
+    });
+    let status = eventually("county-b to stop", READY_TIMEOUT, || {
+        let child = cluster.nodes.get_mut("county-b")?.child.as_mut()?;
+        child.try_wait().expect("try_wait")
+    });
+    cluster.nodes.get_mut("county-b").expect("configured").child = None;
+    assert!(!status.success(), "losing the lease is an error exit");
+    let log = std::fs::read_to_string(&cluster.nodes["county-b"].log).expect("log");
+    assert!(log.contains("lost its active lease"), "{log}");
+    eventually("county-a to become active", READY_TIMEOUT, || {
+        matches!(
+            http_get(cluster.admin("county-a"), "/readyz"),
+            Some((200, _))
+        )
+        .then_some(())
+    });
+    ids.extend(put_residents(&community_api, 30, 35));
+    let listed = eventually("35 residents at the city", SYNC_TIMEOUT, || {
+        let listed = resident_ids(&city_api);
+        (listed.len() >= 35).then_some(listed)
+    });
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ids);
+    assert_eq!(resident_ids(&cluster.api("county-a")).len(), 35);
     drop(cluster);
     drop(schema);
 }
