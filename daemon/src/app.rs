@@ -273,6 +273,12 @@ pub async fn new_epoch(config: &NodeConfig) -> anyhow::Result<String> {
                     config.storage
                 );
             };
+            if !PgStore::exists(&options).await? {
+                anyhow::bail!(
+                    "there is no store in {}; new-epoch renews an existing store",
+                    config.storage
+                );
+            }
             let store = PgStore::open(options, &config.code)
                 .await
                 .with_context(|| format!("cannot open store {}", config.storage))?;

@@ -208,14 +208,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = NodeConfig::load(&config, &environment())?;
             crate::app::load_material(&c).with_context(|| format!("{}", config.display()))?;
             println!(
-                "{}: ok ({} node `{}`{})",
+                "{}: ok ({} node `{}`{}, store {})",
                 config.display(),
                 c.tier(),
                 c.code,
                 c.parent
                     .as_ref()
                     .map(|p| format!(", parent `{}` at {}", p.code, p.addresses.join(" or ")))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                c.storage
             );
             Ok(())
         }

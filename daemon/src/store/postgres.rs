@@ -174,6 +174,16 @@ impl PgStore {
         })
     }
 
+    /// Whether the schema `options` select already holds a store.
+    pub async fn exists(options: &PgConnectOptions) -> Result<bool> {
+        let mut conn = PgConnection::connect_with(options).await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('meta') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(exists)
+    }
+
     /// Direct pool access for tests that tamper behind the daemon's back.
     pub fn pool(&self) -> &PgPool {
         &self.pool
