@@ -7,6 +7,10 @@
 //! | `/readyz`  | 200 once the store answers; 503 otherwise (readiness) |
 //! | `/`        | the status page: this node, its links, lag, errors |
 //! | `/status.json` | the same as JSON, for scripts |
+//!
+//! A standby daemon (see `store::postgres::ActiveLease`) serves the same
+//! listener before it becomes active ([`serve_standby`]): `/healthz` 200,
+//! `/readyz` 503 saying `standby: ...`, `/metrics` with `tiersync_standby 1`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,4 +122,53 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Bod
 /// Binds the admin listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Serves the admin listener of a standby daemon until the caller drops
+/// this future (it became active). `why` is the `/readyz` answer.
+pub async fn serve_standby(listener: &TcpListener, why: String) -> Infallible {
+    let mut registry = Registry::default();
+    crate::metrics::register_standby(&mut registry, true);
+    let registry = Arc::new(registry);
+    let why = Arc::new(why);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(%error, "admin accept failed");
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        let why = why.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let registry = registry.clone();
+                let why = why.clone();
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+                        "/metrics" => {
+                            let mut text = String::new();
+                            let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                            respond(
+                                StatusCode::OK,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                text,
+                            )
+                        }
+                        _ => respond(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            format!("standby: {why}\n"),
+                        ),
+                    })
+                }
+            });
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = conn.serve_connection(TokioIo::new(stream), service).await {
+                debug!(%peer, %error, "admin connection ended");
+            }
+        });
+    }
 }

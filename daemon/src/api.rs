@@ -34,7 +34,11 @@ pub fn status_of(error: NodeError) -> Status {
             }
             StoreError::NotFound { .. } => Status::not_found(error.to_string()),
             StoreError::VersionConflict { .. } => Status::failed_precondition(error.to_string()),
+            // a standby took over: this process stops; the client retries
+            // against the active daemon
+            StoreError::Fenced { .. } => Status::unavailable(error.to_string()),
             StoreError::Db(_)
+            | StoreError::BadUrl { .. }
             | StoreError::Migrate(_)
             | StoreError::Corrupt { .. }
             | StoreError::WrongNode { .. } => {

@@ -20,16 +20,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::Admin;
 use crate::api::LocalApiService;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Storage};
 use crate::join::JoinService;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::origin::{Identity, TrustRoot};
 use crate::store::Store;
+use crate::store::postgres::{ActiveLease, PgStore, connect_options};
 use crate::store::sqlite::SqliteStore;
 use crate::sync::server::SyncService;
 use crate::tls::TlsMaterial;
@@ -48,6 +49,8 @@ pub struct RunningNode {
     pub registry: Arc<Registry>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    /// Held while this daemon is the active one of a PostgreSQL-backed node.
+    lease: Option<ActiveLease>,
 }
 
 impl App {
@@ -72,20 +75,47 @@ impl App {
             })?
             .trim()
             .to_owned();
-        if let Some(dir) = config.storage.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
-        }
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.storage, &config.code)
-                .await
-                .with_context(|| format!("cannot open store {}", config.storage.display()))?,
-        );
+        // The admin listener is up first: a standby serves /healthz and
+        // /readyz (503, standby) on it while it waits.
+        let admin_listener = match config.listen_admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind listen.admin {addr}"))?,
+            ),
+            None => None,
+        };
+        let (store, lease): (Arc<dyn Store>, Option<ActiveLease>) = match &config.storage {
+            Storage::Sqlite(path) => {
+                if let Some(dir) = path.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).with_context(|| {
+                        format!("cannot create storage directory {}", dir.display())
+                    })?;
+                }
+                let store = SqliteStore::open(path, &config.code)
+                    .await
+                    .with_context(|| format!("cannot open store {}", path.display()))?;
+                (Arc::new(store), None)
+            }
+            Storage::Postgres(url) => {
+                let options = connect_options(url)?;
+                let lease = wait_for_lease(&config, options.clone(), admin_listener.as_ref())
+                    .await
+                    .with_context(|| {
+                        format!("cannot take the active lease in {}", config.storage)
+                    })?;
+                let store = PgStore::open(options, &config.code)
+                    .await
+                    .with_context(|| format!("cannot open store {}", config.storage))?;
+                (Arc::new(store), Some(lease))
+            }
+        };
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        crate::metrics::register_standby(&mut registry, false);
         metrics
             .quarantined
             .set(store.quarantine_count().await? as i64);
@@ -214,10 +244,7 @@ impl App {
         }
 
         let mut admin_addr = None;
-        if let Some(addr) = config.listen_admin {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind listen.admin {addr}"))?;
+        if let Some(listener) = admin_listener {
             admin_addr = Some(listener.local_addr()?);
             let admin = Arc::new(Admin {
                 node: node.clone(),
@@ -239,7 +266,7 @@ impl App {
 
         tasks.spawn(trust_worker(node.clone(), cancel.clone()));
 
-        info!(node = %node.code, tier = %node.code.tier(), "node started");
+        info!(node = %node.code, tier = %node.code.tier(), storage = %config.storage, "node started");
         Ok(RunningNode {
             node,
             peer_addr,
@@ -248,6 +275,7 @@ impl App {
             registry,
             cancel,
             tasks,
+            lease,
         })
     }
 }
@@ -273,6 +301,77 @@ async fn trust_worker(node: Arc<Node>, cancel: CancellationToken) {
             }
         }
         node.refresh_trust_metrics();
+    }
+}
+
+/// Waits until this daemon holds its node's active lease, serving the
+/// standby admin endpoints meanwhile. Binds nothing else: a standby takes no
+/// children and dials no parent.
+async fn wait_for_lease(
+    config: &NodeConfig,
+    options: sqlx::postgres::PgConnectOptions,
+    admin: Option<&TcpListener>,
+) -> anyhow::Result<ActiveLease> {
+    let why = format!(
+        "another daemon holds the active lease of node `{}` in {}; this one takes over when it stops",
+        config.code, config.storage
+    );
+    let never = CancellationToken::new();
+    let acquire = ActiveLease::acquire(options, &config.code, &never, || {
+        info!(node = %config.code, storage = %config.storage, "standing by: another daemon of this node is active");
+    });
+    let lease = match admin {
+        Some(listener) => tokio::select! {
+            lease = acquire => lease?,
+            never = crate::admin::serve_standby(listener, why) => match never {},
+        },
+        None => acquire.await?,
+    };
+    lease.context("lease wait cancelled")
+}
+
+/// Gives the store of a stopped node a new epoch (after a restore from
+/// backup) and returns it. On PostgreSQL it takes the node's lease for the
+/// duration, so it refuses while a daemon of the node is active.
+pub async fn new_epoch(config: &NodeConfig) -> anyhow::Result<String> {
+    match &config.storage {
+        Storage::Sqlite(path) => {
+            if !path.is_file() {
+                anyhow::bail!(
+                    "there is no store at {}; new-epoch renews an existing store",
+                    path.display()
+                );
+            }
+            let store = SqliteStore::open(path, &config.code)
+                .await
+                .with_context(|| format!("cannot open store {}", path.display()))?;
+            let epoch = store.renew_epoch().await;
+            store.close().await;
+            Ok(epoch?)
+        }
+        Storage::Postgres(url) => {
+            let options = connect_options(url)?;
+            let Some(lease) = ActiveLease::try_acquire(options.clone(), &config.code).await? else {
+                anyhow::bail!(
+                    "a daemon of node `{}` holds the active lease in {}; stop it (and its standby) before giving the store a new epoch",
+                    config.code,
+                    config.storage
+                );
+            };
+            if !PgStore::exists(&options).await? {
+                anyhow::bail!(
+                    "there is no store in {}; new-epoch renews an existing store",
+                    config.storage
+                );
+            }
+            let store = PgStore::open(options, &config.code)
+                .await
+                .with_context(|| format!("cannot open store {}", config.storage))?;
+            let epoch = store.renew_epoch().await;
+            store.close().await;
+            drop(lease);
+            Ok(epoch?)
+        }
     }
 }
 
@@ -345,10 +444,32 @@ impl RunningNode {
         self.cancel.clone()
     }
 
-    /// Runs until the token is cancelled, then shuts down.
-    pub async fn wait(self) {
-        self.cancel.cancelled().await;
-        self.shutdown().await;
+    /// Runs until the token is cancelled, then shuts down. Fails (after
+    /// shutting down) when the node loses its active lease: another daemon
+    /// may be active now, so this one must stop; restarted, it comes back
+    /// as the standby.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let lost = self.lease.as_ref().map(|l| l.lost());
+        let lease_lost = async {
+            match &lost {
+                Some(lost) => lost.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => {
+                self.shutdown().await;
+                Ok(())
+            }
+            _ = lease_lost => {
+                let code = self.node.code.clone();
+                error!(node = %code, "lost the active lease; stopping so the standby can take over");
+                self.shutdown().await;
+                anyhow::bail!(
+                    "node `{code}` lost its active lease (the connection holding it to PostgreSQL failed); another daemon may be active now, so this one stopped; restart it to stand by"
+                )
+            }
+        }
     }
 
     /// Stops the node abruptly, as a crash would: its tasks are aborted at
@@ -372,6 +493,8 @@ impl RunningNode {
             self.tasks.shutdown().await;
         }
         self.node.store.close().await;
+        // released last: a standby must not open the store before we closed it
+        drop(self.lease.take());
         info!(node = %self.node.code, "node stopped");
     }
 }

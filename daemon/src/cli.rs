@@ -44,6 +44,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Give the node's store a new epoch after restoring it from a backup, so
+    /// its peers resend instead of skipping renumbered changes. Run it with
+    /// the node stopped; on PostgreSQL it refuses while a daemon of the node
+    /// holds the active lease.
+    NewEpoch {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run a four-tier federation of Leshan in one process and show it converge.
     Demo {
         /// Keep the demo's files here instead of a temporary folder.
@@ -245,18 +253,30 @@ pub fn environment() -> BTreeMap<String, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
+        Command::NewEpoch { config } => {
+            let c = NodeConfig::load(&config, &environment())?;
+            let epoch = crate::app::new_epoch(&c).await?;
+            println!(
+                "{}: node `{}` store {} has the new epoch {epoch}; its peers will resend from the start",
+                config.display(),
+                c.code,
+                c.storage
+            );
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let c = NodeConfig::load(&config, &environment())?;
             crate::app::load_material(&c).with_context(|| format!("{}", config.display()))?;
             println!(
-                "{}: ok ({} node `{}`{})",
+                "{}: ok ({} node `{}`{}, store {})",
                 config.display(),
                 c.tier(),
                 c.code,
                 c.parent
                     .as_ref()
-                    .map(|p| format!(", parent `{}` at {}", p.code, p.address))
-                    .unwrap_or_default()
+                    .map(|p| format!(", parent `{}` at {}", p.code, p.addresses.join(" or ")))
+                    .unwrap_or_default(),
+                c.storage
             );
             Ok(())
         }
@@ -508,8 +528,7 @@ async fn serve(config: &Path) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         cancel.cancel();
     });
-    node.wait().await;
-    Ok(())
+    node.wait().await
 }
 
 async fn pki(command: PkiCommand) -> anyhow::Result<()> {

@@ -48,7 +48,8 @@ pub struct RawNode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
-    /// `sqlite://PATH` or a plain path to the SQLite file.
+    /// `sqlite://PATH` or a plain path to the SQLite file, or a
+    /// `postgres://USER@HOST:PORT/DB` URL.
     pub path: Option<String>,
 }
 
@@ -69,6 +70,9 @@ pub struct RawParent {
     pub code: Option<String>,
     /// `host:port` of the parent's peer listener.
     pub address: Option<String>,
+    /// Several `host:port`s of one parent (an active daemon and its
+    /// standby); the child dials them in turn.
+    pub addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,7 +185,45 @@ impl Default for SyncTuning {
 #[derive(Debug, Clone)]
 pub struct ParentConfig {
     pub code: DivisionCode,
-    pub address: String,
+    /// The parent's peer addresses, at least one: its active daemon and any
+    /// standby. A child dials the next on a connect error.
+    pub addresses: Vec<String>,
+}
+
+/// Where a node keeps its store.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (data centres); the URL as configured.
+    Postgres(String),
+}
+
+impl Storage {
+    /// The SQLite file, if that is the engine.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Storage::Sqlite(p) => Some(p),
+            Storage::Postgres(_) => None,
+        }
+    }
+}
+
+/// Shows the store without a PostgreSQL password, so it can go in logs,
+/// errors and the status page.
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Sqlite(p) => write!(f, "{}", p.display()),
+            Storage::Postgres(url) => f.write_str(&crate::store::postgres::mask_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -205,7 +247,7 @@ pub struct TlsPaths {
 pub struct NodeConfig {
     pub code: DivisionCode,
     pub name: Option<String>,
-    pub storage: PathBuf,
+    pub storage: Storage,
     pub listen_peer: Option<SocketAddr>,
     pub listen_api: Option<SocketAddr>,
     pub listen_admin: Option<SocketAddr>,
@@ -267,12 +309,15 @@ impl RawConfig {
                 "TIERSYNC_LISTEN_API" => self.listen.api = Some(value),
                 "TIERSYNC_LISTEN_ADMIN" => self.listen.admin = Some(value),
                 "TIERSYNC_PARENT_ADDRESS" => {
-                    self.parent
-                        .get_or_insert(RawParent {
-                            code: None,
-                            address: None,
-                        })
-                        .address = Some(value)
+                    let parent = self.parent.get_or_insert(RawParent {
+                        code: None,
+                        address: None,
+                        addresses: None,
+                    });
+                    // one or more, comma-separated
+                    parent.address = None;
+                    parent.addresses =
+                        Some(value.split(',').map(|a| a.trim().to_owned()).collect());
                 }
                 _ => unreachable!("every override is matched above"),
             }
@@ -348,22 +393,22 @@ impl RawConfig {
             None => {
                 issue(
                     "storage.path",
-                    "missing; set the SQLite file, e.g. `/var/lib/tiersync/node.db`".into(),
+                    "missing; set the SQLite file, e.g. `/var/lib/tiersync/node.db`, or a PostgreSQL URL, e.g. `postgres://tiersync@db.example:5432/tiersync`".into(),
                 );
                 None
             }
+            Some(p) if crate::store::postgres::is_postgres_url(&p) => {
+                match crate::store::postgres::connect_options(&p) {
+                    Ok(_) => Some(Storage::Postgres(p)),
+                    Err(e) => {
+                        issue("storage.path", e.to_string());
+                        None
+                    }
+                }
+            }
             Some(p) => {
                 let p = p.strip_prefix("sqlite://").unwrap_or(&p).to_owned();
-                if p.starts_with("postgres://") || p.starts_with("postgresql://") {
-                    issue(
-                        "storage.path",
-                        "PostgreSQL storage is not available in this build; use a SQLite file path"
-                            .into(),
-                    );
-                    None
-                } else {
-                    Some(resolve(base, Path::new(&p)))
-                }
+                Some(Storage::Sqlite(resolve(base, Path::new(&p))))
             }
         };
 
@@ -448,35 +493,53 @@ impl RawConfig {
                                 Ok(pc) => Some(pc),
                             },
                         };
-                        let address = match p.address {
-                            None => {
+                        let given: Vec<(&str, String)> = match (p.address, p.addresses) {
+                            (Some(_), Some(_)) => {
+                                issue(
+                                    "parent.addresses",
+                                    "set either parent.address or parent.addresses, not both"
+                                        .into(),
+                                );
+                                vec![]
+                            }
+                            (Some(a), None) => vec![("parent.address", a)],
+                            (None, Some(list)) if list.is_empty() => {
+                                issue(
+                                    "parent.addresses",
+                                    "empty; list the parent's peer addresses HOST:PORT".into(),
+                                );
+                                vec![]
+                            }
+                            (None, Some(list)) => {
+                                list.into_iter().map(|a| ("parent.addresses", a)).collect()
+                            }
+                            (None, None) => {
                                 issue(
                                     "parent.address",
-                                    "missing; set the parent's peer address HOST:PORT".into(),
+                                    "missing; set the parent's peer address HOST:PORT (or parent.addresses for an active daemon and its standby)".into(),
                                 );
-                                None
-                            }
-                            Some(a) => {
-                                let bare = a.strip_prefix("https://").unwrap_or(&a);
-                                if bare
-                                    .rsplit_once(':')
-                                    .and_then(|(_, port)| port.parse::<u16>().ok())
-                                    .is_none()
-                                {
-                                    issue(
-                                        "parent.address",
-                                        format!(
-                                            "`{a}` is not HOST:PORT, e.g. `street.example:7400`"
-                                        ),
-                                    );
-                                    None
-                                } else {
-                                    Some(bare.to_owned())
-                                }
+                                vec![]
                             }
                         };
+                        let mut addresses = Vec::with_capacity(given.len());
+                        for (key, a) in given {
+                            let bare = a.strip_prefix("https://").unwrap_or(&a);
+                            if bare
+                                .rsplit_once(':')
+                                .and_then(|(_, port)| port.parse::<u16>().ok())
+                                .is_none()
+                            {
+                                issue(
+                                    key,
+                                    format!("`{a}` is not HOST:PORT, e.g. `street.example:7400`"),
+                                );
+                            } else {
+                                addresses.push(bare.to_owned());
+                            }
+                        }
+                        let address = (!addresses.is_empty()).then_some(addresses);
                         match (pcode, address) {
-                            (Some(code), Some(address)) => Some(ParentConfig { code, address }),
+                            (Some(code), Some(addresses)) => Some(ParentConfig { code, addresses }),
                             _ => None,
                         }
                     }
@@ -698,7 +761,10 @@ digest_key_file = "pki/deployment.key"
         let c = validate(COMMUNITY).unwrap();
         assert_eq!(c.code.as_str(), "511102004001");
         assert_eq!(c.parent.as_ref().unwrap().code.as_str(), "511102004");
-        assert_eq!(c.storage, PathBuf::from("/etc/tiersync/node.db"));
+        assert_eq!(
+            c.storage,
+            Storage::Sqlite(PathBuf::from("/etc/tiersync/node.db"))
+        );
         assert_eq!(c.tls.ca, PathBuf::from("/etc/tiersync/pki/ca.pem"));
     }
 
@@ -766,7 +832,80 @@ digest_key_file = "pki/deployment.key"
             ),
         ]);
         let c = raw.with_env(&env).validate(Path::new("/etc")).unwrap();
-        assert_eq!(c.storage, PathBuf::from("/data/x.db"));
-        assert_eq!(c.parent.unwrap().address, "10.0.0.1:7400");
+        assert_eq!(c.storage, Storage::Sqlite(PathBuf::from("/data/x.db")));
+        assert_eq!(c.parent.unwrap().addresses, vec!["10.0.0.1:7400"]);
+        // an active county and its standby, comma-separated
+        let raw: RawConfig = toml::from_str(COMMUNITY).unwrap();
+        let env = BTreeMap::from([(
+            "TIERSYNC_PARENT_ADDRESS".to_owned(),
+            "10.0.0.1:7400, 10.0.0.2:7400".to_owned(),
+        )]);
+        let c = raw.with_env(&env).validate(Path::new("/etc")).unwrap();
+        assert_eq!(
+            c.parent.unwrap().addresses,
+            vec!["10.0.0.1:7400", "10.0.0.2:7400"]
+        );
+    }
+
+    #[test]
+    fn postgres_storage_is_one_line_and_its_password_is_never_shown() {
+        let c = validate(&COMMUNITY.replace(
+            "path = \"node.db\"",
+            "path = \"postgres://tiersync:s3cret@db.example:5432/county\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.storage,
+            Storage::Postgres("postgres://tiersync:s3cret@db.example:5432/county".into())
+        );
+        assert_eq!(
+            c.storage.to_string(),
+            "postgres://tiersync:***@db.example:5432/county"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let errors = validate(&COMMUNITY.replace(
+            "path = \"node.db\"",
+            "path = \"postgres://tiersync:s3cret@db.example:notaport/county\"",
+        ))
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "`storage.path`: storage.path `postgres://tiersync:***@db.example:notaport/county` is not a usable PostgreSQL URL"
+            ),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("s3cret"));
+    }
+
+    #[test]
+    fn a_parent_may_list_several_addresses() {
+        let c = validate(&COMMUNITY.replace(
+            "address = \"street.example:7400\"",
+            "addresses = [\"street-a.example:7400\", \"street-b.example:7400\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.parent.unwrap().addresses,
+            vec!["street-a.example:7400", "street-b.example:7400"]
+        );
+        let errors = validate(&COMMUNITY.replace(
+            "address = \"street.example:7400\"",
+            "address = \"a:1\"\naddresses = [\"b:2\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["`parent.addresses`: set either parent.address or parent.addresses, not both"]
+        );
+        let errors = validate(&COMMUNITY.replace(
+            "address = \"street.example:7400\"",
+            "addresses = [\"b:2\", \"nope\"]",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["`parent.addresses`: `nope` is not HOST:PORT, e.g. `street.example:7400`"]
+        );
     }
 }

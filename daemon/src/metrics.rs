@@ -176,3 +176,16 @@ impl Metrics {
         self.quarantined.inc();
     }
 }
+
+/// Registers `tiersync_standby`: 1 while this daemon waits as the standby of
+/// a node whose active lease another daemon holds, 0 once it is active.
+pub fn register_standby(registry: &mut Registry, standby: bool) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(i64::from(standby));
+    registry.sub_registry_with_prefix("tiersync").register(
+        "standby",
+        "1 while this daemon is a standby waiting for its node's active lease",
+        gauge.clone(),
+    );
+    gauge
+}

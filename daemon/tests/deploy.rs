@@ -135,7 +135,7 @@ fn gen_sh_parents_are_compose_services_listening_on_the_dialled_port() {
             assert_eq!(c.tier().to_string(), "city", "{service} has no parent");
             continue;
         };
-        let (host, port) = parent.address.rsplit_once(':').expect("HOST:PORT");
+        let (host, port) = parent.addresses[0].rsplit_once(':').expect("HOST:PORT");
         let (_, p) = nodes
             .get(host)
             .unwrap_or_else(|| panic!("{service} dials `{host}`, which is not a service"));

@@ -3,7 +3,10 @@
 //! through the command line and the admin HTTP port, the way an operator
 //! would. A record put at the community reaches the city masked; records put
 //! while the street is SIGKILLed wait in the community's log and arrive once
-//! the street is back.
+//! the street is back. A county run as two processes on one PostgreSQL
+//! schema (an active daemon and its standby) survives SIGKILL of the active
+//! one, and the loss of the active one's database session (skipped, with
+//! the reason printed, where no PostgreSQL answers).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -101,6 +104,7 @@ fn port_of(l: &TcpListener) -> u16 {
 }
 
 struct NodeProc {
+    code: String,
     config: PathBuf,
     log: PathBuf,
     peer: Option<SocketAddr>,
@@ -136,6 +140,14 @@ impl Cluster {
 
     /// Writes the config of `code` with freshly reserved ports.
     fn configure(&mut self, code: &'static str, parent: Option<&str>) {
+        let storage = format!("data/{code}.db");
+        self.configure_as(code, code, parent.as_slice(), &storage);
+    }
+
+    /// Writes the config of a process `name` serving node `code`, on store
+    /// `storage`, dialling the processes `parents` (one node: an active
+    /// daemon and its standbys).
+    fn configure_as(&mut self, name: &'static str, code: &str, parents: &[&str], storage: &str) {
         let leaf = code.len() == 12;
         let peer = (!leaf).then(reserve_port);
         let api = reserve_port();
@@ -143,7 +155,7 @@ impl Cluster {
         let mut text = format!("version = 1\n\n[node]\ncode = \"{code}\"\n\n");
         // Relative paths: the processes run in `/`, so this also checks that
         // paths resolve against the config file's folder.
-        text += &format!("[storage]\npath = \"data/{code}.db\"\n\n[listen]\n");
+        text += &format!("[storage]\npath = \"{storage}\"\n\n[listen]\n");
         if let Some(peer) = &peer {
             text += &format!("peer = \"127.0.0.1:{}\"\n", port_of(peer));
         }
@@ -152,9 +164,23 @@ impl Cluster {
             port_of(&api),
             port_of(&admin)
         );
-        if let Some(parent) = parent {
-            let address = self.nodes[parent].peer.expect("a parent listens for peers");
-            text += &format!("[parent]\ncode = \"{parent}\"\naddress = \"{address}\"\n\n");
+        if let Some(first) = parents.first() {
+            let parent_code = &self.nodes[first].code;
+            let addresses: Vec<String> = parents
+                .iter()
+                .map(|p| {
+                    let peer = self.nodes[p].peer.expect("a parent listens for peers");
+                    format!("\"{peer}\"")
+                })
+                .collect();
+            if let [one] = addresses.as_slice() {
+                text += &format!("[parent]\ncode = \"{parent_code}\"\naddress = {one}\n\n");
+            } else {
+                text += &format!(
+                    "[parent]\ncode = \"{parent_code}\"\naddresses = [{}]\n\n",
+                    addresses.join(", ")
+                );
+            }
         }
         text += &format!(
             "[tls]\nca = \"pki/ca.pem\"\ncert = \"pki/{code}.pem\"\nkey = \"pki/{code}.key\"\n\n\
@@ -162,14 +188,15 @@ impl Cluster {
              [deployment]\ndigest_key_file = \"pki/deployment.key\"\n\n\
              [sync]\nheartbeat_secs = 1\n"
         );
-        let config = self.dir.path().join(format!("{code}.toml"));
+        let config = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write config");
         let addr = |l: &TcpListener| l.local_addr().expect("bound");
         self.nodes.insert(
-            code,
+            name,
             NodeProc {
+                code: code.to_owned(),
                 config,
-                log: self.dir.path().join(format!("{code}.log")),
+                log: self.dir.path().join(format!("{name}.log")),
                 peer: peer.as_ref().map(addr),
                 api: addr(&api),
                 admin: addr(&admin),
@@ -213,6 +240,13 @@ impl Cluster {
     /// Runs `tiersync serve` for `code` until `/readyz` answers 200; if the
     /// process exits first, returns its log of this start.
     fn start(&mut self, code: &str) -> Result<(), String> {
+        self.start_until(code, |status, _| status == 200)
+    }
+
+    /// Runs `tiersync serve` for process `code` until its `/readyz` answer
+    /// satisfies `ready`; if the process exits first, returns its log of
+    /// this start.
+    fn start_until(&mut self, code: &str, ready: fn(u16, &str) -> bool) -> Result<(), String> {
         let node = self.nodes.get_mut(code).expect("configured");
         node.reserved.clear();
         let mut log = OpenOptions::new()
@@ -237,7 +271,9 @@ impl Cluster {
                 let this_start = log.rsplit(START_MARK).next().unwrap_or_default();
                 return Err(this_start.to_owned());
             }
-            if let Some((200, _)) = http_get(node.admin, "/readyz") {
+            if let Some((status, body)) = http_get(node.admin, "/readyz")
+                && ready(status, &body)
+            {
                 return Ok(());
             }
             assert!(
@@ -467,4 +503,185 @@ digest_key_file = "pki/deployment.key"
         stderr.contains("`parent.code`: `511102006` does not own node `511102004001`"),
         "{stderr}"
     );
+}
+
+/// A standby answers `/readyz` 503, naming why.
+fn standing_by(status: u16, body: &str) -> bool {
+    status == 503 && body.starts_with("standby: ")
+}
+
+/// Puts residents `from..to` at the community; returns their ids.
+fn put_residents(api: &str, from: u32, to: u32) -> Vec<String> {
+    (from..to)
+        .map(|i| {
+            let body = format!(
+                "511102{:04}{:02}{:02}{:03}",
+                1940 + i,
+                1 + i % 12,
+                1 + i % 28,
+                i
+            );
+            put_resident(api, &format!("居民{i}"), &gb11643(&body))
+        })
+        .collect()
+}
+
+/// Two `tiersync serve` processes for the county on one PostgreSQL schema:
+/// one is active, the other stands by (admin up, nothing else bound); the
+/// active one is SIGKILLed mid-stream, the standby takes over within a few
+/// seconds, the street fails over to it, and every resident reaches the
+/// county and the city exactly once.
+#[test]
+fn a_standby_county_takes_over_when_the_active_one_is_killed() {
+    const TEST: &str = "a_standby_county_takes_over_when_the_active_one_is_killed";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(schema) = runtime.block_on(tiersync::store::postgres::scratch::ScratchSchema::create(
+        TEST,
+    )) else {
+        return;
+    };
+    let url = schema.url();
+
+    let mut cluster = Cluster::new();
+    cluster.launch(CITY, None);
+    cluster.configure_as("county-a", COUNTY, &[CITY], &url);
+    cluster.start("county-a").expect("county-a starts active");
+    cluster.configure_as("county-b", COUNTY, &[CITY], &url);
+    cluster
+        .start_until("county-b", standing_by)
+        .expect("county-b starts as the standby");
+    // exactly one active: the standby binds no peer listener
+    let b_peer = cluster.nodes["county-b"].peer.expect("county peer");
+    assert!(
+        TcpStream::connect_timeout(&b_peer, Duration::from_millis(500)).is_err(),
+        "the standby must not accept children"
+    );
+    assert_eq!(
+        sample(&metrics(cluster.admin("county-b")), "tiersync_standby"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics(cluster.admin("county-a")), "tiersync_standby"),
+        Some(0.0)
+    );
+    assert_eq!(
+        http_get(cluster.admin("county-b"), "/healthz").map(|(s, _)| s),
+        Some(200)
+    );
+
+    let street_storage = format!("data/{STREET}.db");
+    cluster.configure_as(STREET, STREET, &["county-a", "county-b"], &street_storage);
+    cluster.start(STREET).expect("street starts");
+    cluster.launch(COMMUNITY, Some(STREET));
+    let (city_api, community_api) = (cluster.api(CITY), cluster.api(COMMUNITY));
+
+    let mut ids: BTreeSet<String> = put_residents(&community_api, 0, 10).into_iter().collect();
+    eventually("10 residents at the city", SYNC_TIMEOUT, || {
+        (resident_ids(&city_api).len() >= 10).then_some(())
+    });
+    // more residents in flight while the active county dies
+    ids.extend(put_residents(&community_api, 10, 20));
+    cluster.kill("county-a");
+    let killed = Instant::now();
+    eventually("county-b to become active", READY_TIMEOUT, || {
+        matches!(
+            http_get(cluster.admin("county-b"), "/readyz"),
+            Some((200, _))
+        )
+        .then_some(())
+    });
+    eprintln!(
+        "standby county ready {:.2} s after the active one was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    ids.extend(put_residents(&community_api, 20, 30));
+    assert_eq!(ids.len(), 30, "every put made a new record");
+
+    let county_b_api = cluster.api("county-b");
+    for (what, api) in [("county", &county_b_api), ("city", &city_api)] {
+        let listed = eventually(&format!("30 residents at the {what}"), SYNC_TIMEOUT, || {
+            let listed = resident_ids(api);
+            (listed.len() >= 30).then_some(listed)
+        });
+        assert_eq!(
+            listed.len(),
+            30,
+            "no resident twice at the {what}: {listed:?}"
+        );
+        assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ids, "{what}");
+    }
+    assert_eq!(
+        sample(&metrics(cluster.admin("county-b")), "tiersync_standby"),
+        Some(0.0)
+    );
+    // a restore's new epoch is refused while a daemon of the node is active
+    let config = cluster.nodes["county-b"]
+        .config
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    let out = run(&["new-epoch", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "new-epoch ran beside an active daemon"
+    );
+    assert!(
+        stderr.contains("a daemon of node `511102` holds the active lease"),
+        "{stderr}"
+    );
+    // the killed one comes back as the standby, not as a second active
+    cluster
+        .start_until("county-a", standing_by)
+        .expect("county-a restarts as the standby");
+    let log = std::fs::read_to_string(&cluster.nodes["county-b"].log).expect("log");
+    assert!(log.contains("standing by"), "{log}");
+
+    // The active one loses its database session (as when the database
+    // restarts or the network cuts it): it stops with an error, and the
+    // standby takes over.
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect_with(&schema.options())
+            .await
+            .expect("connect");
+        let ended: Vec<bool> = sqlx::query_scalar(
+            // the lease of this node in this schema (other tests may hold
+            // leases in theirs)
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND ((classid::int8 << 32) | objid::int8) = hashtextextended(current_schema() || '/tiersync/' || $1, 0)",
+        )
+        .bind(COUNTY)
+        .fetch_all(&mut conn)
+        .await
+        .expect("terminate the lease session");
+        assert_eq!(ended, vec![true], "exactly one session holds the lease");
+    });
+    let status = eventually("county-b to stop", READY_TIMEOUT, || {
+        let child = cluster.nodes.get_mut("county-b")?.child.as_mut()?;
+        child.try_wait().expect("try_wait")
+    });
+    cluster.nodes.get_mut("county-b").expect("configured").child = None;
+    assert!(!status.success(), "losing the lease is an error exit");
+    let log = std::fs::read_to_string(&cluster.nodes["county-b"].log).expect("log");
+    assert!(log.contains("lost its active lease"), "{log}");
+    eventually("county-a to become active", READY_TIMEOUT, || {
+        matches!(
+            http_get(cluster.admin("county-a"), "/readyz"),
+            Some((200, _))
+        )
+        .then_some(())
+    });
+    ids.extend(put_residents(&community_api, 30, 35));
+    let listed = eventually("35 residents at the city", SYNC_TIMEOUT, || {
+        let listed = resident_ids(&city_api);
+        (listed.len() >= 35).then_some(listed)
+    });
+    assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ids);
+    assert_eq!(resident_ids(&cluster.api("county-a")).len(), 35);
+    drop(cluster);
+    drop(schema);
 }

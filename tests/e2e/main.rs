@@ -6,6 +6,7 @@ mod chain;
 mod integrity;
 mod join;
 mod operate;
+mod postgres;
 mod reject;
 mod scope;
 mod tidy;

@@ -13,6 +13,7 @@ use prost::Message;
 use tiersync::RunningNode;
 use tiersync::demo::Deployment;
 use tiersync::node::{Node, PutInput};
+use tiersync::store::postgres::scratch::ScratchSchema;
 use tiersync::tls::TlsMaterial;
 use tiersync_proto::pb::civil;
 use tiersync_proto::types::{DivisionCode, RecordId};
@@ -54,6 +55,9 @@ where
 pub struct Cluster {
     pub deployment: Deployment,
     nodes: BTreeMap<String, RunningNode>,
+    /// Nodes stored on PostgreSQL, each in its own scratch schema (dropped
+    /// with the cluster, after its nodes).
+    postgres: BTreeMap<String, ScratchSchema>,
     _dir: tempfile::TempDir,
 }
 
@@ -65,8 +69,27 @@ impl Cluster {
         Cluster {
             deployment,
             nodes: BTreeMap::new(),
+            postgres: BTreeMap::new(),
             _dir: dir,
         }
+    }
+
+    /// Puts node `code` (not started yet) on PostgreSQL, in a fresh scratch
+    /// schema. False, with the skip line printed for `test`, when no
+    /// PostgreSQL answers.
+    pub async fn on_postgres(&mut self, code: &str, test: &str) -> bool {
+        match ScratchSchema::create(test).await {
+            Some(schema) => {
+                self.postgres.insert(code.to_owned(), schema);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The `storage.path` URL of a node put on PostgreSQL.
+    pub fn postgres_url(&self, code: &str) -> Option<String> {
+        self.postgres.get(code).map(|s| s.url())
     }
 
     /// Starts nodes top down (each child's config names its parent's port).
@@ -88,6 +111,14 @@ impl Cluster {
                     .unwrap_or_else(|| panic!("start parent {p} before {code}"))
             });
             self.deployment.write_config(code, parent).expect("config");
+            if let Some(url) = self.postgres_url(code) {
+                let text = std::fs::read_to_string(&path).expect("config");
+                let text = text.replace(
+                    &format!("path = \"{code}.db\""),
+                    &format!("path = \"{url}\""),
+                );
+                std::fs::write(&path, text).expect("config");
+            }
         }
         let node = self.deployment.start(code).await.expect("node starts");
         self.nodes.insert(code.to_owned(), node);

@@ -13,12 +13,20 @@
 //!   `seq = N` will never later see a new change below `N` (writes are
 //!   serialised), so a sender's cursor never skips a change.
 //!
-//! SQLite ([`sqlite::SqliteStore`]) is the embedded default; the PostgreSQL
-//! store is a second implementation of the same trait.
+//! SQLite ([`sqlite::SqliteStore`]) is the embedded default; PostgreSQL
+//! ([`postgres::PgStore`]) is for data centres. The decisions both engines
+//! make the same way (newest version per id within a batch, duplicate and
+//! stale verdicts, sequence numbering, version checks, natural-key hashing,
+//! decoding rows) live in this module, so neither engine repeats them; the
+//! engines only move rows.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use prost::Message;
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
@@ -163,6 +171,12 @@ pub enum StoreError {
         key: String,
         existing: String,
     },
+    #[error(
+        "another daemon took over this node's PostgreSQL store (fencing token {held}, ours {ours}); this process is no longer the active one and stops writing"
+    )]
+    Fenced { ours: i64, held: i64 },
+    #[error("storage.path `{url}` is not a usable PostgreSQL URL: {reason}")]
+    BadUrl { url: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -192,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>>;
     async fn quarantine_resolve(&self, qid: u64) -> Result<()>;
     async fn quarantine_count(&self) -> Result<u64>;
+    /// Gives the store a new random epoch and returns it: maintenance after a
+    /// restore from backup, run with the node stopped. Peers whose cursors
+    /// name the old epoch then restart from the beginning of this log
+    /// instead of skipping sequence numbers it hands out again. Takes effect
+    /// when the store is next opened; callers close it afterwards.
+    async fn renew_epoch(&self) -> Result<String>;
     /// Flushes and closes; the store is closed last at shutdown.
     async fn close(&self);
 }
@@ -200,6 +220,218 @@ pub trait Store: Send + Sync + 'static {
 /// record at the same version.
 pub(crate) fn version_key(version: u64, withdrawn: bool) -> (u64, bool) {
     (version, withdrawn)
+}
+
+// === logic both engines share ===
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A record id as people read it: the UUID, or hex for anything else.
+pub(crate) fn id_text(id: &[u8]) -> String {
+    match uuid::Uuid::from_slice(id) {
+        Ok(u) => u.to_string(),
+        Err(_) => hex::encode(id),
+    }
+}
+
+/// The index hash of a natural key: the first 8 bytes of
+/// SHA-256(kind NUL name NUL value). Persisted by both engines: never change
+/// it.
+pub(crate) fn key_hash(kind: &str, name: &str, value: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(value.as_bytes());
+    let digest = h.finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Whether `r` really carries the natural key (the index holds only a hash,
+/// so every hit is checked on the record itself).
+pub(crate) fn has_key(r: &wire::Record, kind: &str, name: &str, value: &str) -> bool {
+    r.kind == kind && r.keys.iter().any(|k| k.name == name && k.value == value)
+}
+
+/// The index entries (hash, seq) of a record stored at `seq`; none for a
+/// deleted record, which no lookup may find.
+pub(crate) fn index_entries(seq: u64, r: &wire::Record) -> impl Iterator<Item = (i64, i64)> + '_ {
+    r.keys
+        .iter()
+        .filter(move |_| !r.deleted)
+        .map(move |k| (key_hash(&r.kind, &k.name, &k.value), seq as i64))
+}
+
+/// Decodes a stored row `(seq, via, body)`, the shape every read selects.
+pub(crate) fn stored_row<R>(row: &R) -> Result<Stored>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = row.try_get(0)?;
+    let via: String = row.try_get(1)?;
+    let body: Vec<u8> = row.try_get(2)?;
+    Ok(Stored {
+        seq: seq as u64,
+        via,
+        record: decode(seq, &body)?,
+    })
+}
+
+/// Decodes a quarantine row `(qid, peer, record_id, kind, origin, reason,
+/// body, at_ms)`.
+pub(crate) fn quarantine_row<R>(r: &R) -> Result<QuarantineRow>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(QuarantineRow {
+        qid: r.try_get::<i64, _>(0)? as u64,
+        peer: r.try_get(1)?,
+        record_id: r.try_get::<Option<Vec<u8>>, _>(2)?.unwrap_or_default(),
+        kind: r.try_get(3)?,
+        origin: r.try_get(4)?,
+        reason: r.try_get(5)?,
+        body: r.try_get(6)?,
+        at_ms: r.try_get(7)?,
+    })
+}
+
+pub(crate) fn decode(seq: i64, body: &[u8]) -> Result<wire::Record> {
+    wire::Record::decode(body).map_err(|source| StoreError::Corrupt {
+        seq: seq as u64,
+        source,
+    })
+}
+
+/// Keeps, per id, the newest version in a batch (first-seen order of ids);
+/// a copy no newer than one already seen counts as a duplicate.
+pub(crate) fn newest_per_id(
+    records: Vec<wire::Record>,
+    report: &mut ApplyReport,
+) -> Vec<wire::Record> {
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(records.len());
+    let mut out: Vec<wire::Record> = Vec::with_capacity(records.len());
+    for r in records {
+        match at.get(&r.id) {
+            None => {
+                at.insert(r.id.clone(), out.len());
+                out.push(r);
+            }
+            Some(&i) => {
+                if version_key(r.version, r.withdrawn)
+                    > version_key(out[i].version, out[i].withdrawn)
+                {
+                    out[i] = r;
+                } else {
+                    report.duplicates += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What an apply writes, decided against the versions already held.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyPlan {
+    /// Records to write, each at the sequence number it takes.
+    pub writes: Vec<(u64, wire::Record)>,
+    /// Ids among `writes` that replace a stored version (whose index
+    /// entries must go).
+    pub replaced: Vec<Vec<u8>>,
+    /// The next free sequence number once the plan is committed.
+    pub next_seq: u64,
+}
+
+/// Decides each incoming record (one per id, see [`newest_per_id`]) against
+/// `held` (id → held version): duplicates are counted, stale versions
+/// refused into `report`, the rest numbered from `next_seq` in order.
+pub(crate) fn plan_apply(
+    incoming: Vec<wire::Record>,
+    held: &HashMap<Vec<u8>, (u64, bool)>,
+    next_seq: u64,
+    report: &mut ApplyReport,
+) -> ApplyPlan {
+    let mut plan = ApplyPlan {
+        next_seq,
+        ..Default::default()
+    };
+    for r in incoming {
+        let new = version_key(r.version, r.withdrawn);
+        match held.get(&r.id) {
+            Some(&(v, w)) if version_key(v, w) == new => report.duplicates += 1,
+            Some(&(v, w)) if version_key(v, w) > new => {
+                let reason = format!(
+                    "stale version: record {} (owner `{}`) arrived at version {}{} but version {v}{} is already held",
+                    id_text(&r.id),
+                    r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or(""),
+                    r.version,
+                    if r.withdrawn { " (withdrawal)" } else { "" },
+                    if w { " (withdrawal)" } else { "" },
+                );
+                report.refused.push(Refusal::of(&r, reason));
+            }
+            found => {
+                if found.is_some() {
+                    plan.replaced.push(r.id.clone());
+                }
+                plan.writes.push((plan.next_seq, r));
+                plan.next_seq += 1;
+            }
+        }
+    }
+    plan
+}
+
+/// Checks an owner's write against the version it expects (0 = create) and
+/// the version held; returns the version the write takes.
+pub(crate) fn check_expected(id: &[u8], current: Option<u64>, expected: u64) -> Result<u64> {
+    let id = id_text(id);
+    match (current, expected) {
+        (Some(current), 0) => Err(StoreError::AlreadyExists { id, current }),
+        (None, 0) => Ok(1),
+        (None, _) => Err(StoreError::NotFound { id }),
+        (Some(current), expected) if current != expected => Err(StoreError::VersionConflict {
+            id,
+            current,
+            expected,
+        }),
+        (Some(_), expected) => Ok(expected + 1),
+    }
+}
+
+/// The natural key of `record` that another live record already carries,
+/// given the candidates the index returned for its keys.
+pub(crate) fn duplicate_key(record: &wire::Record, candidates: &[Stored]) -> Option<StoreError> {
+    for key in &record.keys {
+        for other in candidates {
+            if other.record.id != record.id
+                && !other.record.deleted
+                && has_key(&other.record, &record.kind, &key.name, &key.value)
+            {
+                return Some(StoreError::DuplicateKey {
+                    kind: record.kind.clone(),
+                    key: key.name.clone(),
+                    existing: id_text(&other.record.id),
+                });
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

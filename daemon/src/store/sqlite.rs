@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
@@ -108,53 +106,6 @@ impl SqliteStore {
     }
 }
 
-fn stored(row: &SqliteRow) -> Result<Stored> {
-    let seq: i64 = row.get(0);
-    let via: String = row.get(1);
-    let body: Vec<u8> = row.get(2);
-    let record = wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
-        seq: seq as u64,
-        source,
-    })?;
-    Ok(Stored {
-        seq: seq as u64,
-        via,
-        record,
-    })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn id_text(id: &[u8]) -> String {
-    match uuid::Uuid::from_slice(id) {
-        Ok(u) => u.to_string(),
-        Err(_) => hex::encode(id),
-    }
-}
-
-/// The index hash of a natural key: the first 8 bytes of
-/// SHA-256(kind NUL name NUL value). Persisted: never change it.
-pub(crate) fn key_hash(kind: &str, name: &str, value: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(name.as_bytes());
-    h.update([0]);
-    h.update(value.as_bytes());
-    let digest = h.finalize();
-    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-fn has_key(r: &wire::Record, kind: &str, name: &str, value: &str) -> bool {
-    r.kind == kind && r.keys.iter().any(|k| k.name == name && k.value == value)
-}
-
 /// Writes records (new or changed) at the given sequence numbers.
 /// `stale_keys` are the index entries (hash, old seq) of the versions being
 /// replaced, removed first.
@@ -196,12 +147,7 @@ async fn write_records(
     }
     let keys: Vec<(i64, i64)> = rows
         .iter()
-        .filter(|(_, r)| !r.deleted)
-        .flat_map(|(seq, r)| {
-            r.keys
-                .iter()
-                .map(move |k| (key_hash(&r.kind, &k.name, &k.value), *seq as i64))
-        })
+        .flat_map(|(seq, r)| index_entries(*seq, r))
         .collect();
     for chunk in keys.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -227,11 +173,7 @@ async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Resul
         if let Some(row) = row {
             let seq: i64 = row.get(0);
             let body: Vec<u8> = row.get(1);
-            let old =
-                wire::Record::decode(body.as_slice()).map_err(|source| StoreError::Corrupt {
-                    seq: seq as u64,
-                    source,
-                })?;
+            let old = decode(seq, &body)?;
             out.extend(
                 old.keys
                     .iter()
@@ -281,7 +223,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(stored).transpose()
+        row.as_ref().map(stored_row).transpose()
     }
 
     async fn lookup(&self, kind: &str, name: &str, value: &str) -> Result<Vec<Stored>> {
@@ -294,7 +236,7 @@ impl Store for SqliteStore {
         .await?;
         let mut found = Vec::with_capacity(rows.len());
         for row in &rows {
-            let s = stored(row)?;
+            let s = stored_row(row)?;
             if has_key(&s.record, kind, name, value) {
                 found.push(s);
             }
@@ -319,7 +261,7 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored).collect()
+        rows.iter().map(stored_row).collect()
     }
 
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Stored>> {
@@ -329,7 +271,7 @@ impl Store for SqliteStore {
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(stored).collect()
+        rows.iter().map(stored_row).collect()
     }
 
     async fn count(&self) -> Result<u64> {
@@ -355,73 +297,29 @@ impl Store for SqliteStore {
             refused: batch.refused,
             ..Default::default()
         };
-        // Keep, per id, the newest incoming version; older copies within the
-        // same batch are duplicates or stale like any other.
-        let mut newest: HashMap<Vec<u8>, wire::Record> =
-            HashMap::with_capacity(batch.records.len());
-        let mut order: Vec<Vec<u8>> = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            match newest.get(&r.id) {
-                None => {
-                    order.push(r.id.clone());
-                    newest.insert(r.id.clone(), r);
-                }
-                Some(prev)
-                    if version_key(r.version, r.withdrawn)
-                        > version_key(prev.version, prev.withdrawn) =>
-                {
-                    newest.insert(r.id.clone(), r);
-                }
-                Some(_) => report.duplicates += 1,
-            }
-        }
+        let incoming = newest_per_id(batch.records, &mut report);
 
         let mut writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let mut held: HashMap<Vec<u8>, (u64, bool)> = HashMap::new();
-        for chunk in order.chunks(CHUNK) {
+        for chunk in incoming.chunks(CHUNK) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "SELECT id, version, withdrawn FROM records WHERE id IN (",
             );
             let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.clone());
+            for r in chunk {
+                sep.push_bind(r.id.clone());
             }
             q.push(")");
             for row in q.build().fetch_all(&mut *tx).await? {
                 held.insert(row.get(0), (row.get::<i64, _>(1) as u64, row.get(2)));
             }
         }
-
-        let mut seq = writer.next_seq;
-        let mut to_write: Vec<(u64, wire::Record)> = Vec::with_capacity(order.len());
-        let mut replaced: Vec<Vec<u8>> = Vec::new();
-        for id in order {
-            let r = newest.remove(&id).expect("every ordered id is in the map");
-            match held.get(&id) {
-                Some(&(v, w)) if version_key(v, w) == version_key(r.version, r.withdrawn) => {
-                    report.duplicates += 1
-                }
-                Some(&(v, w)) if version_key(v, w) > version_key(r.version, r.withdrawn) => {
-                    let reason = format!(
-                        "stale version: record {} (owner `{}`) arrived at version {}{} but version {v}{} is already held",
-                        id_text(&r.id),
-                        r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or(""),
-                        r.version,
-                        if r.withdrawn { " (withdrawal)" } else { "" },
-                        if w { " (withdrawal)" } else { "" },
-                    );
-                    report.refused.push(Refusal::of(&r, reason));
-                }
-                found => {
-                    if found.is_some() {
-                        replaced.push(id);
-                    }
-                    to_write.push((seq, r));
-                    seq += 1;
-                }
-            }
-        }
+        let ApplyPlan {
+            writes: to_write,
+            replaced,
+            next_seq: seq,
+        } = plan_apply(incoming, &held, writer.next_seq, &mut report);
         let rows: Vec<(u64, &wire::Record)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         write_records(&mut tx, &rows, &batch.via, &stale_keys).await?;
@@ -447,28 +345,19 @@ impl Store for SqliteStore {
 
     async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
         let mut record = write.record;
-        let id = id_text(&record.id);
         let mut writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = ?1")
             .bind(&record.id)
             .fetch_optional(&mut *tx)
             .await?;
-        match (current.map(|v| v as u64), write.expected_version) {
-            (Some(current), 0) => return Err(StoreError::AlreadyExists { id, current }),
-            (None, 0) => {}
-            (None, _) => return Err(StoreError::NotFound { id }),
-            (Some(current), expected) if current != expected => {
-                return Err(StoreError::VersionConflict {
-                    id,
-                    current,
-                    expected,
-                });
-            }
-            (Some(_), _) => {}
-        }
-        record.version = write.expected_version + 1;
+        record.version = check_expected(
+            &record.id,
+            current.map(|v| v as u64),
+            write.expected_version,
+        )?;
         if write.unique_keys && !record.deleted {
+            let mut candidates = Vec::new();
             for key in &record.keys {
                 let rows = sqlx::query(
                     "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
@@ -479,15 +368,11 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
                 for row in &rows {
-                    let other = stored(row)?;
-                    if has_key(&other.record, &record.kind, &key.name, &key.value) {
-                        return Err(StoreError::DuplicateKey {
-                            kind: record.kind.clone(),
-                            key: key.name.clone(),
-                            existing: id_text(&other.record.id),
-                        });
-                    }
+                    candidates.push(stored_row(row)?);
                 }
+            }
+            if let Some(error) = duplicate_key(&record, &candidates) {
+                return Err(error);
             }
         }
         let seq = writer.next_seq;
@@ -515,7 +400,7 @@ impl Store for SqliteStore {
         .bind(if limit == 0 { 100 } else { limit } as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(quarantine_row).collect())
+        rows.iter().map(quarantine_row).collect()
     }
 
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>> {
@@ -525,7 +410,7 @@ impl Store for SqliteStore {
         .bind(qid as i64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(quarantine_row))
+        row.as_ref().map(quarantine_row).transpose()
     }
 
     async fn quarantine_resolve(&self, qid: u64) -> Result<()> {
@@ -543,20 +428,17 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
+    async fn renew_epoch(&self) -> Result<String> {
+        let _writer = self.writer.lock().await;
+        let epoch = hex::encode(rand::random::<[u8; 16]>());
+        sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'epoch'")
+            .bind(&epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(epoch)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-fn quarantine_row(r: &SqliteRow) -> QuarantineRow {
-    QuarantineRow {
-        qid: r.get::<i64, _>(0) as u64,
-        peer: r.get(1),
-        record_id: r.get::<Option<Vec<u8>>, _>(2).unwrap_or_default(),
-        kind: r.get(3),
-        origin: r.get(4),
-        reason: r.get(5),
-        body: r.get(6),
-        at_ms: r.get(7),
     }
 }

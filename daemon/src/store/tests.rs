@@ -1,9 +1,16 @@
-//! One behavioural suite for every store engine. Each engine's test module
-//! calls [`suite`] with a function that opens a fresh, empty store.
+//! One behavioural suite for every store engine: each case is written once
+//! against an [`Engine`] (which opens fresh stores and can tamper with their
+//! tables) and instantiated for SQLite and for PostgreSQL by
+//! [`engine_tests!`]. The PostgreSQL run uses the server at 127.0.0.1:5432
+//! (or `TIERSYNC_TEST_PG`), each store in its own scratch schema, and prints
+//! a skip line where no server answers.
 
-use std::future::Future;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
+use super::postgres::PgStore;
+use super::postgres::scratch::ScratchSchema;
 use super::sqlite::SqliteStore;
 use super::*;
 
@@ -216,45 +223,125 @@ async fn list_pages_and_filters(store: Arc<dyn Store>) {
     assert_eq!(store.count().await.unwrap(), 6);
 }
 
-async fn suite<F, Fut>(open: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn Store>>,
-{
-    apply_is_idempotent_and_version_ordered(open().await).await;
-    withdrawal_supersedes_same_version(open().await).await;
-    local_writes_check_versions_and_keys(open().await).await;
-    list_pages_and_filters(open().await).await;
+/// A store engine under test: opens stores for node `511102` and can plant
+/// rows behind a store's back.
+#[async_trait]
+trait Engine: Send {
+    /// A fresh, empty store.
+    async fn fresh(&mut self) -> Arc<dyn Store>;
+    /// The last store opened again (after closing it), as node `node`.
+    async fn reopen(&mut self, node: &str) -> Result<Arc<dyn Store>>;
+    /// Plants a natural-key index entry, as a hash collision would.
+    async fn plant_key(&self, key_hash: i64, seq: i64);
 }
 
-#[tokio::test]
-async fn sqlite_store_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let counter = std::sync::atomic::AtomicUsize::new(0);
-    suite(|| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.path().join(format!("store-{n}.db"));
-        async move {
-            Arc::new(SqliteStore::open(&path, &code("511102")).await.unwrap()) as Arc<dyn Store>
+struct SqliteEngine {
+    dir: tempfile::TempDir,
+    n: usize,
+    last: Option<Arc<SqliteStore>>,
+}
+
+impl SqliteEngine {
+    fn new() -> SqliteEngine {
+        SqliteEngine {
+            dir: tempfile::tempdir().unwrap(),
+            n: 0,
+            last: None,
         }
-    })
-    .await;
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join(format!("store-{}.db", self.n))
+    }
 }
 
-#[tokio::test]
-async fn sqlite_store_refuses_another_nodes_file_and_keeps_its_epoch() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("node.db");
-    let store = SqliteStore::open(&path, &code("511102")).await.unwrap();
+#[async_trait]
+impl Engine for SqliteEngine {
+    async fn fresh(&mut self) -> Arc<dyn Store> {
+        self.n += 1;
+        let store = Arc::new(
+            SqliteStore::open(&self.path(), &code("511102"))
+                .await
+                .unwrap(),
+        );
+        self.last = Some(store.clone());
+        store
+    }
+    async fn reopen(&mut self, node: &str) -> Result<Arc<dyn Store>> {
+        if let Some(last) = self.last.take() {
+            last.close().await;
+        }
+        let store = Arc::new(SqliteStore::open(&self.path(), &code(node)).await?);
+        self.last = Some(store.clone());
+        Ok(store)
+    }
+    async fn plant_key(&self, key_hash: i64, seq: i64) {
+        sqlx::query("INSERT INTO natural_keys (key_hash, record_seq) VALUES (?1, ?2)")
+            .bind(key_hash)
+            .bind(seq)
+            .execute(self.last.as_ref().unwrap().pool())
+            .await
+            .unwrap();
+    }
+}
+
+struct PgEngine {
+    schemas: Vec<ScratchSchema>,
+    test: &'static str,
+    last: Option<Arc<PgStore>>,
+}
+
+impl PgEngine {
+    /// `None` (the skip line printed) when no PostgreSQL answers.
+    async fn new(test: &'static str) -> Option<PgEngine> {
+        // probe once, so a missing server skips before any case runs
+        let probe = ScratchSchema::create(test).await?;
+        Some(PgEngine {
+            schemas: vec![probe],
+            test,
+            last: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Engine for PgEngine {
+    async fn fresh(&mut self) -> Arc<dyn Store> {
+        if self.last.is_some() {
+            let schema = ScratchSchema::create(self.test)
+                .await
+                .expect("the server answered a moment ago");
+            self.schemas.push(schema);
+        }
+        let options = self.schemas.last().unwrap().options();
+        let store = Arc::new(PgStore::open(options, &code("511102")).await.unwrap());
+        self.last = Some(store.clone());
+        store
+    }
+    async fn reopen(&mut self, node: &str) -> Result<Arc<dyn Store>> {
+        if let Some(last) = self.last.take() {
+            last.close().await;
+        }
+        let options = self.schemas.last().unwrap().options();
+        let store = Arc::new(PgStore::open(options, &code(node)).await?);
+        self.last = Some(store.clone());
+        Ok(store)
+    }
+    async fn plant_key(&self, key_hash: i64, seq: i64) {
+        sqlx::query("INSERT INTO natural_keys (key_hash, record_seq) VALUES ($1, $2)")
+            .bind(key_hash)
+            .bind(seq)
+            .execute(self.last.as_ref().unwrap().pool())
+            .await
+            .unwrap();
+    }
+}
+
+async fn refuses_another_nodes_store_and_keeps_its_epoch(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
     let epoch = store.epoch().to_owned();
-    store.close().await;
-    let reopened = SqliteStore::open(&path, &code("511102")).await.unwrap();
+    let reopened = engine.reopen("511102").await.unwrap();
     assert_eq!(reopened.epoch(), epoch);
-    reopened.close().await;
-    let err = SqliteStore::open(&path, &code("511111"))
-        .await
-        .err()
-        .unwrap();
+    let err = engine.reopen("511111").await.err().unwrap();
     assert!(
         err.to_string()
             .contains("belongs to node `511102`, but this node is `511111`"),
@@ -262,24 +349,38 @@ async fn sqlite_store_refuses_another_nodes_file_and_keeps_its_epoch() {
     );
 }
 
-#[tokio::test]
-async fn sqlite_lookup_checks_the_key_on_the_record_not_just_the_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("node.db"), &code("511102"))
+async fn reopened_store_continues_the_log(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    store
+        .apply(batch(
+            vec![record(1, 1, "511102004001"), record(2, 1, "511102004001")],
+            2,
+        ))
         .await
         .unwrap();
+    let store = engine.reopen("511102").await.unwrap();
+    assert_eq!(store.head_seq().await.unwrap(), 2);
+    let report = store
+        .apply(batch(vec![record(3, 1, "511102004001")], 3))
+        .await
+        .unwrap();
+    assert_eq!(report.applied[0].0, 3);
+}
+
+async fn lookup_checks_the_key_on_the_record_not_just_the_hash(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
     store
         .apply(batch(vec![record(1, 1, "511102004001")], 1))
         .await
         .unwrap();
-    // Plant an index entry, as a hash collision would, that points the hash
+    // An index entry, as a hash collision would make, that points the hash
     // of another key at record 1.
-    let planted = super::sqlite::key_hash("civil.v1.Resident", "id_digest", "someone-else");
-    sqlx::query("INSERT INTO natural_keys (key_hash, record_seq) VALUES (?1, 1)")
-        .bind(planted)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    engine
+        .plant_key(
+            key_hash("civil.v1.Resident", "id_digest", "someone-else"),
+            1,
+        )
+        .await;
     assert!(
         store
             .lookup("civil.v1.Resident", "id_digest", "someone-else")
@@ -303,4 +404,161 @@ async fn sqlite_lookup_checks_the_key_on_the_record_not_just_the_hash() {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn a_batch_keeps_the_newest_copy_of_each_record(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    let report = store
+        .apply(batch(
+            vec![
+                record(1, 2, "511102004001"),
+                record(1, 1, "511102004001"),
+                record(1, 3, "511102004001"),
+                record(2, 1, "511102004001"),
+            ],
+            4,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        report
+            .applied
+            .iter()
+            .map(|(seq, r)| (*seq, r.id[15], r.version))
+            .collect::<Vec<_>>(),
+        vec![(1, 1, 3), (2, 2, 1)]
+    );
+    assert_eq!(report.duplicates, 1);
+    assert!(report.refused.is_empty());
+    // a changed record's old natural keys no longer find it
+    let mut moved = record(2, 2, "511102004001");
+    moved.keys[0].value = "d2-new".into();
+    store.apply(batch(vec![moved], 5)).await.unwrap();
+    assert!(
+        store
+            .lookup("civil.v1.Resident", "id_digest", "d2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .lookup("civil.v1.Resident", "id_digest", "d2-new")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn quarantine_lists_and_resolves(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    let bad = record(9, 1, "511102004009");
+    let mut b = batch(vec![record(1, 1, "511102004001")], 1);
+    b.refused.push(Refusal::of(&bad, "forged origin"));
+    let report = store.apply(b).await.unwrap();
+    assert_eq!((report.applied.len(), report.refused.len()), (1, 1));
+    let rows = store.quarantine_list(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(
+        (row.peer.as_str(), row.reason.as_str(), row.origin.as_str()),
+        ("511102004001", "forged origin", "511102004009")
+    );
+    assert_eq!(row.record_id, bad.id);
+    assert_eq!(
+        wire::Record::decode(row.body.as_slice()).unwrap().id,
+        bad.id
+    );
+    assert!(store.quarantine_get(row.qid).await.unwrap().is_some());
+    store.quarantine_resolve(row.qid).await.unwrap();
+    assert!(store.quarantine_get(row.qid).await.unwrap().is_none());
+    assert_eq!(store.quarantine_count().await.unwrap(), 0);
+}
+
+async fn a_renewed_epoch_survives_reopening_and_keeps_the_records(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    store
+        .apply(batch(vec![record(1, 1, "511102004001")], 1))
+        .await
+        .unwrap();
+    let old = store.epoch().to_owned();
+    let new = store.renew_epoch().await.unwrap();
+    assert_ne!(new, old);
+    let reopened = engine.reopen("511102").await.unwrap();
+    assert_eq!(reopened.epoch(), new);
+    assert_eq!(reopened.count().await.unwrap(), 1);
+    assert_eq!(reopened.head_seq().await.unwrap(), 1);
+}
+
+/// Runs every case on one engine, each on a fresh store.
+async fn suite(engine: &mut dyn Engine) {
+    apply_is_idempotent_and_version_ordered(engine.fresh().await).await;
+    withdrawal_supersedes_same_version(engine.fresh().await).await;
+    local_writes_check_versions_and_keys(engine.fresh().await).await;
+    list_pages_and_filters(engine.fresh().await).await;
+    refuses_another_nodes_store_and_keeps_its_epoch(engine).await;
+    reopened_store_continues_the_log(engine).await;
+    lookup_checks_the_key_on_the_record_not_just_the_hash(engine).await;
+    a_batch_keeps_the_newest_copy_of_each_record(engine).await;
+    quarantine_lists_and_resolves(engine).await;
+    a_renewed_epoch_survives_reopening_and_keeps_the_records(engine).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_suite() {
+    suite(&mut SqliteEngine::new()).await;
+}
+
+#[tokio::test]
+async fn postgres_store_suite() {
+    let Some(mut engine) = PgEngine::new("postgres_store_suite").await else {
+        return;
+    };
+    suite(&mut engine).await;
+}
+
+#[tokio::test]
+async fn postgres_store_fences_out_an_earlier_opener() {
+    let Some(schema) = ScratchSchema::create("postgres_store_fences_out_an_earlier_opener").await
+    else {
+        return;
+    };
+    let old = PgStore::open(schema.options(), &code("511102"))
+        .await
+        .unwrap();
+    old.apply(batch(vec![record(1, 1, "511102004001")], 1))
+        .await
+        .unwrap();
+    // a standby takes over while the old active is still running
+    let new = PgStore::open(schema.options(), &code("511102"))
+        .await
+        .unwrap();
+    let err = old
+        .apply(batch(vec![record(2, 1, "511102004001")], 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("another daemon took over"),
+        "{err}"
+    );
+    let err = old
+        .put_local(LocalWrite {
+            record: record(3, 0, "511102"),
+            expected_version: 0,
+            unique_keys: true,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // the new one continues the log where the old one stopped
+    let report = new
+        .apply(batch(vec![record(2, 1, "511102004001")], 2))
+        .await
+        .unwrap();
+    assert_eq!(report.applied[0].0, 2);
+    assert_eq!(new.count().await.unwrap(), 2);
+    old.close().await;
+    new.close().await;
 }

@@ -5,6 +5,11 @@
 //! The backoff is capped at 60 s and never gives up: a township offline for a
 //! week must rejoin on its own. It resets once a session got as far as the
 //! hellos, so a flapping link retries quickly.
+//!
+//! A parent may have several addresses (an active daemon and its standby on
+//! one PostgreSQL database; only the active one listens). The child keeps
+//! dialling the last address that worked; on a connect error it moves to the
+//! next one at once, and backs off only after a whole round failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +46,9 @@ pub async fn parent_link(
     cancel: CancellationToken,
 ) {
     let mut delays = backoff();
+    // the address that worked last (sticky), and connect failures in a row
+    let mut at = 0usize;
+    let mut failed = 0usize;
     let labels = LinkLabels {
         peer: parent.code.to_string(),
         direction: "parent".into(),
@@ -54,15 +62,30 @@ pub async fn parent_link(
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = one_session(&node, &parent, &tls, &cancel) => r,
+            r = one_session(&node, &parent, &parent.addresses[at], &tls, &cancel) => r,
         };
         if cancel.is_cancelled() {
             return;
         }
+        let address = &parent.addresses[at];
         let reached = match &result {
             Ok(reached) => *reached,
+            Err((false, error @ LinkError::Connect { .. })) if parent.addresses.len() > 1 => {
+                failed += 1;
+                at = (at + 1) % parent.addresses.len();
+                info!(parent = %parent.code, %address, next = %parent.addresses[at], %error, "parent address unreachable; trying the next one");
+                if failed < parent.addresses.len() {
+                    continue;
+                }
+                node.links
+                    .update(parent.code.as_str(), Toward::Parent, |l| {
+                        l.last_error = error.to_string()
+                    });
+                node.metrics.link_errors.get_or_create(&labels).inc();
+                false
+            }
             Err((reached, error)) => {
-                warn!(parent = %parent.code, address = %parent.address, %error, "parent link down");
+                warn!(parent = %parent.code, %address, %error, "parent link down");
                 node.links
                     .update(parent.code.as_str(), Toward::Parent, |l| {
                         l.last_error = error.to_string()
@@ -71,6 +94,7 @@ pub async fn parent_link(
                 *reached
             }
         };
+        failed = 0;
         if reached {
             delays = backoff();
         }
@@ -89,16 +113,17 @@ pub async fn parent_link(
 async fn one_session(
     node: &Arc<Node>,
     parent: &ParentConfig,
+    address: &str,
     tls: &Arc<rustls::ClientConfig>,
     cancel: &CancellationToken,
 ) -> Result<bool, (bool, LinkError)> {
-    let channel = crate::tls::connect(&parent.address, &parent.code, tls.clone())
+    let channel = crate::tls::connect(address, &parent.code, tls.clone())
         .await
         .map_err(|e| {
             (
                 false,
                 LinkError::Connect {
-                    address: parent.address.clone(),
+                    address: address.to_owned(),
                     reason: e.to_string(),
                 },
             )
@@ -126,7 +151,7 @@ async fn one_session(
         return Err((
             false,
             LinkError::Protocol {
-                peer: parent.address.clone(),
+                peer: address.to_owned(),
                 reason: format!(
                     "answered as node `{}`, expected parent `{}`",
                     parent_hello.node, parent.code
@@ -137,7 +162,7 @@ async fn one_session(
     // The parent compares `applied_epoch` with its own epoch and streams
     // from the start if its store was recreated; batches then record its
     // new epoch with our cursor.
-    info!(parent = %parent.code, "link to parent established");
+    info!(parent = %parent.code, %address, "link to parent established");
     session::run(
         node.clone(),
         parent.code.clone(),
