@@ -388,6 +388,11 @@ impl Identity {
         self.cert.to_der()
     }
 
+    /// The key records signed here verify with.
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        self.signer.verifying_key()
+    }
+
     /// Signs `records` (owned by this node, versions final) with one batch
     /// signature, setting each one's proof.
     pub fn sign(&self, records: &mut [wire::Record]) -> Result<(), OriginError> {
