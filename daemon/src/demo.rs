@@ -547,15 +547,25 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
         count_kind(&other_street, "civil.v1.Resident").await? == 0,
     );
     let mut quarantined = 0;
+    let (mut checked, mut sm2) = (0, 0);
     for n in [&city, &county, street_ref, &other_street, &other_community]
         .into_iter()
         .chain(communities.iter())
     {
         quarantined += n.node.store.quarantine_count().await?;
+        let stats = n.node.keyring.stats();
+        checked += stats.hits + stats.misses;
+        sm2 += stats.misses;
     }
     report(
         format!("no record rejected anywhere ({quarantined} quarantined)"),
         quarantined == 0,
+    );
+    report(
+        format!(
+            "every arriving record's owner signature checked: {checked} records, {sm2} SM2 verifications (one per origin batch)"
+        ),
+        checked > 0,
     );
 
     // Masking: the city sees residents masked, the community in full.

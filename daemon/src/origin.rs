@@ -513,6 +513,11 @@ impl Keyring {
         &self.root
     }
 
+    /// Records checked: from the cache (`hits`) or with an SM2 verify.
+    pub fn stats(&self) -> tiersync_trust::CacheStats {
+        self.verifier.stats()
+    }
+
     pub fn knows(&self, code: &str) -> bool {
         self.keys.read().expect("keyring lock").contains_key(code)
     }
