@@ -557,39 +557,20 @@ impl RawConfig {
                 );
                 None
             }
-            Some(t) => {
-                let mut path = |key: &str, p: Option<PathBuf>| match p {
-                    None => {
-                        issue(key, "missing".into());
-                        None
-                    }
-                    Some(p) => Some(resolve(base, &p)),
-                };
-                let ca = path("tls.ca", t.ca);
-                let cert = path("tls.cert", t.cert);
-                let key = path("tls.key", t.key);
-                let ca_key = t.ca_key.map(|p| resolve(base, &p));
-                if let (Some(_), Some(c)) = (&ca_key, &code)
-                    && c.tier() != Tier::City
-                {
-                    issue(
-                        "tls.ca_key",
-                        format!(
-                            "only the city holds the deployment CA key, and `{c}` is a {}; remove tls.ca_key from this node",
-                            c.tier()
-                        ),
-                    );
-                }
-                match (ca, cert, key) {
-                    (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
-                        ca,
-                        cert,
-                        key,
-                        ca_key,
-                    }),
-                    _ => None,
-                }
-            }
+            Some(t) => section_paths(
+                base,
+                code.as_ref(),
+                "tls",
+                [("ca", t.ca), ("cert", t.cert), ("key", t.key)],
+                ("ca_key", t.ca_key, "the deployment CA key"),
+                &mut issue,
+            )
+            .map(|([ca, cert, key], ca_key)| TlsPaths {
+                ca,
+                cert,
+                key,
+                ca_key,
+            }),
         };
 
         let trust = match self.trust {
@@ -601,39 +582,20 @@ impl RawConfig {
                 );
                 None
             }
-            Some(t) => {
-                let mut path = |key: &str, p: Option<PathBuf>| match p {
-                    None => {
-                        issue(key, "missing".into());
-                        None
-                    }
-                    Some(p) => Some(resolve(base, &p)),
-                };
-                let root = path("trust.root", t.root);
-                let key = path("trust.key", t.key);
-                let cert = path("trust.cert", t.cert);
-                let root_key = t.root_key.map(|p| resolve(base, &p));
-                if let (Some(_), Some(c)) = (&root_key, &code)
-                    && c.tier() != Tier::City
-                {
-                    issue(
-                        "trust.root_key",
-                        format!(
-                            "only the city holds the trust root's key, and `{c}` is a {}; remove trust.root_key from this node",
-                            c.tier()
-                        ),
-                    );
-                }
-                match (root, key, cert) {
-                    (Some(root), Some(key), Some(cert)) => Some(TrustPaths {
-                        root,
-                        key,
-                        cert,
-                        root_key,
-                    }),
-                    _ => None,
-                }
-            }
+            Some(t) => section_paths(
+                base,
+                code.as_ref(),
+                "trust",
+                [("root", t.root), ("key", t.key), ("cert", t.cert)],
+                ("root_key", t.root_key, "the trust root's key"),
+                &mut issue,
+            )
+            .map(|([root, key, cert], root_key)| TrustPaths {
+                root,
+                key,
+                cert,
+                root_key,
+            }),
         };
 
         let digest_key_file = match self.deployment.and_then(|d| d.digest_key_file) {
@@ -712,6 +674,40 @@ impl RawConfig {
             sync,
         })
     }
+}
+
+/// The three required paths of a key-material section and its optional
+/// key that only the city may hold, resolved against `base`; each missing
+/// path, and the city-only key set below the city, is reported.
+fn section_paths(
+    base: &Path,
+    code: Option<&DivisionCode>,
+    section: &str,
+    required: [(&str, Option<PathBuf>); 3],
+    city_only: (&str, Option<PathBuf>, &str),
+    issue: &mut impl FnMut(&str, String),
+) -> Option<([PathBuf; 3], Option<PathBuf>)> {
+    let [a, b, c] = required.map(|(name, p)| match p {
+        None => {
+            issue(&format!("{section}.{name}"), "missing".into());
+            None
+        }
+        Some(p) => Some(resolve(base, &p)),
+    });
+    let (name, key, what) = city_only;
+    let key = key.map(|p| resolve(base, &p));
+    if let (Some(_), Some(code)) = (&key, code)
+        && code.tier() != Tier::City
+    {
+        issue(
+            &format!("{section}.{name}"),
+            format!(
+                "only the city holds {what}, and `{code}` is a {}; remove {section}.{name} from this node",
+                code.tier()
+            ),
+        );
+    }
+    Some(([a?, b?, c?], key))
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -802,6 +798,34 @@ digest_key_file = "pki/deployment.key"
                 "`listen.peer`: missing; a city node listens for its children, e.g. `0.0.0.0:7400`".to_owned(),
                 "`parent`: node `5111` is a city, the root of a deployment, and has no parent; remove the [parent] table".to_owned(),
             ]
+        );
+    }
+
+    #[test]
+    fn only_the_city_may_hold_the_ca_and_trust_root_keys() {
+        let community = COMMUNITY
+            .replace(
+                "key = \"pki/511102004001.key\"\n",
+                "key = \"pki/511102004001.key\"\nca_key = \"pki/ca.key\"\n",
+            )
+            .replace(
+                "cert = \"pki/511102004001.sm2.pem\"\n",
+                "cert = \"pki/511102004001.sm2.pem\"\nroot_key = \"pki/trust-root.key\"\n",
+            );
+        assert_eq!(
+            validate(&community).unwrap_err(),
+            vec![
+                "`tls.ca_key`: only the city holds the deployment CA key, and `511102004001` is a community; remove tls.ca_key from this node".to_owned(),
+                "`trust.root_key`: only the city holds the trust root's key, and `511102004001` is a community; remove trust.root_key from this node".to_owned(),
+            ]
+        );
+        let no_trust = COMMUNITY.split("[trust]").next().unwrap().to_owned()
+            + "[deployment]\ndigest_key_file = \"pki/deployment.key\"\n";
+        let issues = validate(&no_trust).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("`trust`: missing; add [trust]"),
+            "{issues:?}"
         );
     }
 
