@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::config::SyncTuning;
 use crate::metrics::Metrics;
 use crate::origin::{
-    Identity, KEY_NODE, KEY_TRUST_LIST, KIND_NODE_KEY, KIND_TRUST_LIST, Keyring,
+    GroupSigner, Identity, KEY_NODE, KEY_TRUST_LIST, KIND_NODE_KEY, KIND_TRUST_LIST, Keyring,
     TRUST_LIST_VALIDITY, TrustRoot, UNKNOWN_SIGNER,
 };
 use crate::route::{self, Scope, Toward};
@@ -121,7 +121,9 @@ pub struct Node {
     /// certificates of nodes that join.
     pub root_issuer: std::sync::OnceLock<Arc<crate::origin::RootIssuer>>,
     /// This node's signing key and origin certificate.
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
+    /// Signs own writes, in groups under load.
+    signer: GroupSigner,
     /// Every origin key this node has learned, and verified-batch cache.
     pub keyring: Keyring,
 }
@@ -138,6 +140,7 @@ impl Node {
         root: TrustRoot,
         identity: Identity,
     ) -> Result<Arc<Node>, StoreError> {
+        let identity = Arc::new(identity);
         let head = store.head_seq().await?;
         metrics.head_seq.set(head as i64);
         Ok(Arc::new(Node {
@@ -153,6 +156,7 @@ impl Node {
             head: watch::Sender::new(head),
             issuer: std::sync::OnceLock::new(),
             root_issuer: std::sync::OnceLock::new(),
+            signer: GroupSigner::start(identity.clone()),
             identity,
             keyring: Keyring::new(root),
         }))
@@ -352,14 +356,14 @@ impl Node {
         unique_keys: bool,
     ) -> Result<Stored, NodeError> {
         record.version = expected_version + 1;
-        let mut one = [record];
-        self.identity
-            .sign(&mut one)
+        let record = self
+            .signer
+            .sign(record)
+            .await
             .map_err(|e| NodeError::Invalid {
                 field: "record",
                 reason: e.to_string(),
             })?;
-        let [record] = one;
         let stored = self
             .store
             .put_local(LocalWrite {
