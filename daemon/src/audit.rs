@@ -420,7 +420,12 @@ mod tests {
 
     #[test]
     fn breaks_are_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<AuditEntry>)>, Option<&str>)> = vec![
+        type Case = (
+            &'static str,
+            Box<dyn Fn(&mut Vec<AuditEntry>)>,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             ("intact", Box::new(|_| {}), None),
             (
                 "edited",

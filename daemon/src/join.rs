@@ -230,6 +230,7 @@ impl Node {
 
     /// Writes a record of an internal kind owned by this node, addressed to
     /// `to` (this node itself for records that stay here).
+    #[allow(clippy::too_many_arguments)]
     async fn put_internal(
         &self,
         id: Vec<u8>,

@@ -733,7 +733,8 @@ async fn audit_entries_commit_with_their_events(engine: &mut dyn Engine) {
 /// Edits, deletions and re-linked edits behind the store's back are each
 /// found, with the entry named.
 async fn audit_verify_names_the_first_broken_entry(engine: &mut dyn Engine) {
-    let cases: Vec<(&str, fn(&[AuditEntry]) -> Tamper, &str)> = vec![
+    type Case = (&'static str, fn(&[AuditEntry]) -> Tamper, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "edited",
             |_| Tamper::Edit {
