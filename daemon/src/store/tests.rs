@@ -857,3 +857,41 @@ async fn postgres_store_fences_out_an_earlier_opener() {
     old.close().await;
     new.close().await;
 }
+
+/// `tiersync audit` on PostgreSQL reads through a plain session: the active
+/// store keeps writing afterwards (opening the store would fence it out).
+#[tokio::test]
+async fn postgres_audit_reader_leaves_the_active_store_writing() {
+    let Some(schema) =
+        ScratchSchema::create("postgres_audit_reader_leaves_the_active_store_writing").await
+    else {
+        return;
+    };
+    let store = PgStore::open(schema.options(), &code("511102"))
+        .await
+        .unwrap();
+    let read = || AuditEvent {
+        actor: "public-security".into(),
+        action: "read".into(),
+        ..Default::default()
+    };
+    store.audit_append(read()).await.unwrap();
+    let reader = super::postgres::open_reader(schema.options())
+        .await
+        .unwrap();
+    assert!(matches!(
+        crate::audit::verify(&reader).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 1, .. }
+    ));
+    store.audit_append(read()).await.unwrap();
+    assert_eq!(
+        reader
+            .audit_list(&AuditQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    reader.close().await;
+    store.close().await;
+}
