@@ -164,6 +164,7 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
                 cursor: None,
                 records: batch,
                 refused: vec![],
+                audit: Vec::new(),
             })
             .await?;
     }

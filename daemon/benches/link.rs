@@ -123,6 +123,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
                 cursor: None,
                 records: batch,
                 refused: vec![],
+                audit: Vec::new(),
             })
             .await?;
     }

@@ -375,6 +375,35 @@ pub async fn new_epoch(config: &NodeConfig) -> anyhow::Result<String> {
     }
 }
 
+/// A read-only view of a node's audit log for `tiersync audit`: it works
+/// while the daemon runs (SQLite in WAL mode; on PostgreSQL a plain
+/// session, without the fencing bump that opening the store would make).
+pub async fn open_audit_log(
+    config: &NodeConfig,
+) -> anyhow::Result<Box<dyn crate::store::AuditSource>> {
+    match &config.storage {
+        Storage::Sqlite(path) => {
+            if !path.is_file() {
+                anyhow::bail!("there is no store at {}", path.display());
+            }
+            let pool = crate::store::sqlite::open_read_only(path)
+                .await
+                .with_context(|| format!("cannot open store {}", path.display()))?;
+            Ok(Box::new(pool))
+        }
+        Storage::Postgres(url) => {
+            let options = connect_options(url)?;
+            if !PgStore::exists(&options).await? {
+                anyhow::bail!("there is no store in {}", config.storage);
+            }
+            let pool = crate::store::postgres::open_reader(options)
+                .await
+                .with_context(|| format!("cannot open store {}", config.storage))?;
+            Ok(Box::new(pool))
+        }
+    }
+}
+
 /// Loads and checks the files a node's config points at: its TLS material
 /// (the certificate must be for this node's code and chain to the CA) and
 /// the deployment secret. `check-config` runs this too, so `ExecStartPre`

@@ -52,6 +52,11 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check or show the node's tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run a four-tier federation of Leshan in one process and show it converge.
     Demo {
         /// Keep the demo's files here instead of a temporary folder.
@@ -228,6 +233,42 @@ pub enum PkiCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the node's audit chain and name the first broken entry; exits
+    /// non-zero if there is one. Reads the store directly (the daemon may
+    /// be running).
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print audit entries, one a line: entry, time (ms), actor, action,
+    /// kind, record id, detail.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Entries at or after this time (ms since the epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// Entries at or before this time (ms since the epoch).
+        #[arg(long)]
+        until_ms: Option<i64>,
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// e.g. a department, `local-api`, `node`, `peer:511102004001`.
+        #[arg(long, default_value = "")]
+        actor: String,
+        /// put, delete, reject, trust, join or read.
+        #[arg(long, default_value = "")]
+        action: String,
+        /// Entries after this entry number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum QuarantineCommand {
     List {
         #[command(flatten)]
@@ -280,6 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Audit { command } => audit(command).await,
         Command::Demo { dir, residents } => crate::demo::run(dir, residents).await,
         Command::Pki { command } => pki(command).await,
         Command::Trust { command } => {
@@ -529,6 +571,58 @@ async fn serve(config: &Path) -> anyhow::Result<()> {
         cancel.cancel();
     });
     node.wait().await
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use crate::audit::{AuditQuery, Verdict};
+    match command {
+        AuditCommand::Verify { config } => {
+            let c = NodeConfig::load(&config, &environment())?;
+            let log = crate::app::open_audit_log(&c).await?;
+            match crate::audit::verify(&*log).await? {
+                Verdict::Intact { entries, head } => {
+                    println!(
+                        "{}: audit log of node `{}` ok: {entries} entries, head {}",
+                        config.display(),
+                        c.code,
+                        hex::encode(head)
+                    );
+                    Ok(())
+                }
+                Verdict::Broken(broken) => anyhow::bail!(
+                    "{}: audit log of node `{}` is broken: {broken}",
+                    config.display(),
+                    c.code
+                ),
+            }
+        }
+        AuditCommand::Show {
+            config,
+            since_ms,
+            until_ms,
+            kind,
+            actor,
+            action,
+            after,
+            limit,
+        } => {
+            let c = NodeConfig::load(&config, &environment())?;
+            let log = crate::app::open_audit_log(&c).await?;
+            let query = AuditQuery {
+                after,
+                since_ms,
+                until_ms,
+                kind,
+                actor,
+                action,
+                limit,
+            };
+            for entry in log.audit_list(&query).await? {
+                println!("{entry}");
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn pki(command: PkiCommand) -> anyhow::Result<()> {

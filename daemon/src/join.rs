@@ -36,6 +36,7 @@ use tiersync_proto::wire::{self, join_client::JoinClient};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::audit::AuditNote;
 use crate::node::{Node, NodeError, city_of, owner_code};
 use crate::route;
 use crate::status::now_ms;
@@ -210,6 +211,10 @@ impl Node {
             token.encode_to_vec(),
             vec![key(KEY_TOKEN_DIGEST, hex::encode(&token.secret_digest))],
             0,
+            AuditNote::event(
+                "join",
+                format!("join token issued for `{code}`, expires at {expires_at_ms} ms"),
+            ),
         )
         .await?;
         info!(child = %code, expires_at_ms, "join token issued");
@@ -225,6 +230,7 @@ impl Node {
 
     /// Writes a record of an internal kind owned by this node, addressed to
     /// `to` (this node itself for records that stay here).
+    #[allow(clippy::too_many_arguments)]
     async fn put_internal(
         &self,
         id: Vec<u8>,
@@ -233,6 +239,7 @@ impl Node {
         payload: Vec<u8>,
         keys: Vec<wire::NaturalKey>,
         expected_version: u64,
+        audit: AuditNote,
     ) -> Result<crate::store::Stored, NodeError> {
         let scope = route::point_to_point(&self.code, to).ok_or_else(|| NodeError::Invalid {
             field: "code",
@@ -247,7 +254,7 @@ impl Node {
             payload,
             keys,
         );
-        self.put_own(record, expected_version, false).await
+        self.put_own(record, expected_version, false, audit).await
     }
 }
 
@@ -391,6 +398,7 @@ impl wire::join_server::Join for JoinService {
                 cert_request.encode_to_vec(),
                 vec![key(KEY_ISSUER, city.to_string())],
                 0,
+                AuditNote::write("node", false),
             )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -424,6 +432,7 @@ impl wire::join_server::Join for JoinService {
                 used.encode_to_vec(),
                 token_record.keys.clone(),
                 token_record.version,
+                AuditNote::event("join", format!("node `{code}` joined")),
             )
             .await
         {
@@ -512,6 +521,14 @@ pub async fn issue_pending(
         } else {
             warn!(%requester, %subject, %reason, "certificate request refused");
         }
+        let audit = AuditNote::event(
+            "join",
+            if accepted {
+                format!("certificate issued for `{subject}` requested by `{requester}`")
+            } else {
+                format!("certificate for `{subject}` requested by `{requester}` refused: {reason}")
+            },
+        );
         let answer = wire::CertificateIssued {
             request_id: record.id.clone(),
             subject,
@@ -528,6 +545,7 @@ pub async fn issue_pending(
                 answer.encode_to_vec(),
                 vec![key(KEY_REQUEST_ID, hex::encode(&record.id))],
                 0,
+                audit,
             )
             .await;
         match put {

@@ -36,7 +36,8 @@ use crate::origin::{
 use crate::route::{self, Scope, Toward};
 use crate::status::LinkTable;
 use crate::store::{
-    ApplyBatch, ApplyReport, Cursor, LocalWrite, Refusal, Store, StoreError, Stored,
+    ApplyBatch, ApplyReport, AuditEvent, AuditNote, Cursor, LocalWrite, Refusal, Store, StoreError,
+    Stored,
 };
 
 pub const KIND_RESIDENT: &str = "civil.v1.Resident";
@@ -303,7 +304,10 @@ impl Node {
             keys,
         );
         record.deleted = input.delete;
-        let stored = self.put_own(record, input.expected_version, true).await?;
+        let audit = AuditNote::write(api_actor(&record), record.deleted);
+        let stored = self
+            .put_own(record, input.expected_version, true, audit)
+            .await?;
         self.metrics
             .record_applied(&stored.record.kind, self.schemas);
         Ok(PutOutcome {
@@ -354,6 +358,7 @@ impl Node {
         mut record: wire::Record,
         expected_version: u64,
         unique_keys: bool,
+        audit: AuditNote,
     ) -> Result<Stored, NodeError> {
         record.version = expected_version + 1;
         let record = self
@@ -370,6 +375,7 @@ impl Node {
                 record,
                 expected_version,
                 unique_keys,
+                audit,
             })
             .await?;
         self.advance_head(stored.seq);
@@ -440,7 +446,8 @@ impl Node {
             amendment.encode_to_vec(),
             keys,
         );
-        let stored = self.put_own(record, 0, false).await?;
+        let audit = AuditNote::write(api_actor(&record), false);
+        let stored = self.put_own(record, 0, false, audit).await?;
         info!(target = %RecordId::from_bytes(&target.record.id).map(|i| i.to_string()).unwrap_or_default(), %owner, "amendment routed to owner");
         Ok(PutOutcome {
             stored,
@@ -520,7 +527,10 @@ impl Node {
                 result.encode_to_vec(),
                 keys,
             );
-            match self.put_own(answer, 0, false).await {
+            match self
+                .put_own(answer, 0, false, AuditNote::write("node", false))
+                .await
+            {
                 Ok(_) => {}
                 Err(NodeError::Store(e)) => return Err(e),
                 Err(e) => warn!(%requester, error = %e, "cannot answer an amendment"),
@@ -677,8 +687,9 @@ impl Node {
             }
         }
         let mut learned = BTreeSet::new();
+        let mut audit = Vec::new();
         let records = self
-            .verify_origins(records, &mut refused, &mut learned)
+            .verify_origins(records, &mut refused, &mut learned, &mut audit)
             .await?;
         let report = self
             .store
@@ -693,6 +704,7 @@ impl Node {
                 )),
                 records,
                 refused,
+                audit,
             })
             .await?;
         for refusal in &report.refused {
@@ -737,6 +749,7 @@ impl Node {
         records: Vec<wire::Record>,
         refused: &mut Vec<Refusal>,
         learned: &mut BTreeSet<String>,
+        audit: &mut Vec<AuditEvent>,
     ) -> Result<Vec<wire::Record>, StoreError> {
         if !self.tuning.verify_origin || records.is_empty() {
             return Ok(records);
@@ -762,7 +775,17 @@ impl Node {
                                 ),
                             );
                         } else {
-                            self.adopt_trust_list(body);
+                            let summary = trust_list_summary(&body);
+                            if self.adopt_trust_list(body) {
+                                // audited in the batch's transaction
+                                audit.push(AuditEvent {
+                                    actor: "node".into(),
+                                    action: "trust".into(),
+                                    kind: r.kind.clone(),
+                                    record_id: crate::store::id_text(&r.id),
+                                    detail: format!("adopted {summary} of `{}`", owner_of(r)),
+                                });
+                            }
                         }
                     }
                 }
@@ -852,7 +875,9 @@ impl Node {
                     value: self.code.to_string(),
                 }],
             );
-            let stored = self.put_own(record, expected, false).await?;
+            let stored = self
+                .put_own(record, expected, false, AuditNote::write("node", false))
+                .await?;
             info!(
                 certificates = node_key.certificates.len(),
                 "origin key published"
@@ -878,12 +903,16 @@ impl Node {
         })
     }
 
-    fn adopt_trust_list(&self, body: wire::TrustListBody) {
+    /// Adopts `body` if it is newer than the list held; returns whether it
+    /// was.
+    fn adopt_trust_list(&self, body: wire::TrustListBody) -> bool {
         let (sequence, revoked) = (body.sequence, body.revocations.len());
-        if self.keyring.adopt(body) {
+        let adopted = self.keyring.adopt(body);
+        if adopted {
             info!(sequence, revoked, "trust list adopted");
             self.refresh_trust_metrics();
         }
+        adopted
     }
 
     /// Sets the trust list gauges (staleness moves with the clock, so this
@@ -906,7 +935,9 @@ impl Node {
             .await?
         {
             match self.keyring.check_trust_list(&held.record) {
-                Ok(body) => self.adopt_trust_list(body),
+                Ok(body) => {
+                    self.adopt_trust_list(body);
+                }
                 Err(reason) => warn!(%reason, "stored trust list unusable"),
             }
         }
@@ -997,7 +1028,8 @@ impl Node {
                 value: self.code.to_string(),
             }],
         );
-        self.put_own(record, expected, false).await?;
+        let audit = AuditNote::event("trust", format!("published {}", trust_list_summary(&body)));
+        self.put_own(record, expected, false, audit).await?;
         info!(
             sequence = body.sequence,
             revoked = body.revocations.len(),
@@ -1065,8 +1097,9 @@ impl Node {
         }
         let mut refused = Vec::new();
         let mut learned = BTreeSet::new();
+        let mut audit = Vec::new();
         let mut records = self
-            .verify_origins(vec![record], &mut refused, &mut learned)
+            .verify_origins(vec![record], &mut refused, &mut learned, &mut audit)
             .await?;
         if let Some(refusal) = refused.pop() {
             return Ok(refuse(refusal.reason));
@@ -1089,6 +1122,7 @@ impl Node {
                 cursor: None,
                 records: vec![record],
                 refused: vec![],
+                audit,
             })
             .await?;
         if let Some(refusal) = report.refused.first() {
@@ -1104,6 +1138,37 @@ impl Node {
     }
 
     // === reads ===
+
+    /// Records that `department` read a record (for the adapters), in the
+    /// audit log's own transaction.
+    pub async fn audit_read(
+        &self,
+        department: &str,
+        kind: &str,
+        record_id: &[u8],
+        purpose: &str,
+    ) -> Result<crate::audit::AuditEntry, NodeError> {
+        if department.is_empty() {
+            return Err(NodeError::Invalid {
+                field: "department",
+                reason: "a read is audited under the department that made it; name it".into(),
+            });
+        }
+        Ok(self
+            .store
+            .audit_append(AuditEvent {
+                actor: department.to_owned(),
+                action: "read".into(),
+                kind: kind.to_owned(),
+                record_id: if record_id.is_empty() {
+                    String::new()
+                } else {
+                    crate::store::id_text(record_id)
+                },
+                detail: purpose.to_owned(),
+            })
+            .await?)
+    }
 
     /// A record as a local reader may see it: masked unless this node owns it.
     pub fn for_reader(&self, mut record: wire::Record) -> wire::Record {
@@ -1141,6 +1206,32 @@ impl Node {
 
 /// The scope a record gets when the writer names none: shared up to the city,
 /// down to nobody.
+/// The audit actor of a write through the local API: the record's
+/// department, or `local-api`.
+fn api_actor(record: &wire::Record) -> String {
+    match record.owner.as_ref().map(|o| o.department.as_str()) {
+        Some(d) if !d.is_empty() => d.to_owned(),
+        _ => "local-api".into(),
+    }
+}
+
+/// A trust list as an audit detail: its sequence and revocations.
+fn trust_list_summary(body: &wire::TrustListBody) -> String {
+    let revoked = if body.revocations.is_empty() {
+        "none".to_owned()
+    } else {
+        body.revocations
+            .iter()
+            .map(|r| format!("{} ({})", r.node, r.reason))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "trust list sequence {}; revocations: {revoked}",
+        body.sequence
+    )
+}
+
 fn default_scope(_owner: &DivisionCode) -> Scope {
     Scope::up_to(tiersync_proto::types::Tier::City)
 }

@@ -685,3 +685,80 @@ fn a_standby_county_takes_over_when_the_active_one_is_killed() {
     drop(cluster);
     drop(schema);
 }
+
+/// `tiersync audit verify` finds a row of the audit log edited behind the
+/// running daemon's back, and names its entry; `audit show` filters.
+#[test]
+fn audit_verify_finds_a_row_edited_behind_the_daemons_back() {
+    let mut cluster = Cluster::new();
+    cluster.launch(CITY, None);
+    let api = cluster.api(CITY);
+    let config = cluster.nodes[CITY]
+        .config
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    for i in 0..3 {
+        let json = format!(
+            r#"{{"name":"居民{i}","idNumber":"{}"}}"#,
+            gb11643(&format!("511102198001{:02}100", i + 1))
+        );
+        run_ok(&["put", "--api", &api, "--kind", RESIDENT, "--json", &json]);
+    }
+
+    let ok = run_ok(&["audit", "verify", "--config", &config]);
+    assert!(ok.contains("ok"), "{ok}");
+    let shown = run_ok(&[
+        "audit",
+        "show",
+        "--config",
+        &config,
+        "--actor",
+        "local-api",
+        "--action",
+        "put",
+    ]);
+    let puts: Vec<&str> = shown.lines().collect();
+    assert_eq!(puts.len(), 3, "{shown}");
+    assert!(puts.iter().all(|l| l.contains(RESIDENT)), "{shown}");
+    let entry: i64 = puts[1]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a line starts with its entry number");
+
+    // edit one row with the daemon still running
+    let db = cluster.dir.path().join(format!("data/{CITY}.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .busy_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("open the city's store");
+        let changed = sqlx::query("UPDATE audit SET actor = 'someone-else' WHERE entry = ?1")
+            .bind(entry)
+            .execute(&mut conn)
+            .await
+            .expect("edit an audit row");
+        assert_eq!(changed.rows_affected(), 1);
+    });
+
+    let out = run(&["audit", "verify", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "verify passed a tampered log: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "entry {entry} was changed (its hash does not match its contents)"
+        )),
+        "{stderr}"
+    );
+}

@@ -89,6 +89,37 @@ async fn a_new_community_joins_with_one_token_and_syncs() {
     })
     .await;
 
+    // The street audits the token and the join; the city the certificate.
+    let joins = |node: Arc<Node>| async move {
+        node.store
+            .audit_list(&tiersync::audit::AuditQuery {
+                action: "join".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.detail)
+            .collect::<Vec<_>>()
+    };
+    let at_street = joins(street.clone()).await;
+    assert!(
+        at_street[0].starts_with(&format!("join token issued for `{NEW}`")),
+        "{at_street:?}"
+    );
+    assert_eq!(
+        at_street[1],
+        format!("node `{NEW}` joined"),
+        "{at_street:?}"
+    );
+    let at_city = joins(city.clone()).await;
+    assert!(
+        at_city.contains(&format!(
+            "certificate issued for `{NEW}` requested by `511102004`"
+        )),
+        "{at_city:?}"
+    );
+
     // Single use: the same token again is refused, and nothing is written.
     let again = cluster.dir().join("again");
     let error = join_err(&street_addr(&cluster), &token, &again).await;

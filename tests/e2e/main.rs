@@ -2,6 +2,7 @@
 //! TLS on 127.0.0.1. See `tiersync_e2e` (tests/src/lib.rs) for the sandbox.
 
 mod amend;
+mod audit;
 mod chain;
 mod integrity;
 mod join;

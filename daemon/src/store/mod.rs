@@ -30,6 +30,8 @@ use prost::Message;
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
+pub use crate::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery, AuditSource};
+
 /// A record as held by this node.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -84,6 +86,10 @@ pub struct ApplyBatch {
     pub records: Vec<wire::Record>,
     /// Records refused by validation, quarantined in the same transaction.
     pub refused: Vec<Refusal>,
+    /// Events that have no write of their own (a trust list adopted from
+    /// this batch), audited in its transaction. Refusals are audited by the
+    /// store itself.
+    pub audit: Vec<AuditEvent>,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +112,9 @@ pub struct LocalWrite {
     /// Natural keys that must not already belong to another live record of
     /// the same kind (collect once: the same fact is linked, not duplicated).
     pub unique_keys: bool,
+    /// Who wrote it and why, audited in the same transaction (the store
+    /// adds the record's kind and id).
+    pub audit: AuditNote,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -184,7 +193,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The storage interface of a node. See the module doc for the semantics
 /// every implementation keeps.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuditSource + Send + Sync + 'static {
     /// Random id minted when the store was created; a peer that sees it
     /// change knows this log was recreated.
     fn epoch(&self) -> &str;
@@ -202,6 +211,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, batch: ApplyBatch) -> Result<ApplyReport>;
     /// An owner's own write: checks and assigns the version atomically.
     async fn put_local(&self, write: LocalWrite) -> Result<Stored>;
+    /// Appends one audit entry in its own transaction (reads by a
+    /// department, for the adapters).
+    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry>;
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>>;
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>>;
     async fn quarantine_resolve(&self, qid: u64) -> Result<()>;
@@ -395,6 +407,68 @@ pub(crate) fn plan_apply(
         }
     }
     plan
+}
+
+/// The audit entry of a refusal in a batch from `via`.
+pub(crate) fn refusal_event(via: &str, r: &Refusal) -> AuditEvent {
+    AuditEvent {
+        actor: format!("peer:{via}"),
+        action: "reject".into(),
+        kind: r.kind.clone(),
+        record_id: if r.record_id.is_empty() {
+            String::new()
+        } else {
+            id_text(&r.record_id)
+        },
+        detail: r.reason.clone(),
+    }
+}
+
+/// The audit events an apply writes: its refusals, then the batch's own.
+pub(crate) fn apply_events(
+    via: &str,
+    refused: &[Refusal],
+    extra: Vec<AuditEvent>,
+) -> Vec<AuditEvent> {
+    refused
+        .iter()
+        .map(|r| refusal_event(via, r))
+        .chain(extra)
+        .collect()
+}
+
+/// The audit entry of a local write of `record`.
+pub(crate) fn write_event(note: AuditNote, record: &wire::Record) -> AuditEvent {
+    AuditEvent {
+        actor: note.actor,
+        action: note.action,
+        kind: record.kind.clone(),
+        record_id: id_text(&record.id),
+        detail: note.detail,
+    }
+}
+
+/// Decodes an audit row `(entry, at_ms, actor, action, kind, record_id,
+/// detail, prev_hash, hash)`.
+pub(crate) fn audit_row<R>(r: &R) -> Result<AuditEntry>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AuditEntry {
+        entry: r.try_get::<i64, _>(0)? as u64,
+        at_ms: r.try_get(1)?,
+        actor: r.try_get(2)?,
+        action: r.try_get(3)?,
+        kind: r.try_get(4)?,
+        record_id: r.try_get(5)?,
+        detail: r.try_get(6)?,
+        prev_hash: r.try_get(7)?,
+        hash: r.try_get(8)?,
+    })
 }
 
 /// Checks an owner's write against the version it expects (0 = create) and

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::*;
+use crate::audit::ChainHead;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -105,6 +106,8 @@ pub struct PgStore {
 
 struct Writer {
     next_seq: u64,
+    /// The audit chain's head, advanced only once a transaction commits.
+    audit: ChainHead,
 }
 
 impl PgStore {
@@ -164,10 +167,15 @@ impl PgStore {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
             .fetch_one(&pool)
             .await?;
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT entry, hash FROM audit ORDER BY entry DESC LIMIT 1")
+                .fetch_optional(&pool)
+                .await?;
         Ok(PgStore {
             pool,
             writer: Mutex::new(Writer {
                 next_seq: head as u64 + 1,
+                audit: ChainHead::after(last),
             }),
             epoch,
             fence,
@@ -349,6 +357,77 @@ async fn stored_keys(
     Ok(out)
 }
 
+/// Appends chained audit entries in one statement (none: no round trip).
+async fn insert_audit(tx: &mut Transaction<'_, Postgres>, entries: &[AuditEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&AuditEntry) -> String| entries.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "INSERT INTO audit (entry, at_ms, actor, action, kind, record_id, detail, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::bytea[], $9::bytea[])",
+    )
+    .bind(entries.iter().map(|e| e.entry as i64).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.at_ms).collect::<Vec<_>>())
+    .bind(col(|e| e.actor.clone()))
+    .bind(col(|e| e.action.clone()))
+    .bind(col(|e| e.kind.clone()))
+    .bind(col(|e| e.record_id.clone()))
+    .bind(col(|e| e.detail.clone()))
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.prev_hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(entries.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads audit entries; also serves `tiersync audit` through a plain pool
+/// (no fencing bump) while the daemon runs.
+#[async_trait]
+impl AuditSource for PgPool {
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT entry, at_ms, actor, action, kind, record_id, detail, prev_hash, hash FROM audit \
+             WHERE entry > $1 AND ($2::int8 IS NULL OR at_ms >= $2) AND ($3::int8 IS NULL OR at_ms <= $3) \
+             AND ($4 = '' OR kind = $4) AND ($5 = '' OR actor = $5) AND ($6 = '' OR action = $6) \
+             ORDER BY entry LIMIT $7",
+        )
+        .bind(query.after as i64)
+        .bind(query.since_ms)
+        .bind(query.until_ms)
+        .bind(&query.kind)
+        .bind(&query.actor)
+        .bind(&query.action)
+        .bind(query.limit())
+        .fetch_all(self)
+        .await?;
+        rows.iter().map(audit_row).collect()
+    }
+}
+
+#[async_trait]
+impl AuditSource for PgStore {
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.pool.audit_list(query).await
+    }
+}
+
+/// A pool on a node's PostgreSQL store that only reads: no migrations and
+/// no fencing bump, so the active daemon keeps writing.
+pub async fn open_reader(options: PgConnectOptions) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(session_options(options))
+        .await?)
+}
+
 async fn quarantine(
     tx: &mut Transaction<'_, Postgres>,
     peer: &str,
@@ -486,8 +565,12 @@ impl Store for PgStore {
         )
         .await?;
         quarantine(&mut tx, &batch.via, &report.refused).await?;
+        let events = apply_events(&batch.via, &report.refused, batch.audit);
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
+        insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
         writer.next_seq = plan.next_seq;
+        writer.audit = audit_head;
         report.applied = plan.writes;
         Ok(report)
     }
@@ -524,16 +607,31 @@ impl Store for PgStore {
             vec![]
         };
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
+        let (entries, audit_head) = writer
+            .audit
+            .chain(vec![write_event(write.audit, &record)], now_ms());
         let rows = [(seq, record)];
         write_records(&mut tx, &rows, "", &stale_keys, None).await?;
+        insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
+        writer.audit = audit_head;
         let [(_, record)] = rows;
         Ok(Stored {
             seq,
             via: String::new(),
             record,
         })
+    }
+
+    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
+        let mut writer = self.writer.lock().await;
+        let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
+        let mut tx = self.write_tx().await?;
+        insert_audit(&mut tx, &entries).await?;
+        tx.commit().await?;
+        writer.audit = audit_head;
+        Ok(entries.remove(0))
     }
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {

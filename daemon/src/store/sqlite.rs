@@ -20,6 +20,7 @@ use tiersync_proto::wire;
 use tokio::sync::Mutex;
 
 use super::*;
+use crate::audit::ChainHead;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -34,6 +35,8 @@ pub struct SqliteStore {
 
 struct Writer {
     next_seq: u64,
+    /// The audit chain's head, advanced only once a transaction commits.
+    audit: ChainHead,
 }
 
 impl SqliteStore {
@@ -90,11 +93,16 @@ impl SqliteStore {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
             .fetch_one(&mut *tx)
             .await?;
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT entry, hash FROM audit ORDER BY entry DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(SqliteStore {
             pool,
             writer: Mutex::new(Writer {
                 next_seq: head as u64 + 1,
+                audit: ChainHead::after(last),
             }),
             epoch,
         })
@@ -206,6 +214,72 @@ async fn quarantine(
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Appends chained audit entries.
+async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entries: &[AuditEntry]) -> Result<()> {
+    for chunk in entries.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit (entry, at_ms, actor, action, kind, record_id, detail, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.entry as i64)
+                .push_bind(e.at_ms)
+                .push_bind(e.actor.clone())
+                .push_bind(e.action.clone())
+                .push_bind(e.kind.clone())
+                .push_bind(e.record_id.clone())
+                .push_bind(e.detail.clone())
+                .push_bind(e.prev_hash.clone())
+                .push_bind(e.hash.clone());
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Reads audit entries; also serves `tiersync audit` through a read-only
+/// pool while the daemon runs.
+#[async_trait]
+impl AuditSource for SqlitePool {
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT entry, at_ms, actor, action, kind, record_id, detail, prev_hash, hash FROM audit \
+             WHERE entry > ?1 AND (?2 IS NULL OR at_ms >= ?2) AND (?3 IS NULL OR at_ms <= ?3) \
+             AND (?4 = '' OR kind = ?4) AND (?5 = '' OR actor = ?5) AND (?6 = '' OR action = ?6) \
+             ORDER BY entry LIMIT ?7",
+        )
+        .bind(query.after as i64)
+        .bind(query.since_ms)
+        .bind(query.until_ms)
+        .bind(&query.kind)
+        .bind(&query.actor)
+        .bind(&query.action)
+        .bind(query.limit())
+        .fetch_all(self)
+        .await?;
+        rows.iter().map(audit_row).collect()
+    }
+}
+
+#[async_trait]
+impl AuditSource for SqliteStore {
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.pool.audit_list(query).await
+    }
+}
+
+/// Opens the SQLite store at `path` read-only, for reading its audit log
+/// while its daemon runs (WAL lets both proceed).
+pub async fn open_read_only(path: &Path) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?)
 }
 
 #[async_trait]
@@ -324,6 +398,9 @@ impl Store for SqliteStore {
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         write_records(&mut tx, &rows, &batch.via, &stale_keys).await?;
         quarantine(&mut tx, &batch.via, &report.refused).await?;
+        let events = apply_events(&batch.via, &report.refused, batch.audit);
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
+        insert_audit(&mut tx, &entries).await?;
         if let Some((peer, cursor)) = &batch.cursor {
             sqlx::query(
                 "INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
@@ -339,6 +416,7 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         writer.next_seq = seq;
+        writer.audit = audit_head;
         report.applied = to_write;
         Ok(report)
     }
@@ -383,13 +461,28 @@ impl Store for SqliteStore {
         };
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         write_records(&mut tx, &[(seq, &record)], "", &stale_keys).await?;
+        let (entries, audit_head) = writer
+            .audit
+            .chain(vec![write_event(write.audit, &record)], now_ms());
+        insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
+        writer.audit = audit_head;
         Ok(Stored {
             seq,
             via: String::new(),
             record,
         })
+    }
+
+    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
+        let mut writer = self.writer.lock().await;
+        let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
+        let mut tx = self.pool.begin().await?;
+        insert_audit(&mut tx, &entries).await?;
+        tx.commit().await?;
+        writer.audit = audit_head;
+        Ok(entries.remove(0))
     }
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {

@@ -57,6 +57,7 @@ fn batch(records: Vec<wire::Record>, through: u64) -> ApplyBatch {
         )),
         records,
         refused: vec![],
+        audit: vec![],
     }
 }
 
@@ -155,6 +156,7 @@ async fn local_writes_check_versions_and_keys(store: Arc<dyn Store>) {
         record: r,
         expected_version: expected,
         unique_keys: true,
+        audit: AuditNote::write("local-api", false),
     };
     let first = store
         .put_local(write(record(1, 0, "511102004001"), 0))
@@ -233,6 +235,27 @@ trait Engine: Send {
     async fn reopen(&mut self, node: &str) -> Result<Arc<dyn Store>>;
     /// Plants a natural-key index entry, as a hash collision would.
     async fn plant_key(&self, key_hash: i64, seq: i64);
+    /// Changes the audit table of the last store behind its back.
+    async fn tamper(&self, tamper: Tamper);
+}
+
+/// What a tampering test does to one audit row.
+#[derive(Debug, Clone)]
+enum Tamper {
+    /// Changes the detail, leaving the hashes.
+    Edit {
+        entry: u64,
+        detail: &'static str,
+    },
+    Delete {
+        entry: u64,
+    },
+    /// Changes the detail and stores the hash that matches it.
+    Rehash {
+        entry: u64,
+        detail: &'static str,
+        hash: Vec<u8>,
+    },
 }
 
 struct SqliteEngine {
@@ -281,6 +304,28 @@ impl Engine for SqliteEngine {
             .execute(self.last.as_ref().unwrap().pool())
             .await
             .unwrap();
+    }
+    async fn tamper(&self, tamper: Tamper) {
+        let pool = self.last.as_ref().unwrap().pool();
+        let q = match tamper {
+            Tamper::Edit { entry, detail } => {
+                sqlx::query("UPDATE audit SET detail = ?1 WHERE entry = ?2")
+                    .bind(detail)
+                    .bind(entry as i64)
+            }
+            Tamper::Delete { entry } => {
+                sqlx::query("DELETE FROM audit WHERE entry = ?1").bind(entry as i64)
+            }
+            Tamper::Rehash {
+                entry,
+                detail,
+                hash,
+            } => sqlx::query("UPDATE audit SET detail = ?1, hash = ?2 WHERE entry = ?3")
+                .bind(detail)
+                .bind(hash)
+                .bind(entry as i64),
+        };
+        assert_eq!(q.execute(pool).await.unwrap().rows_affected(), 1);
     }
 }
 
@@ -333,6 +378,28 @@ impl Engine for PgEngine {
             .execute(self.last.as_ref().unwrap().pool())
             .await
             .unwrap();
+    }
+    async fn tamper(&self, tamper: Tamper) {
+        let pool = self.last.as_ref().unwrap().pool();
+        let q = match tamper {
+            Tamper::Edit { entry, detail } => {
+                sqlx::query("UPDATE audit SET detail = $1 WHERE entry = $2")
+                    .bind(detail)
+                    .bind(entry as i64)
+            }
+            Tamper::Delete { entry } => {
+                sqlx::query("DELETE FROM audit WHERE entry = $1").bind(entry as i64)
+            }
+            Tamper::Rehash {
+                entry,
+                detail,
+                hash,
+            } => sqlx::query("UPDATE audit SET detail = $1, hash = $2 WHERE entry = $3")
+                .bind(detail)
+                .bind(hash)
+                .bind(entry as i64),
+        };
+        assert_eq!(q.execute(pool).await.unwrap().rows_affected(), 1);
     }
 }
 
@@ -492,6 +559,231 @@ async fn a_renewed_epoch_survives_reopening_and_keeps_the_records(engine: &mut d
 }
 
 /// Runs every case on one engine, each on a fresh store.
+async fn entries(store: &dyn Store, query: AuditQuery) -> Vec<(u64, String, String, String)> {
+    store
+        .audit_list(&query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.entry, e.actor, e.action, e.detail))
+        .collect()
+}
+
+async fn audit_entries_commit_with_their_events(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    let write = |r: wire::Record, expected, actor: &str| LocalWrite {
+        audit: AuditNote::write(actor, r.deleted),
+        record: r,
+        expected_version: expected,
+        unique_keys: true,
+    };
+    store
+        .put_local(write(record(1, 0, "511102"), 0, "local-api"))
+        .await
+        .unwrap();
+    // a refused write leaves no entry: the entry is in its transaction
+    store
+        .put_local(write(record(1, 0, "511102"), 0, "local-api"))
+        .await
+        .unwrap_err();
+    let mut gone = record(1, 0, "511102");
+    gone.deleted = true;
+    store
+        .put_local(write(gone, 1, "civil-affairs"))
+        .await
+        .unwrap();
+    // an applied batch without refusals adds no entry
+    store
+        .apply(batch(vec![record(2, 2, "511102004001")], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .audit_list(&AuditQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // a stale version and a validation refusal, plus an event of the batch
+    let mut b = batch(vec![record(2, 1, "511102004001")], 2);
+    b.refused
+        .push(Refusal::of(&record(3, 1, "511102004003"), "forged origin"));
+    b.audit.push(AuditEvent {
+        actor: "node".into(),
+        action: "trust".into(),
+        detail: "adopted trust list sequence 2".into(),
+        ..Default::default()
+    });
+    store.apply(b).await.unwrap();
+    let read = store
+        .audit_append(AuditEvent {
+            actor: "public-security".into(),
+            action: "read".into(),
+            kind: "civil.v1.Resident".into(),
+            record_id: id_text(&record(2, 0, "").id),
+            detail: "household check".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(read.entry, 6);
+
+    let all = entries(&*store, AuditQuery::default()).await;
+    let shape: Vec<(u64, &str, &str)> = all
+        .iter()
+        .map(|(n, actor, action, _)| (*n, actor.as_str(), action.as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, "local-api", "put"),
+            (2, "civil-affairs", "delete"),
+            (3, "peer:511102004001", "reject"),
+            (4, "peer:511102004001", "reject"),
+            (5, "node", "trust"),
+            (6, "public-security", "read"),
+        ]
+    );
+    assert_eq!(all[2].3, "forged origin");
+    assert!(
+        all[3].3.starts_with("stale version: record "),
+        "{}",
+        all[3].3
+    );
+
+    // filters and paging
+    let check = |query: AuditQuery, expected: &'static [u64]| {
+        let store = store.clone();
+        async move {
+            let got: Vec<u64> = entries(&*store, query.clone())
+                .await
+                .into_iter()
+                .map(|e| e.0)
+                .collect();
+            assert_eq!(got, expected, "{query:?}");
+        }
+    };
+    let q = AuditQuery::default;
+    check(
+        AuditQuery {
+            action: "reject".into(),
+            ..q()
+        },
+        &[3, 4],
+    )
+    .await;
+    check(
+        AuditQuery {
+            actor: "node".into(),
+            ..q()
+        },
+        &[5],
+    )
+    .await;
+    check(
+        AuditQuery {
+            kind: "civil.v1.Resident".into(),
+            ..q()
+        },
+        &[1, 2, 3, 4, 6],
+    )
+    .await;
+    check(
+        AuditQuery {
+            after: 2,
+            limit: 2,
+            ..q()
+        },
+        &[3, 4],
+    )
+    .await;
+    check(
+        AuditQuery {
+            since_ms: Some(read.at_ms + 1),
+            ..q()
+        },
+        &[],
+    )
+    .await;
+    check(
+        AuditQuery {
+            until_ms: Some(read.at_ms),
+            ..q()
+        },
+        &[1, 2, 3, 4, 5, 6],
+    )
+    .await;
+
+    assert!(matches!(
+        crate::audit::verify(&*store).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 6, .. }
+    ));
+    // a reopened store continues the chain
+    let store = engine.reopen("511102").await.unwrap();
+    store
+        .put_local(write(record(4, 0, "511102"), 0, "local-api"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        crate::audit::verify(&*store).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 7, .. }
+    ));
+}
+
+/// Edits, deletions and re-linked edits behind the store's back are each
+/// found, with the entry named.
+async fn audit_verify_names_the_first_broken_entry(engine: &mut dyn Engine) {
+    type Case = (&'static str, fn(&[AuditEntry]) -> Tamper, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "edited",
+            |_| Tamper::Edit {
+                entry: 3,
+                detail: "nothing to see",
+            },
+            "entry 3 was changed (its hash does not match its contents)",
+        ),
+        (
+            "deleted",
+            |_| Tamper::Delete { entry: 3 },
+            "entry 3 is missing (2 is followed by 4)",
+        ),
+        (
+            "re-linked",
+            |all| {
+                let mut e = all[2].clone();
+                e.detail = "nothing to see".into();
+                Tamper::Rehash {
+                    entry: 3,
+                    detail: "nothing to see",
+                    hash: e.expected_hash().to_vec(),
+                }
+            },
+            "entry 4 does not link to entry 3",
+        ),
+    ];
+    for (name, tamper, expected) in cases {
+        let store = engine.fresh().await;
+        for i in 1..=5 {
+            store
+                .audit_append(AuditEvent {
+                    actor: "public-security".into(),
+                    action: "read".into(),
+                    detail: format!("read {i}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let all = store.audit_list(&AuditQuery::default()).await.unwrap();
+        engine.tamper(tamper(&all)).await;
+        match crate::audit::verify(&*store).await.unwrap() {
+            crate::audit::Verdict::Broken(b) => assert_eq!(b.to_string(), expected, "{name}"),
+            v => panic!("{name}: tampering not found: {v:?}"),
+        }
+    }
+}
+
 async fn suite(engine: &mut dyn Engine) {
     apply_is_idempotent_and_version_ordered(engine.fresh().await).await;
     withdrawal_supersedes_same_version(engine.fresh().await).await;
@@ -503,6 +795,8 @@ async fn suite(engine: &mut dyn Engine) {
     a_batch_keeps_the_newest_copy_of_each_record(engine).await;
     quarantine_lists_and_resolves(engine).await;
     a_renewed_epoch_survives_reopening_and_keeps_the_records(engine).await;
+    audit_entries_commit_with_their_events(engine).await;
+    audit_verify_names_the_first_broken_entry(engine).await;
 }
 
 #[tokio::test]
@@ -548,6 +842,7 @@ async fn postgres_store_fences_out_an_earlier_opener() {
             record: record(3, 0, "511102"),
             expected_version: 0,
             unique_keys: true,
+            audit: AuditNote::write("local-api", false),
         })
         .await
         .unwrap_err();
@@ -561,4 +856,42 @@ async fn postgres_store_fences_out_an_earlier_opener() {
     assert_eq!(new.count().await.unwrap(), 2);
     old.close().await;
     new.close().await;
+}
+
+/// `tiersync audit` on PostgreSQL reads through a plain session: the active
+/// store keeps writing afterwards (opening the store would fence it out).
+#[tokio::test]
+async fn postgres_audit_reader_leaves_the_active_store_writing() {
+    let Some(schema) =
+        ScratchSchema::create("postgres_audit_reader_leaves_the_active_store_writing").await
+    else {
+        return;
+    };
+    let store = PgStore::open(schema.options(), &code("511102"))
+        .await
+        .unwrap();
+    let read = || AuditEvent {
+        actor: "public-security".into(),
+        action: "read".into(),
+        ..Default::default()
+    };
+    store.audit_append(read()).await.unwrap();
+    let reader = super::postgres::open_reader(schema.options())
+        .await
+        .unwrap();
+    assert!(matches!(
+        crate::audit::verify(&reader).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 1, .. }
+    ));
+    store.audit_append(read()).await.unwrap();
+    assert_eq!(
+        reader
+            .audit_list(&AuditQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    reader.close().await;
+    store.close().await;
 }
