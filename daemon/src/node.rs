@@ -90,6 +90,16 @@ pub struct PutInput {
     pub reason: String,
 }
 
+/// A batch from a peer that passed [`Node::prepare_from_peer`].
+#[derive(Debug)]
+pub struct PreparedBatch {
+    through_seq: u64,
+    records: Vec<wire::Record>,
+    refused: Vec<Refusal>,
+    learned: BTreeSet<String>,
+    audit: Vec<AuditEvent>,
+}
+
 /// What replaying a quarantined record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayOutcome {
@@ -126,7 +136,7 @@ pub struct Node {
     /// Signs own writes, in groups under load.
     signer: GroupSigner,
     /// Every origin key this node has learned, and verified-batch cache.
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
 }
 
 impl Node {
@@ -159,7 +169,7 @@ impl Node {
             root_issuer: std::sync::OnceLock::new(),
             signer: GroupSigner::start(identity.clone()),
             identity,
-            keyring: Keyring::new(root),
+            keyring: Arc::new(Keyring::new(root)),
         }))
     }
 
@@ -678,6 +688,20 @@ impl Node {
         peer_epoch: &str,
         batch: wire::Batch,
     ) -> Result<ApplyReport, StoreError> {
+        let prepared = self.prepare_from_peer(peer, from, batch).await?;
+        self.commit_from_peer(peer, peer_epoch, prepared).await
+    }
+
+    /// The checks of [`Node::apply_from_peer`] before anything is written:
+    /// envelope and scope, then owners' signatures (learning keys and
+    /// adopting trust lists on the way). A link's receiver runs this for the
+    /// next batch while the previous one is being written.
+    pub async fn prepare_from_peer(
+        &self,
+        peer: &DivisionCode,
+        from: Toward,
+        batch: wire::Batch,
+    ) -> Result<PreparedBatch, StoreError> {
         let mut records = Vec::with_capacity(batch.records.len());
         let mut refused = Vec::new();
         for r in batch.records {
@@ -691,6 +715,31 @@ impl Node {
         let records = self
             .verify_origins(records, &mut refused, &mut learned, &mut audit)
             .await?;
+        Ok(PreparedBatch {
+            through_seq: batch.through_seq,
+            records,
+            refused,
+            learned,
+            audit,
+        })
+    }
+
+    /// Writes a prepared batch with the cursor in one transaction, then
+    /// does what applied records call for (amendments, certificate
+    /// requests, records waiting for a key that just arrived).
+    pub async fn commit_from_peer(
+        &self,
+        peer: &DivisionCode,
+        peer_epoch: &str,
+        prepared: PreparedBatch,
+    ) -> Result<ApplyReport, StoreError> {
+        let PreparedBatch {
+            through_seq,
+            records,
+            refused,
+            learned,
+            audit,
+        } = prepared;
         let report = self
             .store
             .apply(ApplyBatch {
@@ -698,7 +747,7 @@ impl Node {
                 cursor: Some((
                     peer.clone(),
                     Cursor {
-                        applied_through: batch.through_seq,
+                        applied_through: through_seq,
                         peer_epoch: peer_epoch.to_owned(),
                     },
                 )),
@@ -816,7 +865,15 @@ impl Node {
                 }
             }
         }
-        let results = self.keyring.verify(&records.iter().collect::<Vec<_>>());
+        // Hashing a batch is milliseconds of CPU: on the blocking pool, so
+        // it overlaps the previous batch's write (see the link's receiver).
+        let keyring = self.keyring.clone();
+        let (records, results) = tokio::task::spawn_blocking(move || {
+            let results = keyring.verify(&records.iter().collect::<Vec<_>>());
+            (records, results)
+        })
+        .await
+        .expect("signature checks do not panic");
         let mut kept = Vec::with_capacity(records.len());
         for (i, (r, result)) in records.into_iter().zip(results).enumerate() {
             match bad_keys.remove(&i).map(Err).unwrap_or(result) {

@@ -199,8 +199,156 @@ where
     result
 }
 
+/// A batch being written, with what its acknowledgement needs.
+type InFlight = (
+    tokio::task::JoinHandle<Result<crate::store::ApplyReport, crate::store::StoreError>>,
+    BatchMeta,
+);
+
+/// What the acknowledgement and the link's status need of a received batch.
+struct BatchMeta {
+    /// The `through_seq` of every frame coalesced into it, in order.
+    throughs: Vec<u64>,
+    through: u64,
+    head: u64,
+    received: u64,
+    newest_ms: Option<u64>,
+}
+
+/// Receives the peer's frames. Batches are checked (and their signatures
+/// verified) as they arrive, and written one at a time in order: the next
+/// batch is checked while the previous one is being written, so signature
+/// checks use the second core instead of adding to the write. Waits for the
+/// batch in flight before returning, whatever ends the loop.
 #[allow(clippy::too_many_arguments)]
 async fn receive_loop<S>(
+    node: &Arc<Node>,
+    peer: &DivisionCode,
+    toward: Toward,
+    peer_epoch: &str,
+    inbound: S,
+    outbound: &mpsc::Sender<wire::LinkFrame>,
+    window: &Semaphore,
+    cancel: &CancellationToken,
+) -> Result<(), LinkError>
+where
+    S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
+{
+    let mut in_flight: Option<InFlight> = None;
+    let result = receive_frames(
+        node,
+        peer,
+        toward,
+        peer_epoch,
+        inbound,
+        outbound,
+        window,
+        cancel,
+        &mut in_flight,
+    )
+    .await;
+    if let Some((handle, _)) = in_flight {
+        let _ = handle.await;
+    }
+    result
+}
+
+/// Acknowledges a written batch and updates the link's status.
+async fn finish_batch(
+    node: &Arc<Node>,
+    peer: &DivisionCode,
+    toward: Toward,
+    labels: &LinkLabels,
+    written: Result<
+        Result<crate::store::ApplyReport, crate::store::StoreError>,
+        tokio::task::JoinError,
+    >,
+    meta: BatchMeta,
+    outbound: &mpsc::Sender<wire::LinkFrame>,
+) -> Result<(), LinkError> {
+    let report = match written {
+        Ok(report) => report?,
+        Err(join) => {
+            return Err(LinkError::Protocol {
+                peer: peer.to_string(),
+                reason: format!("writing a batch failed: {join}"),
+            });
+        }
+    };
+    let BatchMeta {
+        throughs,
+        through,
+        head,
+        received,
+        newest_ms,
+    } = meta;
+    let rejections: Vec<wire::Rejection> = report
+        .refused
+        .iter()
+        .take(100)
+        .map(|r| wire::Rejection {
+            record_id: r.record_id.clone(),
+            kind: r.kind.clone(),
+            origin: r.origin.clone(),
+            reason: r.reason.clone(),
+        })
+        .collect();
+    node.metrics
+        .link_received
+        .get_or_create(labels)
+        .inc_by(received);
+    let lag_seconds = if through >= head {
+        0.0
+    } else {
+        newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
+    };
+    node.links.update(peer.as_str(), toward, |l| {
+        if through > l.applied_through {
+            l.last_progress = Instant::now();
+        }
+        l.applied_through = through;
+        l.peer_head = l.peer_head.max(head);
+        l.records_in += received;
+        l.rejected += report.refused.len() as u64;
+        l.lag_seconds = lag_seconds;
+        if l.state == LinkState::Stalled {
+            l.state = LinkState::Up;
+        }
+    });
+    update_lag_metrics(node, peer, labels);
+    // One ack per batch received, so the sender's window gets every slot
+    // back; the counts ride on the last.
+    let last = throughs.len() - 1;
+    let mut rejections = Some(rejections);
+    for (i, batch_through) in throughs.into_iter().enumerate() {
+        let ack = if i == last {
+            wire::Ack {
+                through_seq: batch_through,
+                applied: report.applied.len() as u32,
+                rejected: report.refused.len() as u32,
+                rejections: rejections.take().unwrap_or_default(),
+            }
+        } else {
+            wire::Ack {
+                through_seq: batch_through,
+                ..Default::default()
+            }
+        };
+        if outbound
+            .send(wire::LinkFrame {
+                body: Some(Body::Ack(ack)),
+            })
+            .await
+            .is_err()
+        {
+            return Err(LinkError::Closed);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_frames<S>(
     node: &Arc<Node>,
     peer: &DivisionCode,
     toward: Toward,
@@ -209,6 +357,7 @@ async fn receive_loop<S>(
     outbound: &mpsc::Sender<wire::LinkFrame>,
     window: &Semaphore,
     cancel: &CancellationToken,
+    in_flight: &mut Option<InFlight>,
 ) -> Result<(), LinkError>
 where
     S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
@@ -230,6 +379,13 @@ where
                 _ = cancel.cancelled() => return Ok(()),
                 _ = stall_check.tick() => {
                     check_stall(node, peer, toward, &labels);
+                    continue;
+                }
+                written = async { (&mut in_flight.as_mut().expect("guarded").0).await },
+                    if in_flight.is_some() =>
+                {
+                    let (_, meta) = in_flight.take().expect("guarded");
+                    finish_batch(node, peer, toward, &labels, written, meta, outbound).await?;
                     continue;
                 }
                 frame = inbound.next() => frame,
@@ -264,82 +420,36 @@ where
                         None => break,
                     }
                 }
-                let through = batch.through_seq;
-                let head = batch.head_seq.max(through);
-                let received = batch.records.len() as u64;
-                let newest_ms = batch
-                    .records
-                    .iter()
-                    .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
-                    .max();
+                let meta = BatchMeta {
+                    throughs,
+                    through: batch.through_seq,
+                    head: batch.head_seq.max(batch.through_seq),
+                    received: batch.records.len() as u64,
+                    newest_ms: batch
+                        .records
+                        .iter()
+                        .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
+                        .max(),
+                };
                 if from == Toward::Child
                     && let Some(reason) = node.revoked_now(peer)
                 {
                     return Err(LinkError::Revoked { reason });
                 }
-                let report = node.apply_from_peer(peer, from, peer_epoch, batch).await?;
-                let rejections: Vec<wire::Rejection> = report
-                    .refused
-                    .iter()
-                    .take(100)
-                    .map(|r| wire::Rejection {
-                        record_id: r.record_id.clone(),
-                        kind: r.kind.clone(),
-                        origin: r.origin.clone(),
-                        reason: r.reason.clone(),
-                    })
-                    .collect();
-                node.metrics
-                    .link_received
-                    .get_or_create(&labels)
-                    .inc_by(received);
-                let lag_seconds = if through >= head {
-                    0.0
-                } else {
-                    newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
-                };
-                node.links.update(peer.as_str(), toward, |l| {
-                    if through > l.applied_through {
-                        l.last_progress = Instant::now();
-                    }
-                    l.applied_through = through;
-                    l.peer_head = l.peer_head.max(head);
-                    l.records_in += received;
-                    l.rejected += report.refused.len() as u64;
-                    l.lag_seconds = lag_seconds;
-                    if l.state == LinkState::Stalled {
-                        l.state = LinkState::Up;
-                    }
-                });
-                update_lag_metrics(node, peer, &labels);
-                // One ack per batch received, so the sender's window gets
-                // every slot back; the counts ride on the last.
-                let last = throughs.len() - 1;
-                let mut rejections = Some(rejections);
-                for (i, batch_through) in throughs.into_iter().enumerate() {
-                    let ack = if i == last {
-                        wire::Ack {
-                            through_seq: batch_through,
-                            applied: report.applied.len() as u32,
-                            rejected: report.refused.len() as u32,
-                            rejections: rejections.take().unwrap_or_default(),
-                        }
-                    } else {
-                        wire::Ack {
-                            through_seq: batch_through,
-                            ..Default::default()
-                        }
-                    };
-                    if outbound
-                        .send(wire::LinkFrame {
-                            body: Some(Body::Ack(ack)),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return Err(LinkError::Closed);
-                    }
+                let prepared = node.prepare_from_peer(peer, from, batch).await?;
+                // One write at a time, in order.
+                if let Some((handle, previous)) = in_flight.take() {
+                    let written = handle.await;
+                    finish_batch(node, peer, toward, &labels, written, previous, outbound).await?;
                 }
+                let (writer, writer_peer, epoch) =
+                    (node.clone(), peer.clone(), peer_epoch.to_owned());
+                let handle = tokio::spawn(async move {
+                    writer
+                        .commit_from_peer(&writer_peer, &epoch, prepared)
+                        .await
+                });
+                *in_flight = Some((handle, meta));
             }
             Some(Body::Ack(ack)) => {
                 window.add_permits(1);
