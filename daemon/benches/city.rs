@@ -26,7 +26,8 @@ use tiersync_proto::wire;
 
 const CITY: &str = "5111";
 const COUNTY: &str = "511102";
-const OWNER: &str = "511102004001";
+/// The community the residents live in (their address code).
+const ADDRESS: &str = "511102004001";
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -61,7 +62,7 @@ fn resident(n: usize, key: &DigestKey) -> wire::Record {
     let payload = civil::v1::Resident {
         name: format!("基准居民{n}"),
         id_number: number,
-        address_code: OWNER.into(),
+        address_code: ADDRESS.into(),
         address: "乐山市市中区大佛街道篦子街".into(),
         notes: "x".repeat(820),
         ..Default::default()
@@ -75,7 +76,8 @@ fn resident(n: usize, key: &DigestKey) -> wire::Record {
         id: RecordId::new().as_bytes().to_vec(),
         kind: "civil.v1.Resident".into(),
         owner: Some(wire::Owner {
-            node: OWNER.into(),
+            // The county's own records: it signs them as their owner.
+            node: COUNTY.into(),
             department: String::new(),
         }),
         version: 1,
@@ -189,6 +191,10 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
             && city.node.store.get(&last).await?.is_some()
         {
             break;
+        }
+        // A refusal means the figures would measure nothing: stop and say why.
+        if let Some(q) = city.node.store.quarantine_list(1).await?.first() {
+            anyhow::bail!("the city refused records, the first because: {}", q.reason);
         }
         tokio::time::timeout(Duration::from_secs(300), head.changed()).await??;
     }
