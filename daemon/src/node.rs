@@ -911,29 +911,14 @@ impl Node {
         let mine = self.identity.cert_der().to_vec();
         if !node_key.certificates.contains(&mine) {
             node_key.certificates.push(mine);
-            let everywhere = Scope {
-                up_to: Some(Tier::City),
-                down_to: vec![city_of(&self.code)],
-                departments: Vec::new(),
-            };
-            let (id, expected) = match &held {
-                Some(s) => (s.record.id.clone(), s.record.version),
-                None => (RecordId::new().as_bytes().to_vec(), 0),
-            };
-            let record = self.own_record(
-                id,
-                KIND_NODE_KEY.into(),
-                String::new(),
-                &everywhere,
-                &everywhere,
-                node_key.encode_to_vec(),
-                vec![wire::NaturalKey {
-                    name: KEY_NODE.into(),
-                    value: self.code.to_string(),
-                }],
-            );
             let stored = self
-                .put_own(record, expected, false, AuditNote::write("node", false))
+                .put_everywhere(
+                    held.as_ref(),
+                    KIND_NODE_KEY,
+                    node_key.encode_to_vec(),
+                    KEY_NODE,
+                    AuditNote::write("node", false),
+                )
                 .await?;
             info!(
                 certificates = node_key.certificates.len(),
@@ -1064,29 +1049,15 @@ impl Node {
             revocations,
         };
         let list = issuer.sign_trust_list(&body);
-        let everywhere = Scope {
-            up_to: Some(Tier::City),
-            down_to: vec![self.code.clone()],
-            departments: Vec::new(),
-        };
-        let (id, expected) = match &held {
-            Some(s) => (s.record.id.clone(), s.record.version),
-            None => (RecordId::new().as_bytes().to_vec(), 0),
-        };
-        let record = self.own_record(
-            id,
-            KIND_TRUST_LIST.into(),
-            String::new(),
-            &everywhere,
-            &everywhere,
-            list.encode_to_vec(),
-            vec![wire::NaturalKey {
-                name: KEY_TRUST_LIST.into(),
-                value: self.code.to_string(),
-            }],
-        );
         let audit = AuditNote::event("trust", format!("published {}", trust_list_summary(&body)));
-        self.put_own(record, expected, false, audit).await?;
+        self.put_everywhere(
+            held.as_ref(),
+            KIND_TRUST_LIST,
+            list.encode_to_vec(),
+            KEY_TRUST_LIST,
+            audit,
+        )
+        .await?;
         info!(
             sequence = body.sequence,
             revoked = body.revocations.len(),
@@ -1094,6 +1065,41 @@ impl Node {
         );
         self.adopt_trust_list(body.clone());
         Ok(body)
+    }
+
+    /// Writes this node's one record of `kind` (found by the natural key
+    /// `key_name` = this node's code) for the whole deployment: a new version
+    /// of `held`, or a new record.
+    async fn put_everywhere(
+        &self,
+        held: Option<&Stored>,
+        kind: &str,
+        payload: Vec<u8>,
+        key_name: &str,
+        audit: AuditNote,
+    ) -> Result<Stored, NodeError> {
+        let everywhere = Scope {
+            up_to: Some(Tier::City),
+            down_to: vec![city_of(&self.code)],
+            departments: Vec::new(),
+        };
+        let (id, expected) = match held {
+            Some(s) => (s.record.id.clone(), s.record.version),
+            None => (RecordId::new().as_bytes().to_vec(), 0),
+        };
+        let record = self.own_record(
+            id,
+            kind.into(),
+            String::new(),
+            &everywhere,
+            &everywhere,
+            payload,
+            vec![wire::NaturalKey {
+                name: key_name.into(),
+                value: self.code.to_string(),
+            }],
+        );
+        self.put_own(record, expected, false, audit).await
     }
 
     /// Replays quarantined records that were refused because their owner's
