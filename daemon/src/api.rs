@@ -306,6 +306,25 @@ impl LocalApi for LocalApiService {
         ))
     }
 
+    async fn rollover_root(
+        &self,
+        request: Request<wire::RolloverRootRequest>,
+    ) -> Result<Response<wire::TrustListStatus>, Status> {
+        let key_out = request.into_inner().key_out;
+        if key_out.is_empty() {
+            return Err(Status::invalid_argument(
+                "key_out: name the file the new root key is written to",
+            ));
+        }
+        self.node
+            .rollover_root(std::path::Path::new(&key_out))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(
+            self.node.keyring.trust_status(crate::status::now_ms()),
+        ))
+    }
+
     async fn trust_status(
         &self,
         _request: Request<wire::TrustStatusRequest>,

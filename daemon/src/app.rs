@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use prost::Message;
 use tiersync_proto::types::DigestKey;
 use tiersync_proto::wire::join_server::JoinServer;
 use tiersync_proto::wire::local_api_server::LocalApiServer;
@@ -141,22 +142,25 @@ impl App {
                 .with_context(|| format!("tls.ca_key {}", ca_key.display()))?;
             let _ = node.issuer.set(Arc::new(ca));
         }
+        // The trust list held first: after a rollover, the city's key is a
+        // later root's, found in the list's chain.
+        node.load_trust_list().await?;
         if let Some(root_key) = &config.trust.root_key {
             let read = |path: &std::path::Path| {
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))
             };
-            let issuer = crate::origin::RootIssuer::from_pem(
+            let issuer = crate::origin::RootIssuer::resume(
                 &read(&config.trust.root)?,
                 &read(root_key)?,
+                &node.keyring.chain(),
                 &config.trust.root.display().to_string(),
             )
             .with_context(|| format!("trust.root_key {}", root_key.display()))?;
-            let _ = node.root_issuer.set(Arc::new(issuer));
+            node.set_root_issuer(issuer);
         }
         crate::join::issue_pending(&node, None).await?;
-        node.load_trust_list().await?;
-        if node.root_issuer.get().is_some() && node.keyring.trust_list().is_none() {
+        if node.root_issuer().is_some() && node.keyring.trust_list().is_none() {
             node.publish_trust_list(None).await?;
         }
         let registry = Arc::new(registry);
@@ -290,7 +294,7 @@ async fn trust_worker(node: Arc<Node>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if node.root_issuer.get().is_some()
+        if node.root_issuer().is_some()
             && let Some(list) = node.keyring.trust_list()
         {
             let half = (list.next_update_ms - list.issued_at_ms) / 2;
@@ -440,8 +444,20 @@ pub fn load_material(config: &NodeConfig) -> anyhow::Result<Material> {
     let root_what = config.trust.root.display().to_string();
     let root = TrustRoot::from_pem(&read("trust.root", &config.trust.root)?, &root_what)
         .with_context(|| format!("trust.root {root_what}"))?;
+    let later = match &config.trust.chain {
+        None => Vec::new(),
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read trust.chain {}", path.display()))?;
+            let chain = tiersync_proto::wire::RootChain::decode(bytes.as_slice())
+                .with_context(|| format!("trust.chain {} is not a root chain", path.display()))?;
+            crate::origin::follow_chain(&root, &chain.links)
+                .map_err(|reason| anyhow::anyhow!("trust.chain {}: {reason}", path.display()))?
+        }
+    };
     let identity = Identity::load(
         &root,
+        &later,
         &config.code,
         &read("trust.key", &config.trust.key)?,
         &read("trust.cert", &config.trust.cert)?,

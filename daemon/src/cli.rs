@@ -192,6 +192,17 @@ pub enum TrustCommand {
         #[arg(long, default_value_t = 0)]
         effective_at_ms: i64,
     },
+    /// Roll the trust root over to a new key (run against the city's local
+    /// API). The successor is announced by the current root, then signs the
+    /// next list; nodes follow the endorsement chain, even ones offline
+    /// across the switch. Afterwards set trust.root_key to --key-out.
+    Rollover {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Where the city writes the new root's private key (must not exist).
+        #[arg(long)]
+        key_out: PathBuf,
+    },
     /// The trust list this node holds.
     Status {
         #[command(flatten)]
@@ -341,6 +352,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(status_error)?
                     .into_inner(),
+                TrustCommand::Rollover { api, key_out } => {
+                    let status = connect(api.api)
+                        .await?
+                        .rollover_root(wire::RolloverRootRequest {
+                            key_out: key_out.display().to_string(),
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    eprintln!(
+                        "the new root key is in {}; set trust.root_key to it in the city's config before its next restart",
+                        key_out.display()
+                    );
+                    status
+                }
                 TrustCommand::Status { api } => connect(api.api)
                     .await?
                     .trust_status(wire::TrustStatusRequest {})

@@ -97,6 +97,9 @@ pub struct RawTrust {
     /// The trust root's private key: at the city only, which then issues
     /// origin certificates to nodes that join.
     pub root_key: Option<PathBuf>,
+    /// The roots since the first one (`tiersync join` writes it when this
+    /// node's origin certificate comes from a rolled-over root).
+    pub chain: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +235,7 @@ pub struct TrustPaths {
     pub key: PathBuf,
     pub cert: PathBuf,
     pub root_key: Option<PathBuf>,
+    pub chain: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -582,20 +586,24 @@ impl RawConfig {
                 );
                 None
             }
-            Some(t) => section_paths(
-                base,
-                code.as_ref(),
-                "trust",
-                [("root", t.root), ("key", t.key), ("cert", t.cert)],
-                ("root_key", t.root_key, "the trust root's key"),
-                &mut issue,
-            )
-            .map(|([root, key, cert], root_key)| TrustPaths {
-                root,
-                key,
-                cert,
-                root_key,
-            }),
+            Some(t) => {
+                let chain = t.chain.map(|p| resolve(base, &p));
+                section_paths(
+                    base,
+                    code.as_ref(),
+                    "trust",
+                    [("root", t.root), ("key", t.key), ("cert", t.cert)],
+                    ("root_key", t.root_key, "the trust root's key"),
+                    &mut issue,
+                )
+                .map(|([root, key, cert], root_key)| TrustPaths {
+                    root,
+                    key,
+                    cert,
+                    root_key,
+                    chain,
+                })
+            }
         };
 
         let digest_key_file = match self.deployment.and_then(|d| d.digest_key_file) {

@@ -59,6 +59,9 @@ pub const ISSUE_WAIT: Duration = Duration::from_secs(30);
 pub const CERT_VALIDITY_DAYS: u32 = 825;
 
 const TOKEN_PREFIX: &str = "tsj1";
+/// Where `join` keeps the root chain when its origin certificate comes
+/// from a rolled-over root.
+const TRUST_CHAIN_FILE: &str = "trust-chain.bin";
 const SECRET_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -452,6 +455,9 @@ impl wire::join_server::Join for JoinService {
             parent: self.node.code.to_string(),
             origin_cert_pem: answer.origin_cert_pem,
             trust_root_pem: self.node.keyring.root().cert.to_pem(),
+            trust_chain: Some(wire::RootChain {
+                links: self.node.keyring.chain(),
+            }),
         }))
     }
 }
@@ -504,12 +510,7 @@ pub async fn issue_pending(
         let request = wire::CertificateRequest::decode(record.payload.as_slice()).ok();
         let outcome = match &request {
             None => Err("the request does not decode".to_owned()),
-            Some(request) => decide(
-                ca,
-                node.root_issuer.get().map(|r| &**r),
-                &requester,
-                request,
-            ),
+            Some(request) => decide(ca, node.root_issuer().as_deref(), &requester, request),
         };
         let subject = request.map(|r| r.subject).unwrap_or_default();
         let (accepted, (cert_pem, origin_cert_pem), reason) = match outcome {
@@ -680,8 +681,11 @@ pub async fn join(
         .map_err(|e| JoinError::BadAnswer(format!("deployment secret: {e}")))?;
     let root = crate::origin::TrustRoot::from_pem(&answer.trust_root_pem, "the trust root")
         .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
+    let links = answer.trust_chain.clone().unwrap_or_default().links;
+    let later = crate::origin::follow_chain(&root, &links).map_err(JoinError::BadAnswer)?;
     crate::origin::Identity::load(
         &root,
+        &later,
         &token.code,
         &origin_key_pem,
         &answer.origin_cert_pem,
@@ -693,7 +697,7 @@ pub async fn join(
         &answer,
         &key_pem,
         &origin_key_pem,
-        &config_text(token, &parent, parent_addr, options),
+        &config_text(token, &parent, parent_addr, options, !links.is_empty()),
     )?;
     info!(node = %token.code, %parent, config = %files.config.display(), "joined");
     Ok(files.config)
@@ -764,6 +768,11 @@ impl NodeFiles {
             &answer.trust_root_pem,
             false,
         )?;
+        if let Some(chain) = answer.trust_chain.as_ref().filter(|c| !c.links.is_empty()) {
+            let path = self.pki.join(TRUST_CHAIN_FILE);
+            std::fs::write(&path, prost::Message::encode_to_vec(chain))
+                .map_err(|source| JoinError::Write { path, source })?;
+        }
         write(
             self.pki.join("deployment.key"),
             &format!("{}\n", answer.deployment_key),
@@ -778,8 +787,14 @@ fn config_text(
     parent: &DivisionCode,
     parent_addr: &str,
     options: &JoinOptions,
+    with_chain: bool,
 ) -> String {
     let tier = token.code.tier();
+    let chain = if with_chain {
+        format!("chain = \"pki/{TRUST_CHAIN_FILE}\"\n")
+    } else {
+        String::new()
+    };
     let peer = match (&options.listen_peer, tier) {
         (Some(addr), _) => format!("peer = \"{addr}\"\n"),
         (None, Tier::Community) => String::new(),
@@ -794,7 +809,7 @@ fn config_text(
          [listen]\n{peer}api = \"{api}\"\nadmin = \"{admin}\"\n\n\
          [parent]\ncode = \"{parent}\"\naddress = \"{parent_addr}\"\n\n\
          [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/node.pem\"\nkey = \"pki/node.key\"\n\n\
-         [trust]\nroot = \"pki/trust-root.pem\"\nkey = \"pki/node.sm2.key\"\ncert = \"pki/node.sm2.pem\"\n\n\
+         [trust]\nroot = \"pki/trust-root.pem\"\nkey = \"pki/node.sm2.key\"\ncert = \"pki/node.sm2.pem\"\n{chain}\n\
          [deployment]\ndigest_key_file = \"pki/deployment.key\"\n",
         code = token.code,
         api = options.listen_api,

@@ -130,7 +130,7 @@ pub struct Node {
     pub issuer: std::sync::OnceLock<Arc<crate::pki::Ca>>,
     /// The trust root's key, at the city only: it issues the origin
     /// certificates of nodes that join.
-    pub root_issuer: std::sync::OnceLock<Arc<crate::origin::RootIssuer>>,
+    root_issuer: std::sync::RwLock<Option<Arc<crate::origin::RootIssuer>>>,
     /// This node's signing key and origin certificate.
     pub identity: Arc<Identity>,
     /// Signs own writes, in groups under load.
@@ -166,7 +166,7 @@ impl Node {
             tuning,
             head: watch::Sender::new(head),
             issuer: std::sync::OnceLock::new(),
-            root_issuer: std::sync::OnceLock::new(),
+            root_issuer: std::sync::RwLock::new(None),
             signer: GroupSigner::start(identity.clone()),
             identity,
             keyring: Arc::new(Keyring::new(root)),
@@ -813,19 +813,19 @@ impl Node {
                     Err(reason) => {
                         bad_keys.insert(i, reason);
                     }
-                    Ok(body) => {
+                    Ok(checked) => {
                         let held = self.keyring.trust_list().map_or(0, |b| b.sequence);
-                        if body.sequence < held {
+                        if checked.body.sequence < held {
                             bad_keys.insert(
                                 i,
                                 format!(
                                     "trust list sequence {} is older than the {held} held here",
-                                    body.sequence
+                                    checked.body.sequence
                                 ),
                             );
                         } else {
-                            let summary = trust_list_summary(&body);
-                            if self.adopt_trust_list(body) {
+                            let summary = trust_list_summary(&checked.body);
+                            if self.adopt_trust_list(checked) {
                                 // audited in the batch's transaction
                                 audit.push(AuditEvent {
                                     actor: "node".into(),
@@ -947,9 +947,9 @@ impl Node {
 
     /// Adopts `body` if it is newer than the list held; returns whether it
     /// was.
-    fn adopt_trust_list(&self, body: wire::TrustListBody) -> bool {
-        let (sequence, revoked) = (body.sequence, body.revocations.len());
-        let adopted = self.keyring.adopt(body);
+    fn adopt_trust_list(&self, list: crate::origin::CheckedTrustList) -> bool {
+        let (sequence, revoked) = (list.body.sequence, list.body.revocations.len());
+        let adopted = self.keyring.adopt(list);
         if adopted {
             info!(sequence, revoked, "trust list adopted");
             self.refresh_trust_metrics();
@@ -977,8 +977,8 @@ impl Node {
             .await?
         {
             match self.keyring.check_trust_list(&held.record) {
-                Ok(body) => {
-                    self.adopt_trust_list(body);
+                Ok(list) => {
+                    self.adopt_trust_list(list);
                 }
                 Err(reason) => warn!(%reason, "stored trust list unusable"),
             }
@@ -993,13 +993,66 @@ impl Node {
         &self,
         revoke: Option<wire::Revocation>,
     ) -> Result<wire::TrustListBody, NodeError> {
-        let issuer = self.root_issuer.get().ok_or_else(|| NodeError::Invalid {
+        let issuer = self.current_root_issuer()?;
+        self.publish_list(&issuer, revoke, Vec::new()).await
+    }
+
+    /// At the city: rolls the trust root over. A successor root with a fresh
+    /// key (written to `key_out`, which must not exist) is announced in a
+    /// list the current root signs, then takes over: the next list is signed
+    /// by it and carries the chain of endorsements back to the first root,
+    /// and origin certificates are issued by it from now on. The operator
+    /// points trust.root_key at `key_out` before the next restart.
+    pub async fn rollover_root(
+        &self,
+        key_out: &std::path::Path,
+    ) -> Result<wire::TrustListBody, NodeError> {
+        let current = self.current_root_issuer()?;
+        let (next, key_pem) = current
+            .successor(&self.code)
+            .map_err(|e| NodeError::Invalid {
+                field: "trust",
+                reason: e.to_string(),
+            })?;
+        crate::pki::write_new_private(key_out, &key_pem).map_err(|e| NodeError::Invalid {
+            field: "key_out",
+            reason: format!("cannot write {}: {e}", key_out.display()),
+        })?;
+        self.publish_list(&current, None, next.cert_der().to_vec())
+            .await?;
+        let next = Arc::new(next);
+        *self.root_issuer.write().expect("root issuer lock") = Some(next.clone());
+        let body = self.publish_list(&next, None, Vec::new()).await?;
+        info!(key = %key_out.display(), "trust root rolled over; point trust.root_key at the new key");
+        Ok(body)
+    }
+
+    /// The trust root this node issues with, if it is the city.
+    pub fn root_issuer(&self) -> Option<Arc<crate::origin::RootIssuer>> {
+        self.root_issuer.read().expect("root issuer lock").clone()
+    }
+
+    pub fn set_root_issuer(&self, issuer: crate::origin::RootIssuer) {
+        *self.root_issuer.write().expect("root issuer lock") = Some(Arc::new(issuer));
+    }
+
+    fn current_root_issuer(&self) -> Result<Arc<crate::origin::RootIssuer>, NodeError> {
+        self.root_issuer().ok_or_else(|| NodeError::Invalid {
             field: "trust",
             reason: format!(
                 "node `{}` holds no trust root key (trust.root_key, the city only), so it cannot publish trust lists",
                 self.code
             ),
-        })?;
+        })
+    }
+
+    /// Signs and publishes the next trust list with `issuer`.
+    async fn publish_list(
+        &self,
+        issuer: &crate::origin::RootIssuer,
+        revoke: Option<wire::Revocation>,
+        successor_root: Vec<u8>,
+    ) -> Result<wire::TrustListBody, NodeError> {
         let held = self
             .store
             .lookup(KIND_TRUST_LIST, KEY_TRUST_LIST, self.code.as_str())
@@ -1007,7 +1060,11 @@ impl Node {
             .into_iter()
             .next();
         let previous = match &held {
-            Some(s) => self.keyring.check_trust_list(&s.record).ok(),
+            Some(s) => self
+                .keyring
+                .check_trust_list(&s.record)
+                .ok()
+                .map(|c| c.body),
             None => None,
         };
         let now = crate::status::now_ms();
@@ -1047,23 +1104,32 @@ impl Node {
             issued_at_ms: now,
             next_update_ms: now + TRUST_LIST_VALIDITY.as_millis() as i64,
             revocations,
+            successor_root,
         };
         let list = issuer.sign_trust_list(&body);
         let audit = AuditNote::event("trust", format!("published {}", trust_list_summary(&body)));
-        self.put_everywhere(
-            held.as_ref(),
-            KIND_TRUST_LIST,
-            list.encode_to_vec(),
-            KEY_TRUST_LIST,
-            audit,
-        )
-        .await?;
+        let stored = self
+            .put_everywhere(
+                held.as_ref(),
+                KIND_TRUST_LIST,
+                list.encode_to_vec(),
+                KEY_TRUST_LIST,
+                audit,
+            )
+            .await?;
         info!(
             sequence = body.sequence,
             revoked = body.revocations.len(),
             "trust list published"
         );
-        self.adopt_trust_list(body.clone());
+        let checked = self
+            .keyring
+            .check_trust_list(&stored.record)
+            .map_err(|reason| NodeError::Invalid {
+                field: "trust",
+                reason: format!("the list just signed does not check out: {reason}"),
+            })?;
+        self.adopt_trust_list(checked);
         Ok(body)
     }
 

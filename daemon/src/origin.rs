@@ -50,6 +50,7 @@ pub const KEY_TRUST_LIST: &str = "trust_list";
 /// half of that has passed.
 pub const TRUST_LIST_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
 const TRUST_LIST_TAG: &[u8] = b"tiersync.trustlist.v1";
+const ROOT_TAG: &[u8] = b"tiersync.root.v1";
 /// Natural key of a `NodeKey` record: the node's code.
 pub const KEY_NODE: &str = "node";
 pub const TRUST_ROOT_CERT_FILE: &str = "trust-root.pem";
@@ -206,8 +207,8 @@ pub fn origin_code(cert: &Certificate) -> Result<DivisionCode, String> {
     DivisionCode::parse(cn).map_err(|e| format!("subject `{subject}`: {e}"))
 }
 
-/// The trust root of a deployment, with its key where this node issues
-/// origin certificates (the city).
+/// A trust root of the deployment: a self-signed SM2 authority.
+#[derive(Clone)]
 pub struct TrustRoot {
     pub cert: Certificate,
     key: VerifyingKey,
@@ -219,6 +220,18 @@ impl TrustRoot {
             what: what.to_owned(),
             source,
         })?;
+        Self::from_cert(cert, what)
+    }
+
+    pub fn from_der(der: &[u8], what: &str) -> Result<TrustRoot, OriginError> {
+        let cert = Certificate::from_der(der).map_err(|source| OriginError::Cert {
+            what: what.to_owned(),
+            source,
+        })?;
+        Self::from_cert(cert, what)
+    }
+
+    fn from_cert(cert: Certificate, what: &str) -> Result<TrustRoot, OriginError> {
         let key = cert.public_key().map_err(|source| OriginError::Cert {
             what: what.to_owned(),
             source,
@@ -268,6 +281,16 @@ pub fn generate_root(city: &DivisionCode) -> Result<(String, String), OriginErro
 pub struct RootIssuer {
     cert: Certificate,
     key: SigningKey,
+    /// The roots since the deployment's first, each endorsed by the one
+    /// before; empty while the first root is the current one.
+    chain: Vec<wire::RootLink>,
+}
+
+fn root_message(certificate: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(certificate.len() + 24);
+    put(&mut out, ROOT_TAG);
+    put(&mut out, certificate);
+    out
 }
 
 impl RootIssuer {
@@ -286,7 +309,80 @@ impl RootIssuer {
         Ok(RootIssuer {
             cert: root.cert,
             key,
+            chain: Vec::new(),
         })
+    }
+
+    /// The issuer for `key_pem`, which is either the deployment's first root
+    /// (`first_pem`) or one of the later roots in `chain` (the chain of the
+    /// trust list held): how the city resumes after a rollover.
+    pub fn resume(
+        first_pem: &str,
+        key_pem: &str,
+        chain: &[wire::RootLink],
+        what: &str,
+    ) -> Result<RootIssuer, OriginError> {
+        let key = SigningKey::from_pkcs8_pem(key_pem).map_err(|source| OriginError::Key {
+            what: format!("{what} key"),
+            source,
+        })?;
+        let first = TrustRoot::from_pem(first_pem, what)?;
+        if key.verifying_key() == first.verifying_key() {
+            return Ok(RootIssuer {
+                cert: first.cert,
+                key,
+                chain: Vec::new(),
+            });
+        }
+        for (i, link) in chain.iter().enumerate() {
+            let root = TrustRoot::from_der(&link.certificate, "a root of the trust list chain")?;
+            if key.verifying_key() == root.verifying_key() {
+                return Ok(RootIssuer {
+                    cert: root.cert,
+                    key,
+                    chain: chain[..=i].to_vec(),
+                });
+            }
+        }
+        Err(OriginError::NotOrigin {
+            what: format!("{what} key"),
+            reason: "it is the key of neither the first trust root nor any later root in the trust list held"
+                .into(),
+        })
+    }
+
+    /// A successor root with a fresh key, endorsed by this one; returns it
+    /// with its key as PKCS#8 PEM (for the operator to keep).
+    pub fn successor(&self, city: &DivisionCode) -> Result<(RootIssuer, String), OriginError> {
+        let key = SigningKey::generate();
+        let generation = self.chain.len() + 2;
+        let subject = format!("CN=tiersync trust root {city} {generation},O=tiersync");
+        let cert = Certificate::self_signed(&key, &subject, ROOT_VALIDITY).map_err(|source| {
+            OriginError::Cert {
+                what: "the successor trust root".into(),
+                source,
+            }
+        })?;
+        let key_pem = key.to_pkcs8_pem().map_err(|source| OriginError::Key {
+            what: "the successor trust root key".into(),
+            source,
+        })?;
+        let link = wire::RootLink {
+            certificate: cert.to_der().to_vec(),
+            endorsement: self
+                .key
+                .sign(&root_message(cert.to_der()))
+                .as_der()
+                .to_vec(),
+        };
+        let mut chain = self.chain.clone();
+        chain.push(link);
+        Ok((RootIssuer { cert, key, chain }, key_pem.to_string()))
+    }
+
+    /// This root's certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        self.cert.to_der()
     }
 
     /// Signs a trust list body.
@@ -297,6 +393,7 @@ impl RootIssuer {
             body,
             signature: signature.as_der().to_vec(),
             algorithm: tiersync_trust::Algorithm::Sm2Sm3.name().into(),
+            chain: self.chain.clone(),
         }
     }
 
@@ -339,6 +436,7 @@ impl Identity {
     /// `root`, naming `code`, certifying this very key.
     pub fn load(
         root: &TrustRoot,
+        later: &[TrustRoot],
         code: &DivisionCode,
         key_pem: &str,
         cert_pem: &str,
@@ -356,7 +454,14 @@ impl Identity {
             what: format!("{what} certificate"),
             reason,
         };
-        let (named, certified) = root.check_origin(&cert).map_err(not_origin)?;
+        let (named, certified) = match root.check_origin(&cert) {
+            Ok(found) => found,
+            Err(first) => later
+                .iter()
+                .find_map(|r| r.check_origin(&cert).ok())
+                .ok_or(first)
+                .map_err(not_origin)?,
+        };
         if &named != code {
             return Err(not_origin(format!(
                 "it is for node `{named}`, but this node is `{code}`"
@@ -380,7 +485,7 @@ impl Identity {
         let cert = issuer.issue(code, key.verifying_key()).expect("cert");
         let root = TrustRoot::from_pem(&root_pem, "test root").expect("root");
         let key_pem = key.to_pkcs8_pem().expect("pem");
-        let identity = Identity::load(&root, code, &key_pem, &cert, "test").expect("identity");
+        let identity = Identity::load(&root, &[], code, &key_pem, &cert, "test").expect("identity");
         (root, identity)
     }
 
@@ -502,6 +607,51 @@ pub struct Keyring {
     verifier: Verifier,
     /// The newest trust list adopted.
     trust: RwLock<Option<wire::TrustListBody>>,
+    /// Roots trusted beside the first (`root`): the chain of the list held,
+    /// and the successor it announces.
+    later_roots: RwLock<Vec<TrustRoot>>,
+    /// The chain of the list held, as it came.
+    chain: RwLock<Vec<wire::RootLink>>,
+}
+
+/// The roots `links` lead to from `first`, each endorsed by the one before.
+pub fn follow_chain(first: &TrustRoot, links: &[wire::RootLink]) -> Result<Vec<TrustRoot>, String> {
+    let mut signer = first.clone();
+    let mut roots = Vec::with_capacity(links.len());
+    for (i, link) in links.iter().enumerate() {
+        let endorsement = tiersync_trust::Signature::from_der(&link.endorsement)
+            .map_err(|e| format!("trust root {} of the chain: endorsement: {e}", i + 2))?;
+        signer
+            .key
+            .verify(&root_message(&link.certificate), &endorsement)
+            .map_err(|e| {
+                format!(
+                    "trust root {} of the chain is not endorsed by the root before it: {e}",
+                    i + 2
+                )
+            })?;
+        signer = TrustRoot::from_der(&link.certificate, "a root of the chain")
+            .map_err(|e| e.to_string())?;
+        roots.push(signer.clone());
+    }
+    Ok(roots)
+}
+
+/// A trust list whose signature checked out, with the roots it vouches for.
+#[derive(Clone)]
+pub struct CheckedTrustList {
+    pub body: wire::TrustListBody,
+    chain: Vec<wire::RootLink>,
+    roots: Vec<TrustRoot>,
+}
+
+impl std::fmt::Debug for CheckedTrustList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedTrustList")
+            .field("body", &self.body)
+            .field("later_roots", &self.roots.len())
+            .finish()
+    }
 }
 
 fn trust_list_message(body: &[u8]) -> Vec<u8> {
@@ -518,11 +668,16 @@ impl Keyring {
             keys: RwLock::new(HashMap::new()),
             verifier: Verifier::new(NonZeroUsize::new(VERIFIED_BATCHES).expect("non-zero")),
             trust: RwLock::new(None),
+            later_roots: RwLock::new(Vec::new()),
+            chain: RwLock::new(Vec::new()),
         }
     }
 
-    /// Checks a trust list record: signed by the trust root, body decodes.
-    pub fn check_trust_list(&self, record: &wire::Record) -> Result<wire::TrustListBody, String> {
+    /// Checks a trust list record: signed by the deployment's first root,
+    /// or by a later root that the chain carried in the list leads to from
+    /// the first one, each endorsed by the one before (so a node that slept
+    /// through rollovers still follows); the body decodes.
+    pub fn check_trust_list(&self, record: &wire::Record) -> Result<CheckedTrustList, String> {
         let list = wire::TrustList::decode(record.payload.as_slice())
             .map_err(|e| format!("TrustList payload does not decode: {e}"))?;
         if list.algorithm != tiersync_trust::Algorithm::Sm2Sm3.name() {
@@ -531,25 +686,62 @@ impl Keyring {
                 list.algorithm
             ));
         }
+        let mut roots = follow_chain(&self.root, &list.chain)?;
+        let signer = roots.last().unwrap_or(&self.root).clone();
         let signature = tiersync_trust::Signature::from_der(&list.signature)
             .map_err(|e| format!("trust list signature: {e}"))?;
-        self.root
+        signer
             .key
             .verify(&trust_list_message(&list.body), &signature)
             .map_err(|e| format!("trust list not signed by this deployment's trust root: {e}"))?;
-        wire::TrustListBody::decode(list.body.as_slice())
-            .map_err(|e| format!("trust list body does not decode: {e}"))
+        let body = wire::TrustListBody::decode(list.body.as_slice())
+            .map_err(|e| format!("trust list body does not decode: {e}"))?;
+        if !body.successor_root.is_empty() {
+            roots.push(
+                TrustRoot::from_der(&body.successor_root, "the announced successor root")
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(CheckedTrustList {
+            body,
+            chain: list.chain,
+            roots,
+        })
     }
 
-    /// Adopts `body` if it is newer than the list held; returns whether it
-    /// was adopted.
-    pub fn adopt(&self, body: wire::TrustListBody) -> bool {
+    /// Adopts `list` if it is newer than the list held, trusting the roots
+    /// it vouches for; returns whether it was adopted.
+    pub fn adopt(&self, list: CheckedTrustList) -> bool {
         let mut held = self.trust.write().expect("trust lock");
-        if held.as_ref().is_some_and(|h| h.sequence >= body.sequence) {
+        if held
+            .as_ref()
+            .is_some_and(|h| h.sequence >= list.body.sequence)
+        {
             return false;
         }
-        *held = Some(body);
+        *held = Some(list.body);
+        *self.later_roots.write().expect("roots lock") = list.roots;
+        *self.chain.write().expect("chain lock") = list.chain;
         true
+    }
+
+    /// The root chain of the trust list held (empty before any rollover).
+    pub fn chain(&self) -> Vec<wire::RootLink> {
+        self.chain.read().expect("chain lock").clone()
+    }
+
+    /// Checks an origin certificate against every root trusted now.
+    fn check_origin(&self, cert: &Certificate) -> Result<(DivisionCode, VerifyingKey), String> {
+        match self.root.check_origin(cert) {
+            Ok(found) => Ok(found),
+            Err(first) => self
+                .later_roots
+                .read()
+                .expect("roots lock")
+                .iter()
+                .find_map(|r| r.check_origin(cert).ok())
+                .ok_or(first),
+        }
     }
 
     /// The trust list held, if any.
@@ -612,7 +804,6 @@ impl Keyring {
         for (i, der) in node_key.certificates.iter().enumerate() {
             let cert = Certificate::from_der(der).map_err(|e| format!("certificate {i}: {e}"))?;
             let (code, key) = self
-                .root
                 .check_origin(&cert)
                 .map_err(|e| format!("certificate {i}: {e}"))?;
             if code.as_str() != owner {
@@ -866,14 +1057,16 @@ mod tests {
                 effective_at_ms: 5_000,
                 revoked_at_ms: 5_000,
             }],
+            successor_root: vec![],
         };
         let list = issuer.sign_trust_list(&body(2, 10_000));
         let checked = keyring.check_trust_list(&trust_list_record(&list)).unwrap();
         assert!(keyring.adopt(checked));
-        assert!(
-            !keyring.adopt(body(1, 99_000)),
-            "an older sequence is not adopted"
-        );
+        let older = issuer.sign_trust_list(&body(1, 99_000));
+        let older = keyring
+            .check_trust_list(&trust_list_record(&older))
+            .unwrap();
+        assert!(!keyring.adopt(older), "an older sequence is not adopted");
         assert!(!keyring.trust_status(9_999).stale);
         assert!(keyring.trust_status(10_000).stale);
         assert_eq!(
@@ -905,21 +1098,111 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_over_root_is_followed_through_its_endorsement_chain() {
+        let city = code("5111");
+        let (first_key, first_pem) = generate_root(&city).unwrap();
+        let first = RootIssuer::from_pem(&first_pem, &first_key, "first").unwrap();
+        let (second, second_key) = first.successor(&city).unwrap();
+        let body = |sequence, successor_root| wire::TrustListBody {
+            sequence,
+            issued_at_ms: 1,
+            next_update_ms: i64::MAX,
+            revocations: vec![],
+            successor_root,
+        };
+        let fresh = || Keyring::new(TrustRoot::from_pem(&first_pem, "first").unwrap());
+
+        // The current root announces its successor ...
+        let announced = first.sign_trust_list(&body(1, second.cert_der().to_vec()));
+        let keyring = fresh();
+        let checked = keyring
+            .check_trust_list(&trust_list_record(&announced))
+            .unwrap();
+        assert!(keyring.adopt(checked));
+        // ... whose origin certificates are trusted from then on.
+        let c = code("511102004001");
+        let signing = SigningKey::generate();
+        let cert = second.issue(&c, signing.verifying_key()).unwrap();
+        let identity = Identity::load(
+            &TrustRoot::from_der(second.cert_der(), "second").unwrap(),
+            &[],
+            &c,
+            &signing.to_pkcs8_pem().unwrap(),
+            &cert,
+            "second",
+        )
+        .unwrap();
+        assert!(keyring.learn(&node_key("511102004001", &identity)).unwrap());
+        let e = fresh()
+            .learn(&node_key("511102004001", &identity))
+            .unwrap_err();
+        assert!(
+            e.contains("not issued by this deployment's trust root"),
+            "{e}"
+        );
+
+        // The successor signs the next list; a node that slept through the
+        // announcement follows the endorsement from the first root.
+        let next = second.sign_trust_list(&body(2, vec![]));
+        let sleeper = fresh();
+        let checked = sleeper.check_trust_list(&trust_list_record(&next)).unwrap();
+        assert!(sleeper.adopt(checked));
+        assert!(sleeper.learn(&node_key("511102004001", &identity)).unwrap());
+        assert_eq!(sleeper.chain().len(), 1);
+
+        // A forged endorsement, or none, is refused.
+        let mut forged = next.clone();
+        forged.chain[0].endorsement = first.sign_trust_list(&body(9, vec![])).signature;
+        let e = fresh()
+            .check_trust_list(&trust_list_record(&forged))
+            .unwrap_err();
+        assert!(e.contains("not endorsed by the root before it"), "{e}");
+        let mut unendorsed = next.clone();
+        unendorsed.chain.clear();
+        let e = fresh()
+            .check_trust_list(&trust_list_record(&unendorsed))
+            .unwrap_err();
+        assert!(
+            e.contains("not signed by this deployment's trust root"),
+            "{e}"
+        );
+
+        // The city resumes with the second key from the chain it holds.
+        let resumed =
+            RootIssuer::resume(&first_pem, &second_key, &sleeper.chain(), "root").unwrap();
+        assert_eq!(resumed.cert_der(), second.cert_der());
+        let (stranger, _) = generate_root(&city).unwrap();
+        let e = RootIssuer::resume(&first_pem, &stranger, &sleeper.chain(), "root")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("neither the first trust root nor any later root"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_revocation_refuses_records_signed_from_its_effective_time_on() {
         let c = code("511102004001");
         let (root, identity) = Identity::generate_for_tests(&c);
         let keyring = Keyring::new(root);
         keyring.learn(&node_key("511102004001", &identity)).unwrap();
-        keyring.adopt(wire::TrustListBody {
-            sequence: 1,
-            issued_at_ms: 0,
-            next_update_ms: i64::MAX,
-            revocations: vec![wire::Revocation {
-                node: "511102004001".into(),
-                reason: "keyCompromise".into(),
-                effective_at_ms: 5_000,
-                revoked_at_ms: 6_000,
-            }],
+        keyring.adopt(CheckedTrustList {
+            body: wire::TrustListBody {
+                sequence: 1,
+                issued_at_ms: 0,
+                next_update_ms: i64::MAX,
+                revocations: vec![wire::Revocation {
+                    node: "511102004001".into(),
+                    reason: "keyCompromise".into(),
+                    effective_at_ms: 5_000,
+                    revoked_at_ms: 6_000,
+                }],
+                successor_root: vec![],
+            },
+            chain: vec![],
+            roots: vec![],
         });
         let at = |ms: u64| {
             let mut r = record("511102004001", b"x");

@@ -2,9 +2,12 @@
 //! records signed from the revocation on are refused, earlier ones stay
 //! valid, and its parent refuses its link.
 
+use std::time::Duration;
+
 use prost::Message;
 use tiersync_e2e::{
-    Cluster, FakeChild, envelope, eventually, holds, node_key_record, resident, sign_as,
+    Cluster, FakeChild, envelope, eventually, holds, node_key_record, put_resident, resident,
+    sign_as,
 };
 use tiersync_proto::types::{HlcTimestamp, Tier};
 use tiersync_proto::wire;
@@ -149,5 +152,110 @@ async fn a_revoked_node_is_refused_and_only_its_later_records_with_it() {
         "{}",
         error.message()
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
+    let mut cluster = Cluster::with(CHAIN).await;
+    let community = cluster.node("511102004001");
+    eventually("the first trust list at the community", || async {
+        community
+            .keyring
+            .trust_list()
+            .is_some_and(|b| b.sequence == 1)
+    })
+    .await;
+    let early = put_resident(&community, 1).await;
+    // Offline across the switch: it will never see the announcement.
+    cluster.stop("511102004001").await;
+
+    let city = cluster.node("5111");
+    let key_out = cluster.dir().join("pki/trust-root-2.key");
+    let body = city.rollover_root(&key_out).await.unwrap();
+    assert_eq!(
+        body.sequence, 3,
+        "announced in 2, signed by the successor in 3"
+    );
+    assert!(key_out.is_file());
+    let error = city.rollover_root(&key_out).await.unwrap_err().to_string();
+    assert!(error.contains("cannot write"), "{error}");
+    let street = cluster.node("511102004");
+    eventually("the successor's list at the street", || async {
+        street.keyring.trust_list().is_some_and(|b| b.sequence == 3)
+    })
+    .await;
+
+    // A node that joins now gets its origin certificate from the successor,
+    // and its records verify everywhere.
+    let ca_pem = std::fs::read_to_string(cluster.dir().join("pki/ca.pem")).unwrap();
+    let (token, _) = street
+        .create_join_token("511102004002", Duration::from_secs(600), &ca_pem)
+        .await
+        .unwrap();
+    let config = tiersync::join::join(
+        &cluster.running("511102004").peer_addr.unwrap().to_string(),
+        &token,
+        &tiersync::join::JoinOptions {
+            dir: cluster.dir().join("joined"),
+            listen_peer: None,
+            listen_api: "127.0.0.1:0".into(),
+            listen_admin: "127.0.0.1:0".into(),
+            retry_for: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("join after the rollover");
+    let joined = tiersync::App::start(
+        tiersync::config::NodeConfig::load(&config, &Default::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let late = put_resident(&joined.node, 2).await;
+    eventually("the new node's resident at the city", || {
+        holds(&city, &late.id)
+    })
+    .await;
+
+    // The sleeper comes back, follows the endorsement chain from the root
+    // it knows, and its records (signed under the first root) stay valid.
+    cluster.start("511102004001").await;
+    let community = cluster.node("511102004001");
+    eventually("the sleeper adopts the successor's list", || async {
+        community
+            .keyring
+            .trust_list()
+            .is_some_and(|b| b.sequence == 3)
+    })
+    .await;
+    let after = put_resident(&community, 3).await;
+    for r in [&early, &after] {
+        eventually("the sleeper's records at the city", || holds(&city, &r.id)).await;
+    }
+
+    // The city restarts on the new key and keeps publishing.
+    cluster.stop("5111").await;
+    let path = cluster.deployment.config_path("5111");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "root_key = \"pki/trust-root.key\"",
+            "root_key = \"pki/trust-root-2.key\"",
+        ),
+    )
+    .unwrap();
+    cluster.start("5111").await;
+    let city = cluster.node("5111");
+    let body = city.publish_trust_list(None).await.unwrap();
+    assert_eq!(body.sequence, 4);
+    eventually("the restarted city's list at the community", || async {
+        community
+            .keyring
+            .trust_list()
+            .is_some_and(|b| b.sequence == 4)
+    })
+    .await;
+    joined.shutdown().await;
     cluster.shutdown().await;
 }

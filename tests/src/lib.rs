@@ -279,6 +279,7 @@ pub fn identity(cluster: &Cluster, code: &str) -> tiersync::origin::Identity {
         .expect("trust root");
     tiersync::origin::Identity::load(
         &root,
+        &[],
         &dc,
         &read(key),
         &read(pki.join(format!("{code}.sm2.pem"))),

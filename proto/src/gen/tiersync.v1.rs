@@ -561,7 +561,7 @@ pub struct NodeKey {
 /// deployment as one record whose versions succeed each other. Every node
 /// checks the root's signature before adopting a list, and a list never
 /// replaces one with a higher sequence.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrustList {
     /// An encoded `TrustListBody`, carried as the bytes the root signed.
     #[prost(bytes = "vec", tag = "1")]
@@ -573,6 +573,29 @@ pub struct TrustList {
     /// The signature algorithm, `sm2-sm3`.
     #[prost(string, tag = "3")]
     pub algorithm: ::prost::alloc::string::String,
+    /// Empty while the deployment's first root (`trust-root.pem`) signs. After
+    /// rollovers: every root since the first, in order, each endorsed by the
+    /// one before it; the last one signed this list. A node that slept through
+    /// a rollover follows the chain from the root it knows.
+    #[prost(message, repeated, tag = "4")]
+    pub chain: ::prost::alloc::vec::Vec<RootLink>,
+}
+/// The chain of roots since the first, as a file a node keeps when its own
+/// origin certificate comes from a later root (`trust.chain`).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RootChain {
+    #[prost(message, repeated, tag = "1")]
+    pub links: ::prost::alloc::vec::Vec<RootLink>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RootLink {
+    /// The root's self-signed SM2 certificate, DER.
+    #[prost(bytes = "vec", tag = "1")]
+    pub certificate: ::prost::alloc::vec::Vec<u8>,
+    /// The previous root's SM2 signature (DER) over the domain tag
+    /// `tiersync.root.v1` followed by `certificate`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub endorsement: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrustListBody {
@@ -586,6 +609,11 @@ pub struct TrustListBody {
     pub next_update_ms: i64,
     #[prost(message, repeated, tag = "4")]
     pub revocations: ::prost::alloc::vec::Vec<Revocation>,
+    /// A root the city will switch to (its self-signed certificate, DER),
+    /// announced by the current one so nodes trust its origin certificates and
+    /// lists as soon as it takes over.
+    #[prost(bytes = "vec", tag = "5")]
+    pub successor_root: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Revocation {
@@ -815,6 +843,12 @@ pub struct TrustListStatus {
     pub stale: bool,
     #[prost(message, repeated, tag = "5")]
     pub revocations: ::prost::alloc::vec::Vec<Revocation>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RolloverRootRequest {
+    /// Where the city writes the new root's private key (must not exist).
+    #[prost(string, tag = "1")]
+    pub key_out: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod local_api_client {
@@ -1131,6 +1165,32 @@ pub mod local_api_client {
                 .insert(GrpcMethod::new("tiersync.v1.LocalApi", "Revoke"));
             self.inner.unary(req, path, codec).await
         }
+        /// At the city: rolls the trust root over to a new key, written to
+        /// `key_out`; set trust.root_key to it before the next restart.
+        pub async fn rollover_root(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloverRootRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TrustListStatus>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tiersync.v1.LocalApi/RolloverRoot",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tiersync.v1.LocalApi", "RolloverRoot"));
+            self.inner.unary(req, path, codec).await
+        }
         /// The trust list this node holds.
         pub async fn trust_status(
             &mut self,
@@ -1231,6 +1291,12 @@ pub mod local_api_server {
         async fn revoke(
             &self,
             request: tonic::Request<super::RevokeRequest>,
+        ) -> std::result::Result<tonic::Response<super::TrustListStatus>, tonic::Status>;
+        /// At the city: rolls the trust root over to a new key, written to
+        /// `key_out`; set trust.root_key to it before the next restart.
+        async fn rollover_root(
+            &self,
+            request: tonic::Request<super::RolloverRootRequest>,
         ) -> std::result::Result<tonic::Response<super::TrustListStatus>, tonic::Status>;
         /// The trust list this node holds.
         async fn trust_status(
@@ -1753,6 +1819,51 @@ pub mod local_api_server {
                     };
                     Box::pin(fut)
                 }
+                "/tiersync.v1.LocalApi/RolloverRoot" => {
+                    #[allow(non_camel_case_types)]
+                    struct RolloverRootSvc<T: LocalApi>(pub Arc<T>);
+                    impl<
+                        T: LocalApi,
+                    > tonic::server::UnaryService<super::RolloverRootRequest>
+                    for RolloverRootSvc<T> {
+                        type Response = super::TrustListStatus;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloverRootRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as LocalApi>::rollover_root(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RolloverRootSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/tiersync.v1.LocalApi/TrustStatus" => {
                     #[allow(non_camel_case_types)]
                     struct TrustStatusSvc<T: LocalApi>(pub Arc<T>);
@@ -1856,7 +1967,7 @@ pub struct JoinRequest {
     #[prost(string, tag = "4")]
     pub origin_public_key_pem: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct JoinResponse {
     #[prost(string, tag = "1")]
     pub cert_pem: ::prost::alloc::string::String,
@@ -1874,6 +1985,10 @@ pub struct JoinResponse {
     pub origin_cert_pem: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub trust_root_pem: ::prost::alloc::string::String,
+    /// The roots since the first one (empty before any rollover): the origin
+    /// certificate comes from the last of them.
+    #[prost(message, optional, tag = "7")]
+    pub trust_chain: ::core::option::Option<RootChain>,
 }
 /// A join token, held only by the node that issued it (its scope reaches no
 /// other node). Single use: the version that sets `used_at_ms` is written with
