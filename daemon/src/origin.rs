@@ -118,16 +118,22 @@ fn put_scope(out: &mut Vec<u8>, scope: Option<&wire::Scope>) {
 /// SM3 over `deleted`, the natural keys and the payload, layout
 /// `tiersync.content.v1`.
 pub fn content_digest(r: &wire::Record) -> [u8; 32] {
-    let mut out = Vec::with_capacity(r.payload.len() + 64);
-    put(&mut out, CONTENT_TAG);
-    out.push(r.deleted as u8);
-    out.extend_from_slice(&(r.keys.len() as u32).to_be_bytes());
-    for k in &r.keys {
-        put(&mut out, k.name.as_bytes());
-        put(&mut out, k.value.as_bytes());
+    // Fed piece by piece: the same bytes as the layout, without copying
+    // the payload (this runs for every record at every hop).
+    fn put(h: &mut tiersync_trust::hash::Sm3Hasher, bytes: &[u8]) {
+        h.update(&(bytes.len() as u32).to_be_bytes());
+        h.update(bytes);
     }
-    put(&mut out, &r.payload);
-    tiersync_trust::sm3(&out).0
+    let mut h = tiersync_trust::hash::Sm3Hasher::new();
+    put(&mut h, CONTENT_TAG);
+    h.update(&[r.deleted as u8]);
+    h.update(&(r.keys.len() as u32).to_be_bytes());
+    for k in &r.keys {
+        put(&mut h, k.name.as_bytes());
+        put(&mut h, k.value.as_bytes());
+    }
+    put(&mut h, &r.payload);
+    h.finalize().0
 }
 
 /// The content digest a record's proof covers: carried by a withdrawal,
