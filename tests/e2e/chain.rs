@@ -1,21 +1,9 @@
 //! A community's records reach the city through street and county, and a
 //! restarted or killed node loses and duplicates nothing.
 
-use tiersync_e2e::{Cluster, eventually, holds, put_resident, records_held};
+use tiersync_e2e::{Cluster, all_hold, eventually, kill_mid_backlog, put_resident, records_held};
 
 const CHAIN: &[&str] = &["5111", "511102", "511102004", "511102004001"];
-
-async fn ids_everywhere(cluster: &Cluster, nodes: &[&str], ids: &[Vec<u8>]) -> bool {
-    for n in nodes {
-        let node = cluster.node(n);
-        for id in ids {
-            if !holds(&node, id).await {
-                return false;
-            }
-        }
-    }
-    true
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn community_records_converge_at_the_city() {
@@ -26,7 +14,7 @@ async fn community_records_converge_at_the_city() {
         ids.push(put_resident(&community, n).await.id);
     }
     eventually("all 50 residents at street, county and city", || {
-        ids_everywhere(&cluster, &CHAIN[..3], &ids)
+        all_hold(&cluster, &CHAIN[..3], &ids)
     })
     .await;
     // exactly once: the city's log holds each record once
@@ -54,7 +42,7 @@ async fn middle_node_restart_loses_and_duplicates_nothing() {
         ids.push(put_resident(&community, n).await.id);
     }
     eventually("first 30 at the city", || {
-        ids_everywhere(&cluster, &["5111"], &ids)
+        all_hold(&cluster, &["5111"], &ids)
     })
     .await;
 
@@ -64,7 +52,7 @@ async fn middle_node_restart_loses_and_duplicates_nothing() {
     }
     cluster.start("511102004").await;
     eventually("all 80 at the city after the street restarted", || {
-        ids_everywhere(&cluster, &CHAIN[..3], &ids)
+        all_hold(&cluster, &CHAIN[..3], &ids)
     })
     .await;
     for node in &CHAIN[..3] {
@@ -86,35 +74,7 @@ async fn middle_node_restart_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_child_resumes_exactly_from_its_cursor() {
     let mut cluster = Cluster::with(CHAIN).await;
-    let community = cluster.node("511102004001");
-    let mut ids = Vec::new();
-    for n in 0..300 {
-        ids.push(put_resident(&community, n).await.id);
-    }
-    // Kill the street while it is still taking the backlog in and passing it on.
-    let street = cluster.node("511102004");
-    eventually("the street started receiving", || async {
-        records_held(&street).await > 0
-    })
-    .await;
-    drop(street);
-    cluster.kill("511102004").await;
-    for n in 300..400 {
-        ids.push(put_resident(&community, n).await.id);
-    }
-    cluster.start("511102004").await;
-    eventually("all 400 at the city after the kill", || {
-        ids_everywhere(&cluster, &["511102004", "511102", "5111"], &ids)
-    })
-    .await;
-    for node in ["511102004", "511102", "5111"] {
-        let n = cluster.node(node);
-        assert_eq!(
-            records_held(&n).await,
-            400,
-            "node {node} holds each record exactly once"
-        );
-    }
+    let community = kill_mid_backlog(&mut cluster, "511102004").await;
     // the street's cursor into the community's log is exactly its head
     let street = cluster.node("511102004");
     let cursor = street

@@ -265,6 +265,54 @@ pub async fn records_held(node: &Node) -> u64 {
     node.store.count().await.expect("store") - internal
 }
 
+/// Whether every node in `nodes` holds every record in `ids`.
+pub async fn all_hold(cluster: &Cluster, nodes: &[&str], ids: &[Vec<u8>]) -> bool {
+    for n in nodes {
+        let node = cluster.node(n);
+        for id in ids {
+            if !holds(&node, id).await {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Kills `victim` (a node between the community 511102004001 and the city)
+/// while it is taking in a backlog of 300 residents and passing it on, puts
+/// 100 more while it is down, restarts it, and checks that street, county
+/// and city end up with all 400 exactly once. Returns the community.
+pub async fn kill_mid_backlog(cluster: &mut Cluster, victim: &str) -> Arc<Node> {
+    let community = cluster.node("511102004001");
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(put_resident(&community, n).await.id);
+    }
+    let node = cluster.node(victim);
+    eventually(&format!("{victim} started receiving"), || async {
+        records_held(&node).await > 0
+    })
+    .await;
+    drop(node);
+    cluster.kill(victim).await;
+    for n in 300..400 {
+        ids.push(put_resident(&community, n).await.id);
+    }
+    cluster.start(victim).await;
+    eventually("all 400 at street, county and city after the kill", || {
+        all_hold(cluster, &["511102004", "511102", "5111"], &ids)
+    })
+    .await;
+    for code in ["511102004", "511102", "5111"] {
+        assert_eq!(
+            records_held(&cluster.node(code)).await,
+            400,
+            "node {code} holds each record exactly once"
+        );
+    }
+    community
+}
+
 /// The signing identity of `code` from the deployment's PKI folder, issued
 /// there first if it has none.
 pub fn identity(cluster: &Cluster, code: &str) -> tiersync::origin::Identity {
