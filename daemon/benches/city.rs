@@ -36,28 +36,9 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A valid GB 11643 number, distinct for every `n` below 28,000,000.
-fn id_number(n: usize) -> String {
-    let (day, seq) = (n / 999, n % 999 + 1);
-    let body = format!(
-        "511102{:04}{:02}{:02}{seq:03}",
-        1930 + day / 336,
-        1 + (day / 28) % 12,
-        1 + day % 28
-    );
-    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = body
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(digit, weight)| u32::from(digit - b'0') * weight)
-        .sum();
-    let check = b"10X98765432"[(sum % 11) as usize] as char;
-    format!("{body}{check}")
-}
-
 /// Resident `n`, padded to about 1 KB, with its natural key.
 fn resident(n: usize, key: &DigestKey) -> wire::Record {
-    let number = id_number(n);
+    let number = tiersync::demo::numbered_id_number(n as u64);
     let digest = key.digest(&ResidentId::parse(&number).expect("valid ID number"));
     let payload = civil::v1::Resident {
         name: format!("基准居民{n}"),
