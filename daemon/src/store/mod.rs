@@ -126,6 +126,45 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
+/// Which owners a link's sender takes from the change log, as
+/// [`crate::route::delivery`] decides by direction: up a link only records
+/// owned inside the sender's subtree, down a link only records owned outside
+/// the child's (so nothing echoes back where it came from). Filtering in the
+/// store spares reading and decoding what the link would skip anyway, e.g.
+/// everything a street just received from the child it is sending down to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owners {
+    /// Owners inside this subtree.
+    Within(DivisionCode),
+    /// Owners outside this subtree.
+    Outside(DivisionCode),
+}
+
+impl Owners {
+    pub fn admits(&self, owner: &DivisionCode) -> bool {
+        match self {
+            Owners::Within(code) => code.contains(owner),
+            Owners::Outside(code) => !code.contains(owner),
+        }
+    }
+}
+
+/// One page of the change log for a link's sender.
+#[derive(Debug, Default)]
+pub struct LinkPage {
+    /// The admitted changes, oldest first.
+    pub changes: Vec<Stored>,
+    /// How far the log was read: every change up to here that the filter
+    /// left out is passed, not pending (at least the last change's seq).
+    pub through: u64,
+    /// Whether `through` is the committed head: nothing more to read now.
+    pub caught_up: bool,
+}
+
+/// Most sequence numbers one [`Store::link_page`] scans, so a filter that
+/// leaves out nearly everything still answers in bounded time.
+pub const LINK_SCAN_SPAN: u64 = 65_536;
+
 #[derive(Debug, Clone)]
 pub struct QuarantineRow {
     pub qid: u64,
@@ -205,6 +244,40 @@ pub trait Store: AuditSource + Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Stored>>;
     /// Changes with a sequence number above `after`, oldest first.
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Stored>>;
+    /// Changes in `(after, through]` whose owner `owners` admits, oldest
+    /// first, at most `limit`.
+    async fn changes_in(
+        &self,
+        after: u64,
+        through: u64,
+        limit: u32,
+        owners: &Owners,
+    ) -> Result<Vec<Stored>>;
+    /// The next page of the log after `after` for a link's sender: at most
+    /// `limit` changes `owners` admits, read no further than the committed
+    /// head (every seq up to it is committed and visible, so the filtered
+    /// gaps it passes are final) and [`LINK_SCAN_SPAN`] seqs.
+    async fn link_page(&self, after: u64, limit: u32, owners: &Owners) -> Result<LinkPage> {
+        let head = self.head_seq().await?;
+        let bound = head.min(after.saturating_add(LINK_SCAN_SPAN));
+        if bound <= after {
+            return Ok(LinkPage {
+                changes: Vec::new(),
+                through: after,
+                caught_up: true,
+            });
+        }
+        let changes = self.changes_in(after, bound, limit, owners).await?;
+        let (through, caught_up) = match changes.last() {
+            Some(last) if changes.len() >= limit as usize => (last.seq, last.seq >= head),
+            _ => (bound, bound >= head),
+        };
+        Ok(LinkPage {
+            changes,
+            through,
+            caught_up,
+        })
+    }
     async fn count(&self) -> Result<u64>;
     async fn cursor(&self, peer: &DivisionCode) -> Result<Option<Cursor>>;
     /// Applies a batch from a peer (see the module doc).

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -100,6 +101,8 @@ fn session_options(options: PgConnectOptions) -> PgConnectOptions {
 pub struct PgStore {
     pool: PgPool,
     writer: Mutex<Writer>,
+    /// The newest committed seq, readable without waiting for a write.
+    head: AtomicU64,
     epoch: String,
     fence: i64,
 }
@@ -177,6 +180,7 @@ impl PgStore {
                 next_seq: head as u64 + 1,
                 audit: ChainHead::after(last),
             }),
+            head: AtomicU64::new(head as u64),
             epoch,
             fence,
         })
@@ -465,7 +469,7 @@ impl Store for PgStore {
     }
 
     async fn head_seq(&self) -> Result<u64> {
-        Ok(self.writer.lock().await.next_seq - 1)
+        Ok(self.head.load(Ordering::Acquire))
     }
 
     async fn get(&self, id: &[u8]) -> Result<Option<Stored>> {
@@ -524,6 +528,31 @@ impl Store for PgStore {
         rows.iter().map(stored_row).collect()
     }
 
+    async fn changes_in(
+        &self,
+        after: u64,
+        through: u64,
+        limit: u32,
+        owners: &Owners,
+    ) -> Result<Vec<Stored>> {
+        let (within, code) = match owners {
+            Owners::Within(code) => (true, code),
+            Owners::Outside(code) => (false, code),
+        };
+        let rows = sqlx::query(
+            "SELECT seq, via, body FROM records WHERE seq > $1 AND seq <= $2 \
+             AND starts_with(owner, $3) = $4 ORDER BY seq LIMIT $5",
+        )
+        .bind(after as i64)
+        .bind(through as i64)
+        .bind(code.as_str())
+        .bind(within)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_row).collect()
+    }
+
     async fn count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
             .fetch_one(&self.pool)
@@ -570,6 +599,7 @@ impl Store for PgStore {
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
         writer.next_seq = plan.next_seq;
+        self.head.store(plan.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
         report.applied = plan.writes;
         Ok(report)
@@ -615,6 +645,7 @@ impl Store for PgStore {
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
         writer.next_seq = seq + 1;
+        self.head.store(seq, Ordering::Release);
         writer.audit = audit_head;
         let [(_, record)] = rows;
         Ok(Stored {

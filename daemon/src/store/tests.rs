@@ -225,6 +225,61 @@ async fn list_pages_and_filters(store: Arc<dyn Store>) {
     assert_eq!(store.count().await.unwrap(), 6);
 }
 
+/// A link sender's pages skip what its direction never sends, and say how
+/// far they read, so the skipped tail is passed, not re-read.
+async fn link_pages_filter_by_owner_and_report_how_far_they_read(store: Arc<dyn Store>) {
+    // seqs 1..=6: owners alternate between two communities of one street;
+    // 7: a county notice; 8: the street's own record
+    let mut records: Vec<_> = (1..=6)
+        .map(|i| {
+            let owner = if i % 2 == 1 {
+                "511102004001"
+            } else {
+                "511102004002"
+            };
+            record(i, 1, owner)
+        })
+        .collect();
+    records.push(record(7, 1, "511102"));
+    records.push(record(8, 1, "511102004"));
+    store.apply(batch(records, 8)).await.unwrap();
+    let seqs = |page: &LinkPage| page.changes.iter().map(|c| c.seq).collect::<Vec<_>>();
+
+    // down to 511102004001: everything not owned in its subtree
+    let down = Owners::Outside(code("511102004001"));
+    let page = store.link_page(0, 100, &down).await.unwrap();
+    assert_eq!(seqs(&page), vec![2, 4, 6, 7, 8]);
+    assert_eq!((page.through, page.caught_up), (8, true));
+    // a full page ends at its last change, and is not the head
+    let page = store.link_page(0, 2, &down).await.unwrap();
+    assert_eq!(seqs(&page), vec![2, 4]);
+    assert_eq!((page.through, page.caught_up), (4, false));
+    let page = store.link_page(4, 2, &down).await.unwrap();
+    assert_eq!(seqs(&page), vec![6, 7]);
+    assert_eq!((page.through, page.caught_up), (7, false));
+
+    // up from the street 511102004: only its own subtree, and a filtered
+    // tail (the county's notice) still moves `through` to the head
+    let up = Owners::Within(code("511102004"));
+    let page = store.link_page(5, 100, &up).await.unwrap();
+    assert_eq!(seqs(&page), vec![6, 8]);
+    assert_eq!((page.through, page.caught_up), (8, true));
+    let only_county = Owners::Within(code("511102"));
+    assert_eq!(
+        seqs(&store.link_page(0, 100, &only_county).await.unwrap()).len(),
+        8
+    );
+    let nothing = Owners::Within(code("511102004003"));
+    let page = store.link_page(0, 100, &nothing).await.unwrap();
+    assert!(page.changes.is_empty());
+    assert_eq!((page.through, page.caught_up), (8, true));
+    // at the head: nothing read, nothing passed
+    let page = store.link_page(8, 100, &down).await.unwrap();
+    assert!(page.changes.is_empty());
+    assert_eq!((page.through, page.caught_up), (8, true));
+    assert!(down.admits(&code("511102004002")) && !down.admits(&code("511102004001")));
+}
+
 /// A store engine under test: opens stores for node `511102` and can plant
 /// rows behind a store's back.
 #[async_trait]
@@ -789,6 +844,7 @@ async fn suite(engine: &mut dyn Engine) {
     withdrawal_supersedes_same_version(engine.fresh().await).await;
     local_writes_check_versions_and_keys(engine.fresh().await).await;
     list_pages_and_filters(engine.fresh().await).await;
+    link_pages_filter_by_owner_and_report_how_far_they_read(engine.fresh().await).await;
     refuses_another_nodes_store_and_keeps_its_epoch(engine).await;
     reopened_store_continues_the_log(engine).await;
     lookup_checks_the_key_on_the_record_not_just_the_hash(engine).await;

@@ -558,59 +558,71 @@ async fn send_loop(
     let mut heartbeat = tokio::time::interval(node.tuning.heartbeat);
     let batch_records = node.tuning.batch_records;
     let batch_bytes = node.tuning.batch_bytes;
+    // What route::delivery would send in this direction at all, filtered in
+    // the store (scope is still decided per record by `outgoing`).
+    let owners = match toward {
+        Toward::Parent => crate::store::Owners::Within(node.code.clone()),
+        Toward::Child => crate::store::Owners::Outside(peer.clone()),
+    };
     loop {
         if cancel.is_cancelled() {
             return Ok(());
         }
-        let changes = node
+        // Marked seen before reading, so a change committed while we read
+        // wakes the wait below instead of being passed over.
+        head_rx.borrow_and_update();
+        let page = node
             .store
-            .changes_after(scanned, batch_records as u32)
+            .link_page(scanned, batch_records as u32, &owners)
             .await?;
-        if changes.is_empty() {
-            if scanned > announced {
-                // Everything after the last batch was filtered out: tell the
-                // peer so its cursor moves and it reports no lag.
-                send_batch(&node, &outbound, &window, &cancel, scanned, Vec::new()).await?;
-                announced = scanned;
-            }
-            head_rx.borrow_and_update();
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                changed = head_rx.changed() => if changed.is_err() { return Ok(()) },
-                _ = heartbeat.tick() => {
-                    let hb = wire::Heartbeat { head_seq: node.store.head_seq().await?, sent_at_ms: now_ms() };
-                    if outbound.send(wire::LinkFrame { body: Some(Body::Heartbeat(hb)) }).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            continue;
-        }
         let mut records = Vec::new();
         let mut bytes = 0usize;
-        let mut through = scanned;
-        for change in changes {
+        let mut through = page.through;
+        let mut caught_up = page.caught_up;
+        for change in page.changes {
             if let Some(r) = outgoing(&node, change.record, &peer, toward) {
                 let len = prost::Message::encoded_len(&r);
                 if !records.is_empty() && bytes + len > batch_bytes {
+                    // The rest of the page goes in the next batch.
+                    through = scanned;
+                    caught_up = false;
                     break;
                 }
                 bytes += len;
                 records.push(r);
             }
-            through = change.seq;
+            scanned = change.seq;
         }
-        scanned = through;
-        if records.is_empty() {
+        scanned = scanned.max(through);
+        if !records.is_empty() {
+            let n = records.len() as u64;
+            send_batch(&node, &outbound, &window, &cancel, scanned, records).await?;
+            announced = scanned;
+            node.metrics.link_sent.get_or_create(&labels).inc_by(n);
+            node.links
+                .update(peer.as_str(), toward, |l| l.records_out += n);
+            debug!(peer = %peer, through = scanned, records = n, "batch sent");
+        } else if scanned > announced
+            && (caught_up || scanned - announced >= crate::store::LINK_SCAN_SPAN)
+        {
+            // Everything read was filtered out: tell the peer so its cursor
+            // moves and it reports no lag.
+            send_batch(&node, &outbound, &window, &cancel, scanned, Vec::new()).await?;
+            announced = scanned;
+        }
+        if !caught_up {
             continue;
         }
-        let n = records.len() as u64;
-        send_batch(&node, &outbound, &window, &cancel, through, records).await?;
-        announced = through;
-        node.metrics.link_sent.get_or_create(&labels).inc_by(n);
-        node.links
-            .update(peer.as_str(), toward, |l| l.records_out += n);
-        debug!(peer = %peer, through, records = n, "batch sent");
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = head_rx.changed() => if changed.is_err() { return Ok(()) },
+            _ = heartbeat.tick() => {
+                let hb = wire::Heartbeat { head_seq: node.store.head_seq().await?, sent_at_ms: now_ms() };
+                if outbound.send(wire::LinkFrame { body: Some(Body::Heartbeat(hb)) }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
