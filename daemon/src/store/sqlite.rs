@@ -9,22 +9,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{
-    ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
-    Transaction,
-};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
-use tokio::sync::{Mutex, Notify};
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tokio::sync::Mutex;
 
 use super::*;
 use crate::audit::ChainHead;
@@ -39,82 +33,7 @@ pub struct SqliteStore {
     writer: Mutex<Writer>,
     /// The newest committed seq, readable without waiting for a write.
     head: AtomicU64,
-    checkpointer: Checkpointer,
     epoch: String,
-}
-
-/// Copies committed WAL pages into the database file on a connection of
-/// its own, so a link's writer never stops to do it. With SQLite's
-/// automatic checkpoint the commit that crosses the threshold copies the
-/// whole WAL itself: measured, one commit in ~25 of a catch-up then took
-/// 60-80 ms instead of 5, about a tenth of the writer's time. A PASSIVE
-/// checkpoint runs beside the writer and readers (it copies what no reader
-/// still needs and leaves the rest for the next round).
-struct Checkpointer {
-    wake: Arc<Notify>,
-    stop: CancellationToken,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// How long the checkpointer lets commits accumulate after the first.
-const CHECKPOINT_DELAY: Duration = Duration::from_millis(10);
-
-impl Checkpointer {
-    fn start(conn: SqliteConnection) -> Checkpointer {
-        let wake = Arc::new(Notify::new());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(checkpoint_loop(conn, wake.clone(), stop.clone()));
-        Checkpointer {
-            wake,
-            stop,
-            task: std::sync::Mutex::new(Some(task)),
-        }
-    }
-
-    /// After a commit: there are pages to copy.
-    fn committed(&self) {
-        self.wake.notify_one();
-    }
-
-    async fn shut_down(&self) {
-        self.stop.cancel();
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn checkpoint_loop(mut conn: SqliteConnection, wake: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = wake.notified() => {}
-        }
-        // One checkpoint for a burst of commits.
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(CHECKPOINT_DELAY) => {}
-        }
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            // The writer's backstop checkpoint still bounds the WAL.
-            warn!(%error, "background WAL checkpoint failed");
-        }
-    }
-    let _ = conn.close().await;
 }
 
 struct Writer {
@@ -134,13 +53,9 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536")
-            // Checkpoints run in the background (see `checkpoint_loop`);
-            // a committing writer checkpoints itself only as a backstop,
-            // when the WAL has grown to 256 MB regardless.
-            .pragma("wal_autocheckpoint", "65536")
-            // The WAL file is cut back to 64 MB when it restarts after a
-            // burst.
-            .pragma("journal_size_limit", "67108864")
+            // Checkpoint less often than every 4 MB: with ~1 MB batches the
+            // default checkpoints every few commits.
+            .pragma("wal_autocheckpoint", "16384")
             // Readers (link senders, watchers) map the file instead of
             // copying every page through read(2) into each connection's
             // cache: measured as the largest cost of a catch-up.
@@ -148,10 +63,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let checkpointer = Checkpointer::start(options.connect().await?);
 
         let mut tx = pool.begin().await?;
         let stored_node: Option<String> =
@@ -194,7 +108,6 @@ impl SqliteStore {
                 audit: ChainHead::after(last),
             }),
             head: AtomicU64::new(head as u64),
-            checkpointer,
             epoch,
         })
     }
@@ -533,7 +446,6 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        self.checkpointer.committed();
         writer.next_seq = seq;
         self.head.store(seq - 1, Ordering::Release);
         writer.audit = audit_head;
@@ -586,7 +498,6 @@ impl Store for SqliteStore {
             .chain(vec![write_event(write.audit, &record)], now_ms());
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
-        self.checkpointer.committed();
         writer.next_seq = seq + 1;
         self.head.store(seq, Ordering::Release);
         writer.audit = audit_head;
@@ -654,7 +565,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.checkpointer.shut_down().await;
         self.pool.close().await;
     }
 }
