@@ -31,10 +31,6 @@ use crate::status::{LinkState, direction, now_ms};
 /// Most records applied in one transaction when batches queue up.
 const COALESCE_RECORDS: usize = 8000;
 
-/// Most often a sender tells its peer about progress that carried no
-/// records (everything it read was filtered out for that peer).
-const ANNOUNCE_EVERY: Duration = Duration::from_millis(250);
-
 /// Wire protocol version spoken by this build.
 pub const PROTOCOL: u32 = 1;
 
@@ -559,7 +555,6 @@ async fn send_loop(
     let mut head_rx = node.subscribe_head();
     let mut scanned = start;
     let mut announced = start;
-    let mut last_announce = Instant::now();
     let mut heartbeat = tokio::time::interval(node.tuning.heartbeat);
     let batch_records = node.tuning.batch_records;
     let batch_bytes = node.tuning.batch_bytes;
@@ -608,26 +603,19 @@ async fn send_loop(
                 .update(peer.as_str(), toward, |l| l.records_out += n);
             debug!(peer = %peer, through = scanned, records = n, "batch sent");
         } else if scanned > announced
-            && (scanned - announced >= crate::store::LINK_SCAN_SPAN
-                || (caught_up && last_announce.elapsed() >= ANNOUNCE_EVERY))
+            && (caught_up || scanned - announced >= crate::store::LINK_SCAN_SPAN)
         {
             // Everything read was filtered out: tell the peer so its cursor
-            // moves and it reports no lag. At most every ANNOUNCE_EVERY:
-            // each announcement costs the peer a durable cursor write, and
-            // a street receiving from one child would otherwise send one to
-            // that child for every batch it applies.
+            // moves and it reports no lag.
             send_batch(&node, &outbound, &window, &cancel, scanned, Vec::new()).await?;
             announced = scanned;
-            last_announce = Instant::now();
         }
         if !caught_up {
             continue;
         }
-        let announce_due = tokio::time::Instant::from_std(last_announce + ANNOUNCE_EVERY);
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             changed = head_rx.changed() => if changed.is_err() { return Ok(()) },
-            _ = tokio::time::sleep_until(announce_due), if scanned > announced => {}
             _ = heartbeat.tick() => {
                 let hb = wire::Heartbeat { head_seq: node.store.head_seq().await?, sent_at_ms: now_ms() };
                 if outbound.send(wire::LinkFrame { body: Some(Body::Heartbeat(hb)) }).await.is_err() {
