@@ -8,7 +8,7 @@
 //!    community at a steady rate; p50/p99 from put to applied at the city.
 //!
 //! `cargo bench -p tiersync --bench link` (env: BENCH_RECORDS, BENCH_RATE,
-//! BENCH_SECONDS).
+//! BENCH_SECONDS, BENCH_ONLY).
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -278,9 +278,18 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         tiersync::tls::install_crypto_provider();
         let records = env("BENCH_RECORDS", 100_000) as usize;
-        throughput(records, true).await?;
-        throughput(records, false).await?;
-        latency(env("BENCH_RATE", 1000), env("BENCH_SECONDS", 10)).await?;
+        // BENCH_ONLY=verified|unverified|latency runs one part (profiling).
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let runs = |part: &str| only.is_empty() || only == part;
+        if runs("verified") {
+            throughput(records, true).await?;
+        }
+        if runs("unverified") {
+            throughput(records, false).await?;
+        }
+        if runs("latency") {
+            latency(env("BENCH_RATE", 1000), env("BENCH_SECONDS", 10)).await?;
+        }
         anyhow::Ok(())
     })
 }
