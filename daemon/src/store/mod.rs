@@ -141,6 +141,15 @@ pub enum Owners {
 }
 
 impl Owners {
+    /// The subtree and whether owners inside it are the ones wanted: the
+    /// two bind parameters of an engine's query.
+    pub fn as_filter(&self) -> (&DivisionCode, bool) {
+        match self {
+            Owners::Within(code) => (code, true),
+            Owners::Outside(code) => (code, false),
+        }
+    }
+
     pub fn admits(&self, owner: &DivisionCode) -> bool {
         match self {
             Owners::Within(code) => code.contains(owner),

@@ -535,10 +535,7 @@ impl Store for PgStore {
         limit: u32,
         owners: &Owners,
     ) -> Result<Vec<Stored>> {
-        let (within, code) = match owners {
-            Owners::Within(code) => (true, code),
-            Owners::Outside(code) => (false, code),
-        };
+        let (code, within) = owners.as_filter();
         let rows = sqlx::query(
             "SELECT seq, via, body FROM records WHERE seq > $1 AND seq <= $2 \
              AND starts_with(owner, $3) = $4 ORDER BY seq LIMIT $5",

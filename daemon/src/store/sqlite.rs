@@ -359,10 +359,7 @@ impl Store for SqliteStore {
         limit: u32,
         owners: &Owners,
     ) -> Result<Vec<Stored>> {
-        let (within, code) = match owners {
-            Owners::Within(code) => (true, code),
-            Owners::Outside(code) => (false, code),
-        };
+        let (code, within) = owners.as_filter();
         // The owner test runs on each row the seq range scan visits, before
         // its body is read: records left out cost no decode.
         let rows = sqlx::query(
