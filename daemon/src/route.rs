@@ -215,11 +215,49 @@ pub enum Delivery {
     Skip,
 }
 
-/// Decides what goes from this node to `peer` for a record owned by `owner`.
-///
-/// Up a link go only records owned inside the sender's subtree; down a link
-/// only records owned outside the child's subtree, so nothing echoes back to
-/// where it came from.
+/// Which owners' records may cross a link in a direction at all: up a link
+/// only records owned inside the sender's subtree, down a link only records
+/// owned outside the child's, so nothing echoes back to where it came from.
+/// [`delivery`] decides by it per record; a link's sender also hands it to
+/// the store ([`crate::store::Store::link_page`]), which leaves the rest out
+/// before reading them (a street would otherwise read back everything its
+/// child just sent it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners<'a> {
+    /// Owners inside this subtree.
+    Within(&'a DivisionCode),
+    /// Owners outside this subtree.
+    Outside(&'a DivisionCode),
+}
+
+impl<'a> Owners<'a> {
+    /// The owners node `me` sends to `peer` in direction `toward`.
+    pub fn toward(me: &'a DivisionCode, peer: &'a DivisionCode, toward: Toward) -> Owners<'a> {
+        match toward {
+            Toward::Parent => Owners::Within(me),
+            Toward::Child => Owners::Outside(peer),
+        }
+    }
+
+    /// The subtree and whether owners inside it are the ones wanted: the
+    /// two bind parameters of a store engine's query.
+    pub fn as_filter(&self) -> (&'a DivisionCode, bool) {
+        match *self {
+            Owners::Within(code) => (code, true),
+            Owners::Outside(code) => (code, false),
+        }
+    }
+
+    pub fn admits(&self, owner: &DivisionCode) -> bool {
+        match *self {
+            Owners::Within(code) => code.contains(owner),
+            Owners::Outside(code) => !code.contains(owner),
+        }
+    }
+}
+
+/// Decides what goes from this node to `peer` for a record owned by `owner`:
+/// only owners [`Owners::toward`] admits, then by scope.
 pub fn delivery(
     scope: &Scope,
     reach: &Scope,
@@ -228,11 +266,7 @@ pub fn delivery(
     peer: &DivisionCode,
     toward: Toward,
 ) -> Delivery {
-    let right_direction = match toward {
-        Toward::Parent => me.contains(owner),
-        Toward::Child => !peer.contains(owner),
-    };
-    if !right_direction {
+    if !Owners::toward(me, peer, toward).admits(owner) {
         Delivery::Skip
     } else if scope.may_hold(owner, peer) {
         Delivery::Full

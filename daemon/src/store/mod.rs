@@ -126,37 +126,7 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
-/// Which owners a link's sender takes from the change log, as
-/// [`crate::route::delivery`] decides by direction: up a link only records
-/// owned inside the sender's subtree, down a link only records owned outside
-/// the child's (so nothing echoes back where it came from). Filtering in the
-/// store spares reading and decoding what the link would skip anyway, e.g.
-/// everything a street just received from the child it is sending down to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owners {
-    /// Owners inside this subtree.
-    Within(DivisionCode),
-    /// Owners outside this subtree.
-    Outside(DivisionCode),
-}
-
-impl Owners {
-    /// The subtree and whether owners inside it are the ones wanted: the
-    /// two bind parameters of an engine's query.
-    pub fn as_filter(&self) -> (&DivisionCode, bool) {
-        match self {
-            Owners::Within(code) => (code, true),
-            Owners::Outside(code) => (code, false),
-        }
-    }
-
-    pub fn admits(&self, owner: &DivisionCode) -> bool {
-        match self {
-            Owners::Within(code) => code.contains(owner),
-            Owners::Outside(code) => !code.contains(owner),
-        }
-    }
-}
+pub use crate::route::Owners;
 
 /// One page of the change log for a link's sender.
 #[derive(Debug, Default)]
@@ -260,13 +230,13 @@ pub trait Store: AuditSource + Send + Sync + 'static {
         after: u64,
         through: u64,
         limit: u32,
-        owners: &Owners,
+        owners: &Owners<'_>,
     ) -> Result<Vec<Stored>>;
     /// The next page of the log after `after` for a link's sender: at most
     /// `limit` changes `owners` admits, read no further than the committed
     /// head (every seq up to it is committed and visible, so the filtered
     /// gaps it passes are final) and [`LINK_SCAN_SPAN`] seqs.
-    async fn link_page(&self, after: u64, limit: u32, owners: &Owners) -> Result<LinkPage> {
+    async fn link_page(&self, after: u64, limit: u32, owners: &Owners<'_>) -> Result<LinkPage> {
         let head = self.head_seq().await?;
         let bound = head.min(after.saturating_add(LINK_SCAN_SPAN));
         if bound <= after {

@@ -533,7 +533,7 @@ impl Store for PgStore {
         after: u64,
         through: u64,
         limit: u32,
-        owners: &Owners,
+        owners: &Owners<'_>,
     ) -> Result<Vec<Stored>> {
         let (code, within) = owners.as_filter();
         let rows = sqlx::query(

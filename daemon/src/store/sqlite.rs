@@ -357,7 +357,7 @@ impl Store for SqliteStore {
         after: u64,
         through: u64,
         limit: u32,
-        owners: &Owners,
+        owners: &Owners<'_>,
     ) -> Result<Vec<Stored>> {
         let (code, within) = owners.as_filter();
         // The owner test runs on each row the seq range scan visits, before

@@ -246,7 +246,9 @@ async fn link_pages_filter_by_owner_and_report_how_far_they_read(store: Arc<dyn 
     let seqs = |page: &LinkPage| page.changes.iter().map(|c| c.seq).collect::<Vec<_>>();
 
     // down to 511102004001: everything not owned in its subtree
-    let down = Owners::Outside(code("511102004001"));
+    let (child, street) = (code("511102004001"), code("511102004"));
+    let (county, elsewhere) = (code("511102"), code("511102004003"));
+    let down = Owners::Outside(&child);
     let page = store.link_page(0, 100, &down).await.unwrap();
     assert_eq!(seqs(&page), vec![2, 4, 6, 7, 8]);
     assert_eq!((page.through, page.caught_up), (8, true));
@@ -260,16 +262,16 @@ async fn link_pages_filter_by_owner_and_report_how_far_they_read(store: Arc<dyn 
 
     // up from the street 511102004: only its own subtree, and a filtered
     // tail (the county's notice) still moves `through` to the head
-    let up = Owners::Within(code("511102004"));
+    let up = Owners::Within(&street);
     let page = store.link_page(5, 100, &up).await.unwrap();
     assert_eq!(seqs(&page), vec![6, 8]);
     assert_eq!((page.through, page.caught_up), (8, true));
-    let only_county = Owners::Within(code("511102"));
+    let only_county = Owners::Within(&county);
     assert_eq!(
         seqs(&store.link_page(0, 100, &only_county).await.unwrap()).len(),
         8
     );
-    let nothing = Owners::Within(code("511102004003"));
+    let nothing = Owners::Within(&elsewhere);
     let page = store.link_page(0, 100, &nothing).await.unwrap();
     assert!(page.changes.is_empty());
     assert_eq!((page.through, page.caught_up), (8, true));

@@ -560,10 +560,7 @@ async fn send_loop(
     let batch_bytes = node.tuning.batch_bytes;
     // What route::delivery would send in this direction at all, filtered in
     // the store (scope is still decided per record by `outgoing`).
-    let owners = match toward {
-        Toward::Parent => crate::store::Owners::Within(node.code.clone()),
-        Toward::Child => crate::store::Owners::Outside(peer.clone()),
-    };
+    let owners = route::Owners::toward(&node.code, &peer, toward);
     loop {
         if cancel.is_cancelled() {
             return Ok(());
