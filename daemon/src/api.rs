@@ -41,7 +41,8 @@ pub fn status_of(error: NodeError) -> Status {
             | StoreError::BadUrl { .. }
             | StoreError::Migrate(_)
             | StoreError::Corrupt { .. }
-            | StoreError::WrongNode { .. } => {
+            | StoreError::WrongNode { .. }
+            | StoreError::Shared { .. } => {
                 tracing::error!(%error, "store failure serving the local API");
                 Status::internal(error.to_string())
             }

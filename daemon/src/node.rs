@@ -36,8 +36,8 @@ use crate::origin::{
 use crate::route::{self, Scope, Toward};
 use crate::status::LinkTable;
 use crate::store::{
-    ApplyBatch, ApplyReport, AuditEvent, AuditNote, Cursor, LocalWrite, Refusal, Store, StoreError,
-    Stored,
+    ApplyBatch, ApplyReport, AuditEvent, AuditNote, Cursor, GroupCommit, LocalWrite, Refusal,
+    Store, StoreError, Stored,
 };
 
 pub const KIND_RESIDENT: &str = "civil.v1.Resident";
@@ -135,6 +135,8 @@ pub struct Node {
     pub identity: Arc<Identity>,
     /// Signs own writes, in groups under load.
     signer: GroupSigner,
+    /// Commits own writes, in groups under load.
+    writes: GroupCommit,
     /// Every origin key this node has learned, and verified-batch cache.
     pub keyring: Arc<Keyring>,
 }
@@ -152,6 +154,7 @@ impl Node {
         identity: Identity,
     ) -> Result<Arc<Node>, StoreError> {
         let identity = Arc::new(identity);
+        let writes_to = store.clone();
         let head = store.head_seq().await?;
         metrics.head_seq.set(head as i64);
         Ok(Arc::new(Node {
@@ -168,6 +171,7 @@ impl Node {
             issuer: std::sync::OnceLock::new(),
             root_issuer: std::sync::RwLock::new(None),
             signer: GroupSigner::start(identity.clone()),
+            writes: GroupCommit::start(writes_to),
             identity,
             keyring: Arc::new(Keyring::new(root)),
         }))
@@ -380,8 +384,8 @@ impl Node {
                 reason: e.to_string(),
             })?;
         let stored = self
-            .store
-            .put_local(LocalWrite {
+            .writes
+            .put(LocalWrite {
                 record,
                 expected_version,
                 unique_keys,

@@ -20,8 +20,11 @@
 //! decoding rows) live in this module, so neither engine repeats them; the
 //! engines only move rows.
 
+mod group;
 pub mod postgres;
 pub mod sqlite;
+
+pub use group::GroupCommit;
 
 use std::collections::HashMap;
 
@@ -204,9 +207,41 @@ pub enum StoreError {
     Fenced { ours: i64, held: i64 },
     #[error("storage.path `{url}` is not a usable PostgreSQL URL: {reason}")]
     BadUrl { url: String, reason: String },
+    /// The transaction this write shared with others failed.
+    #[error("the write's transaction failed: {reason}")]
+    Shared { reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// A write refused on its own merits (version, existence, natural key),
+    /// as opposed to a failure of the store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AlreadyExists { .. }
+                | StoreError::NotFound { .. }
+                | StoreError::VersionConflict { .. }
+                | StoreError::DuplicateKey { .. }
+        )
+    }
+
+    /// The same error for another write that shared the failed
+    /// transaction: store failures keep their kind where it matters to the
+    /// caller (fencing) and their message otherwise.
+    pub fn for_another_write(&self) -> StoreError {
+        match self {
+            StoreError::Fenced { ours, held } => StoreError::Fenced {
+                ours: *ours,
+                held: *held,
+            },
+            other => StoreError::Shared {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
 
 /// The storage interface of a node. See the module doc for the semantics
 /// every implementation keeps.
@@ -261,8 +296,20 @@ pub trait Store: AuditSource + Send + Sync + 'static {
     async fn cursor(&self, peer: &DivisionCode) -> Result<Option<Cursor>>;
     /// Applies a batch from a peer (see the module doc).
     async fn apply(&self, batch: ApplyBatch) -> Result<ApplyReport>;
+    /// Owners' own writes, in order, in one transaction: each is checked
+    /// (expected version, unique natural keys) against what is stored and
+    /// the writes before it, and gets the next sequence number. A write that
+    /// fails its check is refused alone (its own `Err`, nothing of it
+    /// written); a failure of the transaction itself is the outer `Err`, and
+    /// then none of them is written.
+    async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>>;
     /// An owner's own write: checks and assigns the version atomically.
-    async fn put_local(&self, write: LocalWrite) -> Result<Stored>;
+    async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
+        self.put_local_many(vec![write])
+            .await?
+            .pop()
+            .expect("one outcome per write")
+    }
     /// Appends one audit entry in its own transaction (reads by a
     /// department, for the adapters).
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry>;

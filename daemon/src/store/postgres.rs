@@ -361,6 +361,58 @@ async fn stored_keys(
     Ok(out)
 }
 
+/// Checks one own write against `held` (id → version held, including the
+/// writes staged before it) and the transaction, and writes it at `seq`; a
+/// refusal writes nothing.
+async fn stage_local(
+    tx: &mut Transaction<'_, Postgres>,
+    held: &mut HashMap<Vec<u8>, (u64, bool)>,
+    seq: u64,
+    write: LocalWrite,
+) -> Result<(Stored, AuditEvent)> {
+    let mut record = write.record;
+    let current = held.get(&record.id).map(|&(v, _)| v);
+    record.version = check_expected(&record.id, current, write.expected_version)?;
+    if write.unique_keys && !record.deleted && !record.keys.is_empty() {
+        let hashes: Vec<i64> = record
+            .keys
+            .iter()
+            .map(|k| key_hash(&record.kind, &k.name, &k.value))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
+             WHERE k.key_hash = ANY($1::int8[]) AND r.id <> $2 AND NOT r.deleted",
+        )
+        .bind(hashes)
+        .bind(&record.id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let candidates = rows.iter().map(stored_row).collect::<Result<Vec<_>>>()?;
+        if let Some(error) = duplicate_key(&record, &candidates) {
+            return Err(error);
+        }
+    }
+    let replaced = if current.is_some() {
+        vec![record.id.clone()]
+    } else {
+        vec![]
+    };
+    let stale_keys = stored_keys(tx, &replaced).await?;
+    let event = write_event(write.audit, &record);
+    held.insert(record.id.clone(), (record.version, record.withdrawn));
+    let rows = [(seq, record)];
+    write_records(tx, &rows, "", &stale_keys, None).await?;
+    let [(_, record)] = rows;
+    Ok((
+        Stored {
+            seq,
+            via: String::new(),
+            record,
+        },
+        event,
+    ))
+}
+
 /// Appends chained audit entries in one statement (none: no round trip).
 async fn insert_audit(tx: &mut Transaction<'_, Postgres>, entries: &[AuditEntry]) -> Result<()> {
     if entries.is_empty() {
@@ -602,54 +654,36 @@ impl Store for PgStore {
         Ok(report)
     }
 
-    async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
-        let mut record = write.record;
+    async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>> {
         let mut writer = self.writer.lock().await;
-        let (mut tx, held) = self.write_tx_held(std::slice::from_ref(&record.id)).await?;
-        let current = held.get(&record.id).map(|&(v, _)| v);
-        record.version = check_expected(&record.id, current, write.expected_version)?;
-        if write.unique_keys && !record.deleted && !record.keys.is_empty() {
-            let hashes: Vec<i64> = record
-                .keys
-                .iter()
-                .map(|k| key_hash(&record.kind, &k.name, &k.value))
-                .collect();
-            let rows = sqlx::query(
-                "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
-                 WHERE k.key_hash = ANY($1::int8[]) AND r.id <> $2 AND NOT r.deleted",
-            )
-            .bind(hashes)
-            .bind(&record.id)
-            .fetch_all(&mut *tx)
-            .await?;
-            let candidates = rows.iter().map(stored_row).collect::<Result<Vec<_>>>()?;
-            if let Some(error) = duplicate_key(&record, &candidates) {
-                return Err(error);
+        let ids: Vec<Vec<u8>> = writes.iter().map(|w| w.record.id.clone()).collect();
+        let (mut tx, mut held) = self.write_tx_held(&ids).await?;
+        let mut seq = writer.next_seq;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut events = Vec::new();
+        for write in writes {
+            // `held` and the transaction both include the writes staged
+            // before this one.
+            match stage_local(&mut tx, &mut held, seq, write).await {
+                Ok((stored, event)) => {
+                    seq += 1;
+                    events.push(event);
+                    outcomes.push(Ok(stored));
+                }
+                Err(refused) if refused.is_refusal() => outcomes.push(Err(refused)),
+                Err(failed) => return Err(failed),
             }
         }
-        let seq = writer.next_seq;
-        let replaced = if current.is_some() {
-            vec![record.id.clone()]
-        } else {
-            vec![]
-        };
-        let stale_keys = stored_keys(&mut tx, &replaced).await?;
-        let (entries, audit_head) = writer
-            .audit
-            .chain(vec![write_event(write.audit, &record)], now_ms());
-        let rows = [(seq, record)];
-        write_records(&mut tx, &rows, "", &stale_keys, None).await?;
+        if events.is_empty() {
+            return Ok(outcomes);
+        }
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
-        writer.next_seq = seq + 1;
-        self.head.store(seq, Ordering::Release);
+        writer.next_seq = seq;
+        self.head.store(seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        let [(_, record)] = rows;
-        Ok(Stored {
-            seq,
-            via: String::new(),
-            record,
-        })
+        Ok(outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {

@@ -221,6 +221,60 @@ async fn quarantine(
 }
 
 /// Appends chained audit entries.
+/// Checks one own write against what `tx` holds (including the writes staged
+/// before it) and writes it at `seq`; a refusal writes nothing.
+async fn stage_local(
+    tx: &mut Transaction<'_, Sqlite>,
+    seq: u64,
+    write: LocalWrite,
+) -> Result<(Stored, AuditEvent)> {
+    let mut record = write.record;
+    let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = ?1")
+        .bind(&record.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    record.version = check_expected(
+        &record.id,
+        current.map(|v| v as u64),
+        write.expected_version,
+    )?;
+    if write.unique_keys && !record.deleted {
+        let mut candidates = Vec::new();
+        for key in &record.keys {
+            let rows = sqlx::query(
+                "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
+                 WHERE k.key_hash = ?1 AND r.id <> ?2 AND r.deleted = 0",
+            )
+            .bind(key_hash(&record.kind, &key.name, &key.value))
+            .bind(&record.id)
+            .fetch_all(&mut **tx)
+            .await?;
+            for row in &rows {
+                candidates.push(stored_row(row)?);
+            }
+        }
+        if let Some(error) = duplicate_key(&record, &candidates) {
+            return Err(error);
+        }
+    }
+    let replaced = if current.is_some() {
+        vec![record.id.clone()]
+    } else {
+        vec![]
+    };
+    let stale_keys = stored_keys(tx, &replaced).await?;
+    write_records(tx, &[(seq, &record)], "", &stale_keys).await?;
+    let event = write_event(write.audit, &record);
+    Ok((
+        Stored {
+            seq,
+            via: String::new(),
+            record,
+        },
+        event,
+    ))
+}
+
 async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entries: &[AuditEntry]) -> Result<()> {
     for chunk in entries.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -450,59 +504,34 @@ impl Store for SqliteStore {
         Ok(report)
     }
 
-    async fn put_local(&self, write: LocalWrite) -> Result<Stored> {
-        let mut record = write.record;
+    async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>> {
         let mut writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = ?1")
-            .bind(&record.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        record.version = check_expected(
-            &record.id,
-            current.map(|v| v as u64),
-            write.expected_version,
-        )?;
-        if write.unique_keys && !record.deleted {
-            let mut candidates = Vec::new();
-            for key in &record.keys {
-                let rows = sqlx::query(
-                    "SELECT r.seq, r.via, r.body FROM natural_keys k JOIN records r ON r.seq = k.record_seq \
-                     WHERE k.key_hash = ?1 AND r.id <> ?2 AND r.deleted = 0",
-                )
-                .bind(key_hash(&record.kind, &key.name, &key.value))
-                .bind(&record.id)
-                .fetch_all(&mut *tx)
-                .await?;
-                for row in &rows {
-                    candidates.push(stored_row(row)?);
+        let mut seq = writer.next_seq;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut events = Vec::new();
+        for write in writes {
+            // Each write sees the ones staged before it in this transaction.
+            match stage_local(&mut tx, seq, write).await {
+                Ok((stored, event)) => {
+                    seq += 1;
+                    events.push(event);
+                    outcomes.push(Ok(stored));
                 }
-            }
-            if let Some(error) = duplicate_key(&record, &candidates) {
-                return Err(error);
+                Err(refused) if refused.is_refusal() => outcomes.push(Err(refused)),
+                Err(failed) => return Err(failed),
             }
         }
-        let seq = writer.next_seq;
-        let replaced = if current.is_some() {
-            vec![record.id.clone()]
-        } else {
-            vec![]
-        };
-        let stale_keys = stored_keys(&mut tx, &replaced).await?;
-        write_records(&mut tx, &[(seq, &record)], "", &stale_keys).await?;
-        let (entries, audit_head) = writer
-            .audit
-            .chain(vec![write_event(write.audit, &record)], now_ms());
+        if events.is_empty() {
+            return Ok(outcomes);
+        }
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
-        writer.next_seq = seq + 1;
-        self.head.store(seq, Ordering::Release);
+        writer.next_seq = seq;
+        self.head.store(seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        Ok(Stored {
-            seq,
-            via: String::new(),
-            record,
-        })
+        Ok(outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {

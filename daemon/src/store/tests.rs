@@ -199,6 +199,96 @@ async fn local_writes_check_versions_and_keys(store: Arc<dyn Store>) {
     );
 }
 
+async fn grouped_local_writes_see_each_other_and_fail_alone(store: Arc<dyn Store>) {
+    let write = |r: wire::Record, expected| LocalWrite {
+        record: r,
+        expected_version: expected,
+        unique_keys: true,
+        audit: AuditNote::write("local-api", false),
+    };
+    let mut same_key = record(3, 0, "511102004001");
+    same_key.keys = record(1, 0, "").keys;
+    let outcomes = store
+        .put_local_many(vec![
+            write(record(1, 0, "511102004001"), 0),
+            // sees the create just before it in the same transaction
+            write(record(1, 0, "511102004001"), 1),
+            // refused alone: version 1 was superseded by the write before
+            write(record(1, 0, "511102004001"), 1),
+            write(record(2, 0, "511102004001"), 0),
+            // the natural key of record 1, staged above
+            write(same_key, 0),
+            write(record(4, 0, "511102004001"), 5),
+        ])
+        .await
+        .unwrap();
+    let verdicts: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(s) => format!("seq {} v{}", s.seq, s.record.version),
+            Err(e) => format!("{e}"),
+        })
+        .collect();
+    assert_eq!(verdicts[0], "seq 1 v1");
+    assert_eq!(verdicts[1], "seq 2 v2");
+    assert!(
+        matches!(
+            outcomes[2],
+            Err(StoreError::VersionConflict {
+                current: 2,
+                expected: 1,
+                ..
+            })
+        ),
+        "{verdicts:?}"
+    );
+    assert_eq!(verdicts[3], "seq 3 v1");
+    assert!(
+        matches!(outcomes[4], Err(StoreError::DuplicateKey { .. })),
+        "{verdicts:?}"
+    );
+    assert!(
+        matches!(outcomes[5], Err(StoreError::NotFound { .. })),
+        "{verdicts:?}"
+    );
+    assert_eq!(store.head_seq().await.unwrap(), 3);
+    assert_eq!(
+        store
+            .get(&record(1, 0, "").id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .version,
+        2
+    );
+    assert!(store.get(&record(3, 0, "").id).await.unwrap().is_none());
+    let changes: Vec<u64> = store
+        .changes_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(changes, vec![2, 3], "record 1's row moved to seq 2");
+    // the three writes are audited, in order, on an intact chain
+    let audited = entries(&*store, AuditQuery::default()).await;
+    assert_eq!(audited.len(), 3, "{audited:?}");
+    assert!(matches!(
+        crate::audit::verify(&*store).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 3, .. }
+    ));
+    // a group of refusals writes nothing
+    let outcomes = store
+        .put_local_many(vec![write(record(2, 0, "511102004001"), 0)])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(store.head_seq().await.unwrap(), 3);
+    // and an empty group is a no-op
+    assert!(store.put_local_many(vec![]).await.unwrap().is_empty());
+}
+
 async fn list_pages_and_filters(store: Arc<dyn Store>) {
     let mut records: Vec<_> = (1..=5).map(|i| record(i, 1, "511102004001")).collect();
     records.push(record(6, 1, "511102004002"));
@@ -845,6 +935,7 @@ async fn suite(engine: &mut dyn Engine) {
     apply_is_idempotent_and_version_ordered(engine.fresh().await).await;
     withdrawal_supersedes_same_version(engine.fresh().await).await;
     local_writes_check_versions_and_keys(engine.fresh().await).await;
+    grouped_local_writes_see_each_other_and_fail_alone(engine.fresh().await).await;
     list_pages_and_filters(engine.fresh().await).await;
     link_pages_filter_by_owner_and_report_how_far_they_read(engine.fresh().await).await;
     refuses_another_nodes_store_and_keeps_its_epoch(engine).await;
