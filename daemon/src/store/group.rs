@@ -7,6 +7,8 @@
 //! the previous commit ends to one [`Store::put_local_many`], so a burst
 //! costs one fsync and no write waits for more than the commit before its
 //! own. A lone write at an idle node is committed at once: nothing lingers.
+//! A write once handed over is committed even if its caller stops waiting
+//! (a client that hung up reads it back, as after any lost reply).
 
 use std::sync::Arc;
 
