@@ -570,6 +570,43 @@ where
     })
 }
 
+/// The outcomes of a group of own writes being staged in one transaction
+/// ([`Store::put_local_many`]): each write staged takes the next sequence
+/// number; a refusal is kept as that write's outcome; any other error ends
+/// the group.
+pub(crate) struct StagedWrites {
+    pub next_seq: u64,
+    pub outcomes: Vec<Result<Stored>>,
+    pub events: Vec<AuditEvent>,
+}
+
+impl StagedWrites {
+    pub fn new(next_seq: u64, writes: usize) -> StagedWrites {
+        StagedWrites {
+            next_seq,
+            outcomes: Vec::with_capacity(writes),
+            events: Vec::new(),
+        }
+    }
+
+    /// Takes one write's staging result; `Err` if the transaction must end.
+    pub fn take(&mut self, staged: Result<(Stored, AuditEvent)>) -> Result<()> {
+        match staged {
+            Ok((stored, event)) => {
+                self.next_seq += 1;
+                self.events.push(event);
+                self.outcomes.push(Ok(stored));
+                Ok(())
+            }
+            Err(refused) if refused.is_refusal() => {
+                self.outcomes.push(Err(refused));
+                Ok(())
+            }
+            Err(failed) => Err(failed),
+        }
+    }
+}
+
 /// Checks an owner's write against the version it expects (0 = create) and
 /// the version held; returns the version the write takes.
 pub(crate) fn check_expected(id: &[u8], current: Option<u64>, expected: u64) -> Result<u64> {

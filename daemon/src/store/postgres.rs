@@ -658,32 +658,23 @@ impl Store for PgStore {
         let mut writer = self.writer.lock().await;
         let ids: Vec<Vec<u8>> = writes.iter().map(|w| w.record.id.clone()).collect();
         let (mut tx, mut held) = self.write_tx_held(&ids).await?;
-        let mut seq = writer.next_seq;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut events = Vec::new();
+        let mut staged = StagedWrites::new(writer.next_seq, writes.len());
         for write in writes {
             // `held` and the transaction both include the writes staged
             // before this one.
-            match stage_local(&mut tx, &mut held, seq, write).await {
-                Ok((stored, event)) => {
-                    seq += 1;
-                    events.push(event);
-                    outcomes.push(Ok(stored));
-                }
-                Err(refused) if refused.is_refusal() => outcomes.push(Err(refused)),
-                Err(failed) => return Err(failed),
-            }
+            let outcome = stage_local(&mut tx, &mut held, staged.next_seq, write).await;
+            staged.take(outcome)?;
         }
-        if events.is_empty() {
-            return Ok(outcomes);
+        if staged.events.is_empty() {
+            return Ok(staged.outcomes);
         }
-        let (entries, audit_head) = writer.audit.chain(events, now_ms());
+        let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
-        writer.next_seq = seq;
-        self.head.store(seq - 1, Ordering::Release);
+        writer.next_seq = staged.next_seq;
+        self.head.store(staged.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        Ok(outcomes)
+        Ok(staged.outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {

@@ -507,31 +507,22 @@ impl Store for SqliteStore {
     async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>> {
         let mut writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let mut seq = writer.next_seq;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut events = Vec::new();
+        let mut staged = StagedWrites::new(writer.next_seq, writes.len());
         for write in writes {
             // Each write sees the ones staged before it in this transaction.
-            match stage_local(&mut tx, seq, write).await {
-                Ok((stored, event)) => {
-                    seq += 1;
-                    events.push(event);
-                    outcomes.push(Ok(stored));
-                }
-                Err(refused) if refused.is_refusal() => outcomes.push(Err(refused)),
-                Err(failed) => return Err(failed),
-            }
+            let outcome = stage_local(&mut tx, staged.next_seq, write).await;
+            staged.take(outcome)?;
         }
-        if events.is_empty() {
-            return Ok(outcomes);
+        if staged.events.is_empty() {
+            return Ok(staged.outcomes);
         }
-        let (entries, audit_head) = writer.audit.chain(events, now_ms());
+        let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
         insert_audit(&mut tx, &entries).await?;
         tx.commit().await?;
-        writer.next_seq = seq;
-        self.head.store(seq - 1, Ordering::Release);
+        writer.next_seq = staged.next_seq;
+        self.head.store(staged.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        Ok(outcomes)
+        Ok(staged.outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {

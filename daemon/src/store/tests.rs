@@ -45,6 +45,27 @@ fn record(id: u8, version: u64, owner: &str) -> wire::Record {
     }
 }
 
+/// An own write of `r` by the local API, checking natural keys.
+fn own_write(r: wire::Record, expected_version: u64) -> LocalWrite {
+    LocalWrite {
+        record: r,
+        expected_version,
+        unique_keys: true,
+        audit: AuditNote::write("local-api", false),
+    }
+}
+
+/// The version `store` holds of test record `n`.
+async fn version_held(store: &dyn Store, n: u8) -> u64 {
+    store
+        .get(&record(n, 0, "").id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("record {n} is not held"))
+        .record
+        .version
+}
+
 fn batch(records: Vec<wire::Record>, through: u64) -> ApplyBatch {
     ApplyBatch {
         via: "511102004001".into(),
@@ -106,16 +127,7 @@ async fn apply_is_idempotent_and_version_ordered(store: Arc<dyn Store>) {
         "{}",
         stale.refused[0].reason
     );
-    assert_eq!(
-        store
-            .get(&record(1, 0, "").id)
-            .await
-            .unwrap()
-            .unwrap()
-            .record
-            .version,
-        3
-    );
+    assert_eq!(version_held(&*store, 1).await, 3);
     assert_eq!(store.quarantine_count().await.unwrap(), 1);
     // the cursor advanced with each batch, including the refusing one
     assert_eq!(
@@ -152,12 +164,7 @@ async fn withdrawal_supersedes_same_version(store: Arc<dyn Store>) {
 }
 
 async fn local_writes_check_versions_and_keys(store: Arc<dyn Store>) {
-    let write = |r: wire::Record, expected| LocalWrite {
-        record: r,
-        expected_version: expected,
-        unique_keys: true,
-        audit: AuditNote::write("local-api", false),
-    };
+    let write = own_write;
     let first = store
         .put_local(write(record(1, 0, "511102004001"), 0))
         .await
@@ -200,12 +207,7 @@ async fn local_writes_check_versions_and_keys(store: Arc<dyn Store>) {
 }
 
 async fn grouped_local_writes_see_each_other_and_fail_alone(store: Arc<dyn Store>) {
-    let write = |r: wire::Record, expected| LocalWrite {
-        record: r,
-        expected_version: expected,
-        unique_keys: true,
-        audit: AuditNote::write("local-api", false),
-    };
+    let write = own_write;
     let mut same_key = record(3, 0, "511102004001");
     same_key.keys = record(1, 0, "").keys;
     let outcomes = store
@@ -252,16 +254,7 @@ async fn grouped_local_writes_see_each_other_and_fail_alone(store: Arc<dyn Store
         "{verdicts:?}"
     );
     assert_eq!(store.head_seq().await.unwrap(), 3);
-    assert_eq!(
-        store
-            .get(&record(1, 0, "").id)
-            .await
-            .unwrap()
-            .unwrap()
-            .record
-            .version,
-        2
-    );
+    assert_eq!(version_held(&*store, 1).await, 2);
     assert!(store.get(&record(3, 0, "").id).await.unwrap().is_none());
     let changes: Vec<u64> = store
         .changes_after(0, 10)
