@@ -100,6 +100,149 @@ pub struct PreparedBatch {
     audit: Vec<AuditEvent>,
 }
 
+impl PreparedBatch {
+    /// Records and refusals it carries.
+    pub fn len(&self) -> usize {
+        self.records.len() + self.refused.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the batch that came next over the same link, so both are
+    /// written in one transaction; the cursor moves to the later one's.
+    pub fn absorb(&mut self, next: PreparedBatch) {
+        self.through_seq = next.through_seq;
+        self.records.extend(next.records);
+        self.refused.extend(next.refused);
+        self.learned.extend(next.learned);
+        self.audit.extend(next.audit);
+    }
+}
+
+/// A peer's batch after [`Node::screen_from_peer`], waiting for
+/// [`ScreenedBatch::verify`].
+pub struct ScreenedBatch {
+    node: Arc<Node>,
+    peer: DivisionCode,
+    from: Toward,
+    through_seq: u64,
+    unverified: Unverified,
+    refused: Vec<Refusal>,
+    learned: BTreeSet<String>,
+    audit: Vec<AuditEvent>,
+}
+
+impl std::fmt::Debug for ScreenedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScreenedBatch")
+            .field("peer", &self.peer)
+            .field("through_seq", &self.through_seq)
+            .field("records", &self.unverified.records.len())
+            .field("refused", &self.refused.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScreenedBatch {
+    /// Checks every record the screening left (envelope, scope, payload,
+    /// then the owners' signatures). CPU work of milliseconds per 1,000
+    /// records that depends on no other batch: for a blocking thread, and
+    /// several batches may be verified at once.
+    pub fn verify(self) -> PreparedBatch {
+        let ScreenedBatch {
+            node,
+            peer,
+            from,
+            through_seq,
+            mut unverified,
+            mut refused,
+            learned,
+            audit,
+        } = self;
+        let records = std::mem::take(&mut unverified.records);
+        let mut checked = Vec::with_capacity(records.len());
+        let mut bad_keys = HashMap::new();
+        for (i, r) in records.into_iter().enumerate() {
+            if let Some(reason) = unverified.bad_keys.remove(&i) {
+                bad_keys.insert(checked.len(), reason);
+            } else if !is_key_material(&r)
+                && let Err(reason) = node.check_incoming(&r, &peer, from)
+            {
+                refused.push(Refusal::of(&r, reason));
+                continue;
+            }
+            checked.push(r);
+        }
+        unverified.records = checked;
+        unverified.bad_keys = bad_keys;
+        let records = unverified.check(&mut refused);
+        PreparedBatch {
+            through_seq,
+            records,
+            refused,
+            learned,
+            audit,
+        }
+    }
+}
+
+/// Records whose trust lists and owners' keys were taken in, in arrival
+/// order, waiting for their signature checks ([`Unverified::check`]).
+struct Unverified {
+    records: Vec<wire::Record>,
+    /// Key material refused while it was taken in, by index in `records`.
+    bad_keys: HashMap<usize, String>,
+    /// `None` when signatures are not checked (a knob only the link
+    /// benchmark turns).
+    keyring: Option<Arc<Keyring>>,
+}
+
+impl Unverified {
+    /// Keeps the records whose owner's signature verifies; the rest are
+    /// refused with the record, its origin and the reason. CPU-bound.
+    fn check(self, refused: &mut Vec<Refusal>) -> Vec<wire::Record> {
+        let Unverified {
+            records,
+            mut bad_keys,
+            keyring,
+        } = self;
+        let Some(keyring) = keyring else {
+            return records;
+        };
+        let results = keyring.verify(&records.iter().collect::<Vec<_>>());
+        let mut kept = Vec::with_capacity(records.len());
+        for (i, (r, result)) in records.into_iter().zip(results).enumerate() {
+            match bad_keys.remove(&i).map(Err).unwrap_or(result) {
+                Ok(()) => kept.push(r),
+                Err(reason) => {
+                    let id = RecordId::from_bytes(&r.id)
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|_| hex::encode(&r.id));
+                    let reason = format!(
+                        "record {id} ({}) of origin `{}`: {reason}",
+                        r.kind,
+                        owner_of(&r)
+                    );
+                    refused.push(Refusal::of(&r, reason));
+                }
+            }
+        }
+        kept
+    }
+}
+
+/// Trust lists and `NodeKey` records: taken in before the records after
+/// them are verified.
+fn is_key_material(r: &wire::Record) -> bool {
+    (r.kind == KIND_TRUST_LIST || r.kind == KIND_NODE_KEY) && !r.deleted
+}
+
+fn owner_of(r: &wire::Record) -> String {
+    r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default()
+}
+
 /// What replaying a quarantined record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayOutcome {
@@ -686,7 +829,7 @@ impl Node {
     /// Validates and applies a batch from a peer, with the cursor, in one
     /// transaction. Returns what to acknowledge.
     pub async fn apply_from_peer(
-        &self,
+        self: &Arc<Self>,
         peer: &DivisionCode,
         from: Toward,
         peer_epoch: &str,
@@ -697,31 +840,57 @@ impl Node {
     }
 
     /// The checks of [`Node::apply_from_peer`] before anything is written:
-    /// envelope and scope, then owners' signatures (learning keys and
-    /// adopting trust lists on the way). A link's receiver runs this for the
-    /// next batch while the previous one is being written.
+    /// [`Node::screen_from_peer`], then [`ScreenedBatch::verify`] on a
+    /// blocking thread.
     pub async fn prepare_from_peer(
-        &self,
+        self: &Arc<Self>,
         peer: &DivisionCode,
         from: Toward,
         batch: wire::Batch,
     ) -> Result<PreparedBatch, StoreError> {
-        let mut records = Vec::with_capacity(batch.records.len());
+        let screened = self.screen_from_peer(peer, from, batch).await?;
+        Ok(tokio::task::spawn_blocking(move || screened.verify())
+            .await
+            .expect("record checks do not panic"))
+    }
+
+    /// The checks of a peer's batch that must run in arrival order: the
+    /// trust lists and owners' keys it carries are checked and taken in (a
+    /// node's first batch brings its key, and a revocation applies to the
+    /// records after it), and keys of owners not known yet are read from
+    /// the store. The rest, [`ScreenedBatch::verify`], is CPU work that
+    /// depends on no other batch, so a link's receiver checks several
+    /// batches at once.
+    pub async fn screen_from_peer(
+        self: &Arc<Self>,
+        peer: &DivisionCode,
+        from: Toward,
+        batch: wire::Batch,
+    ) -> Result<ScreenedBatch, StoreError> {
+        // Key material is checked here, before it is taken in; everything
+        // else is checked with the signatures.
         let mut refused = Vec::new();
+        let mut records = Vec::with_capacity(batch.records.len());
         for r in batch.records {
-            match self.check_incoming(&r, peer, from) {
-                Ok(()) => records.push(r),
-                Err(reason) => refused.push(Refusal::of(&r, reason)),
+            if is_key_material(&r)
+                && let Err(reason) = self.check_incoming(&r, peer, from)
+            {
+                refused.push(Refusal::of(&r, reason));
+                continue;
             }
+            records.push(r);
         }
         let mut learned = BTreeSet::new();
         let mut audit = Vec::new();
-        let records = self
-            .verify_origins(records, &mut refused, &mut learned, &mut audit)
+        let unverified = self
+            .take_in_origins(records, &mut learned, &mut audit)
             .await?;
-        Ok(PreparedBatch {
+        Ok(ScreenedBatch {
+            node: self.clone(),
+            peer: peer.clone(),
+            from,
             through_seq: batch.through_seq,
-            records,
+            unverified,
             refused,
             learned,
             audit,
@@ -804,12 +973,37 @@ impl Node {
         learned: &mut BTreeSet<String>,
         audit: &mut Vec<AuditEvent>,
     ) -> Result<Vec<wire::Record>, StoreError> {
-        if !self.tuning.verify_origin || records.is_empty() {
-            return Ok(records);
-        }
-        let owner_of =
-            |r: &wire::Record| r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default();
+        let unverified = self.take_in_origins(records, learned, audit).await?;
+        // Hashing a batch is milliseconds of CPU: on the blocking pool.
+        let (kept, failed) = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            let kept = unverified.check(&mut failed);
+            (kept, failed)
+        })
+        .await
+        .expect("signature checks do not panic");
+        refused.extend(failed);
+        Ok(kept)
+    }
+
+    /// The in-order half of [`Node::verify_origins`]: trust lists and
+    /// `NodeKey` records of the batch are checked and taken in, and keys of
+    /// owners not known yet are read from the store. Nothing is hashed yet.
+    async fn take_in_origins(
+        &self,
+        records: Vec<wire::Record>,
+        learned: &mut BTreeSet<String>,
+        audit: &mut Vec<AuditEvent>,
+    ) -> Result<Unverified, StoreError> {
+        let keyring = self.tuning.verify_origin.then(|| self.keyring.clone());
         let mut bad_keys: HashMap<usize, String> = HashMap::new();
+        if keyring.is_none() || records.is_empty() {
+            return Ok(Unverified {
+                records,
+                bad_keys,
+                keyring,
+            });
+        }
         // Trust lists first: a revocation applies to the records after it.
         for (i, r) in records.iter().enumerate() {
             if r.kind == KIND_TRUST_LIST && !r.deleted {
@@ -869,33 +1063,11 @@ impl Node {
                 }
             }
         }
-        // Hashing a batch is milliseconds of CPU: on the blocking pool, so
-        // it overlaps the previous batch's write (see the link's receiver).
-        let keyring = self.keyring.clone();
-        let (records, results) = tokio::task::spawn_blocking(move || {
-            let results = keyring.verify(&records.iter().collect::<Vec<_>>());
-            (records, results)
+        Ok(Unverified {
+            records,
+            bad_keys,
+            keyring,
         })
-        .await
-        .expect("signature checks do not panic");
-        let mut kept = Vec::with_capacity(records.len());
-        for (i, (r, result)) in records.into_iter().zip(results).enumerate() {
-            match bad_keys.remove(&i).map(Err).unwrap_or(result) {
-                Ok(()) => kept.push(r),
-                Err(reason) => {
-                    let id = RecordId::from_bytes(&r.id)
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|_| hex::encode(&r.id));
-                    let reason = format!(
-                        "record {id} ({}) of origin `{}`: {reason}",
-                        r.kind,
-                        owner_of(&r)
-                    );
-                    refused.push(Refusal::of(&r, reason));
-                }
-            }
-        }
-        Ok(kept)
     }
 
     /// Publishes this node's origin certificate as its `NodeKey` record (to

@@ -198,6 +198,47 @@ async fn a_record_whose_key_arrives_later_is_applied_when_it_does() {
     cluster.shutdown().await;
 }
 
+/// A receiver checks several batches of a link at once; the keys one batch
+/// brings must still be known when the next is checked, however the two
+/// are scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_taken_in_before_the_next_batch_is_checked() {
+    let cluster = Cluster::with(UPPER).await;
+    let county = cluster.node("511102");
+    let mut street = FakeChild::connect(&cluster, STREET, "511102")
+        .await
+        .unwrap();
+    // A large batch with the community's key last, then two small ones
+    // signed with it, sent back to back, none waiting for an ack: the small
+    // ones are quick to check, the large one slow.
+    let mut first = signed_by_community(&cluster, 0, 300);
+    first.push(node_key_record(&cluster, COMMUNITY));
+    let second = signed_by_community(&cluster, 300, 3);
+    let third = signed_by_community(&cluster, 303, 3);
+    let acks = street
+        .send_batches_as_is(vec![
+            (1, first.clone()),
+            (2, second.clone()),
+            (3, third.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        acks.iter().map(|a| a.through_seq).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "one ack per batch, in order"
+    );
+    let applied: u32 = acks.iter().map(|a| a.applied).sum();
+    let rejected: Vec<_> = acks.iter().flat_map(|a| &a.rejections).collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(applied, 307);
+    for record in first.iter().chain(&second).chain(&third) {
+        assert!(holds(&county, &record.id).await);
+    }
+    assert_eq!(county.store.quarantine_count().await.unwrap(), 0);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_from_another_deployment_teaches_nothing() {
     let cluster = Cluster::with(UPPER).await;

@@ -466,22 +466,40 @@ impl FakeChild {
         through_seq: u64,
         records: Vec<wire::Record>,
     ) -> Result<wire::Ack, tonic::Status> {
-        self.tx
-            .send(wire::LinkFrame {
-                body: Some(Body::Batch(wire::Batch {
-                    through_seq,
-                    records,
-                    head_seq: through_seq,
-                    sent_at_ms: 0,
-                })),
-            })
-            .await
-            .map_err(|_| tonic::Status::cancelled("link closed"))?;
-        loop {
+        let mut acks = self
+            .send_batches_as_is(vec![(through_seq, records)])
+            .await?;
+        Ok(acks.remove(0))
+    }
+
+    /// Sends batches `(through_seq, records)` back to back, without waiting
+    /// for any ack in between, then waits for one ack per batch. The parent
+    /// may write several in one transaction; its counts then ride on the
+    /// last of their acks.
+    pub async fn send_batches_as_is(
+        &mut self,
+        batches: Vec<(u64, Vec<wire::Record>)>,
+    ) -> Result<Vec<wire::Ack>, tonic::Status> {
+        let count = batches.len();
+        for (through_seq, records) in batches {
+            self.tx
+                .send(wire::LinkFrame {
+                    body: Some(Body::Batch(wire::Batch {
+                        through_seq,
+                        records,
+                        head_seq: through_seq,
+                        sent_at_ms: 0,
+                    })),
+                })
+                .await
+                .map_err(|_| tonic::Status::cancelled("link closed"))?;
+        }
+        let mut acks = Vec::with_capacity(count);
+        while acks.len() < count {
             match self.inbound.message().await? {
                 Some(wire::LinkFrame {
                     body: Some(Body::Ack(ack)),
-                }) => return Ok(ack),
+                }) => acks.push(ack),
                 Some(wire::LinkFrame {
                     body: Some(Body::Batch(b)),
                 }) => {
@@ -500,6 +518,7 @@ impl FakeChild {
                 None => return Err(tonic::Status::cancelled("parent closed the link")),
             }
         }
+        Ok(acks)
     }
 }
 

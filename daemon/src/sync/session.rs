@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tiersync_proto::types::{DivisionCode, HlcTimestamp};
 use tiersync_proto::wire::{self, link_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,12 +24,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::LinkLabels;
-use crate::node::Node;
+use crate::node::{Node, PreparedBatch};
 use crate::route::{self, Delivery, Scope, Toward};
 use crate::status::{LinkState, direction, now_ms};
 
 /// Most records applied in one transaction when batches queue up.
 const COALESCE_RECORDS: usize = 8000;
+
+/// Batches of one link whose records are checked at once, on blocking
+/// threads: two keep both cores of a small machine busy while the writer
+/// waits on its commit.
+const VERIFYING: usize = 2;
 
 /// Wire protocol version spoken by this build.
 pub const PROTOCOL: u32 = 1;
@@ -199,12 +204,6 @@ where
     result
 }
 
-/// A batch being written, with what its acknowledgement needs.
-type InFlight = (
-    tokio::task::JoinHandle<Result<crate::store::ApplyReport, crate::store::StoreError>>,
-    BatchMeta,
-);
-
 /// What the acknowledgement and the link's status need of a received batch.
 struct BatchMeta {
     /// The `through_seq` of every frame coalesced into it, in order.
@@ -215,11 +214,52 @@ struct BatchMeta {
     newest_ms: Option<u64>,
 }
 
-/// Receives the peer's frames. Batches are checked (and their signatures
-/// verified) as they arrive, and written one at a time in order: the next
-/// batch is checked while the previous one is being written, so signature
-/// checks use the second core instead of adding to the write. Waits for the
-/// batch in flight before returning, whatever ends the loop.
+impl BatchMeta {
+    fn of(batch: &wire::Batch) -> BatchMeta {
+        BatchMeta {
+            throughs: vec![batch.through_seq],
+            through: batch.through_seq,
+            head: batch.head_seq.max(batch.through_seq),
+            received: batch.records.len() as u64,
+            newest_ms: batch
+                .records
+                .iter()
+                .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
+                .max(),
+        }
+    }
+
+    /// The batch that came next, written in the same transaction.
+    fn absorb(&mut self, next: BatchMeta) {
+        self.throughs.extend(next.throughs);
+        self.through = next.through;
+        self.head = self.head.max(next.head);
+        self.received += next.received;
+        self.newest_ms = self.newest_ms.max(next.newest_ms);
+    }
+}
+
+/// A received batch on its way to the writer, its records being checked
+/// on a blocking thread.
+struct Queued {
+    verified: tokio::task::JoinHandle<PreparedBatch>,
+    meta: BatchMeta,
+}
+
+type Writer = tokio::task::JoinHandle<Result<(), LinkError>>;
+
+/// Receives the peer's frames. Three stages run at once, so a catch-up
+/// keeps both cores busy:
+/// - this loop reads frames and screens each batch in arrival order
+///   ([`Node::screen_from_peer`]: trust lists and keys taken in);
+/// - up to [`VERIFYING`] batches have their records and signatures checked
+///   on blocking threads ([`crate::node::ScreenedBatch::verify`]);
+/// - [`write_loop`] writes them in order, every batch already verified
+///   when a write begins joining it in one transaction (so the slower the
+///   store, the larger its commits), and acknowledges each.
+///
+/// A write under way finishes whatever ends the loop; batches not written
+/// yet are dropped, and the peer resends them from the cursor.
 #[allow(clippy::too_many_arguments)]
 async fn receive_loop<S>(
     node: &Arc<Node>,
@@ -234,23 +274,53 @@ async fn receive_loop<S>(
 where
     S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
 {
-    let mut in_flight: Option<InFlight> = None;
+    // The sender keeps at most `window` batches unacknowledged, which
+    // bounds what waits here too.
+    let (queue, queued) = mpsc::channel(node.tuning.window.max(1));
+    let stop_writer = CancellationToken::new();
+    let mut writer = Some(tokio::spawn(write_loop(
+        node.clone(),
+        peer.clone(),
+        toward,
+        peer_epoch.to_owned(),
+        queued,
+        outbound.clone(),
+        stop_writer.clone(),
+    )));
     let result = receive_frames(
         node,
         peer,
         toward,
-        peer_epoch,
         inbound,
-        outbound,
         window,
         cancel,
-        &mut in_flight,
+        &queue,
+        &mut writer,
     )
     .await;
-    if let Some((handle, _)) = in_flight {
-        let _ = handle.await;
+    drop(queue);
+    stop_writer.cancel();
+    let written = match writer {
+        Some(handle) => joined(handle.await, peer),
+        None => Ok(()),
+    };
+    match (result, written) {
+        // The writer's failure is why the reader found the queue closed.
+        (Err(LinkError::Closed), Err(error)) => Err(error),
+        (result, _) => result,
     }
-    result
+}
+
+fn joined(
+    result: Result<Result<(), LinkError>, tokio::task::JoinError>,
+    peer: &DivisionCode,
+) -> Result<(), LinkError> {
+    result.unwrap_or_else(|join| {
+        Err(LinkError::Protocol {
+            peer: peer.to_string(),
+            reason: format!("writing batches failed: {join}"),
+        })
+    })
 }
 
 /// Acknowledges a written batch and updates the link's status.
@@ -259,22 +329,10 @@ async fn finish_batch(
     peer: &DivisionCode,
     toward: Toward,
     labels: &LinkLabels,
-    written: Result<
-        Result<crate::store::ApplyReport, crate::store::StoreError>,
-        tokio::task::JoinError,
-    >,
+    report: crate::store::ApplyReport,
     meta: BatchMeta,
     outbound: &mpsc::Sender<wire::LinkFrame>,
 ) -> Result<(), LinkError> {
-    let report = match written {
-        Ok(report) => report?,
-        Err(join) => {
-            return Err(LinkError::Protocol {
-                peer: peer.to_string(),
-                reason: format!("writing a batch failed: {join}"),
-            });
-        }
-    };
     let BatchMeta {
         throughs,
         through,
@@ -347,17 +405,76 @@ async fn finish_batch(
     Ok(())
 }
 
+/// Writes verified batches in arrival order, each with the cursor, and
+/// acknowledges them. Every batch already verified when a write begins
+/// joins it (up to [`COALESCE_RECORDS`]), so a store that falls behind
+/// catches up in fewer, larger commits, while steady traffic is written at
+/// once. Ends when `stop` fires (after the write under way) or the reader
+/// drops the queue.
+async fn write_loop(
+    node: Arc<Node>,
+    peer: DivisionCode,
+    toward: Toward,
+    peer_epoch: String,
+    mut queued: mpsc::Receiver<Queued>,
+    outbound: mpsc::Sender<wire::LinkFrame>,
+    stop: CancellationToken,
+) -> Result<(), LinkError> {
+    let labels = LinkLabels {
+        peer: peer.to_string(),
+        direction: direction(toward).into(),
+    };
+    let mut waiting: std::collections::VecDeque<Queued> = Default::default();
+    loop {
+        let first = match waiting.pop_front() {
+            Some(next) if !stop.is_cancelled() => next,
+            Some(_) => return Ok(()),
+            None => tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                next = queued.recv() => match next {
+                    Some(next) => next,
+                    None => return Ok(()),
+                },
+            },
+        };
+        let mut prepared = verified(first.verified, &peer).await?;
+        let mut meta = first.meta;
+        while let Ok(next) = queued.try_recv() {
+            waiting.push_back(next);
+        }
+        while prepared.len() < COALESCE_RECORDS
+            && waiting.front().is_some_and(|q| q.verified.is_finished())
+        {
+            let next = waiting.pop_front().expect("checked above");
+            prepared.absorb(verified(next.verified, &peer).await?);
+            meta.absorb(next.meta);
+        }
+        let report = node.commit_from_peer(&peer, &peer_epoch, prepared).await?;
+        finish_batch(&node, &peer, toward, &labels, report, meta, &outbound).await?;
+    }
+}
+
+async fn verified(
+    handle: tokio::task::JoinHandle<PreparedBatch>,
+    peer: &DivisionCode,
+) -> Result<PreparedBatch, LinkError> {
+    handle.await.map_err(|join| LinkError::Protocol {
+        peer: peer.to_string(),
+        reason: format!("checking a batch failed: {join}"),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receive_frames<S>(
     node: &Arc<Node>,
     peer: &DivisionCode,
     toward: Toward,
-    peer_epoch: &str,
     mut inbound: S,
-    outbound: &mpsc::Sender<wire::LinkFrame>,
     window: &Semaphore,
     cancel: &CancellationToken,
-    in_flight: &mut Option<InFlight>,
+    queue: &mpsc::Sender<Queued>,
+    writer: &mut Option<Writer>,
 ) -> Result<(), LinkError>
 where
     S: Stream<Item = Result<wire::LinkFrame, tonic::Status>> + Unpin,
@@ -370,26 +487,21 @@ where
     // come from the peer's side of the link.
     let from = toward;
     let mut stall_check = tokio::time::interval(node.tuning.heartbeat);
-    // A frame read ahead while coalescing batches, handled next.
-    let mut pending: Option<Option<Result<wire::LinkFrame, tonic::Status>>> = None;
+    let verifying = Arc::new(Semaphore::new(VERIFYING));
     loop {
-        let frame = match pending.take() {
-            Some(frame) => frame,
-            None => tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = stall_check.tick() => {
-                    check_stall(node, peer, toward, &labels);
-                    continue;
-                }
-                written = async { (&mut in_flight.as_mut().expect("guarded").0).await },
-                    if in_flight.is_some() =>
-                {
-                    let (_, meta) = in_flight.take().expect("guarded");
-                    finish_batch(node, peer, toward, &labels, written, meta, outbound).await?;
-                    continue;
-                }
-                frame = inbound.next() => frame,
-            },
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = stall_check.tick() => {
+                check_stall(node, peer, toward, &labels);
+                continue;
+            }
+            // The writer ends on its own only when it fails.
+            written = async { writer.as_mut().expect("guarded").await }, if writer.is_some() => {
+                writer.take();
+                joined(written, peer)?;
+                return Err(LinkError::Closed);
+            }
+            frame = inbound.next() => frame,
         };
         let frame = match frame {
             None => return Err(LinkError::Closed),
@@ -397,59 +509,27 @@ where
             Some(Ok(f)) => f,
         };
         match frame.body {
-            Some(Body::Batch(first)) => {
-                // Batches already waiting are applied in the same
-                // transaction: a backlog then pays one commit per several
-                // batches, while steady traffic still applies at once.
-                let mut throughs = vec![first.through_seq];
-                let mut batch = first;
-                while batch.records.len() < COALESCE_RECORDS {
-                    match inbound.next().now_or_never() {
-                        Some(Some(Ok(wire::LinkFrame {
-                            body: Some(Body::Batch(next)),
-                        }))) => {
-                            throughs.push(next.through_seq);
-                            batch.through_seq = next.through_seq;
-                            batch.head_seq = batch.head_seq.max(next.head_seq);
-                            batch.records.extend(next.records);
-                        }
-                        Some(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let meta = BatchMeta {
-                    throughs,
-                    through: batch.through_seq,
-                    head: batch.head_seq.max(batch.through_seq),
-                    received: batch.records.len() as u64,
-                    newest_ms: batch
-                        .records
-                        .iter()
-                        .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
-                        .max(),
-                };
+            Some(Body::Batch(batch)) => {
+                let meta = BatchMeta::of(&batch);
                 if from == Toward::Child
                     && let Some(reason) = node.revoked_now(peer)
                 {
                     return Err(LinkError::Revoked { reason });
                 }
-                let prepared = node.prepare_from_peer(peer, from, batch).await?;
-                // One write at a time, in order.
-                if let Some((handle, previous)) = in_flight.take() {
-                    let written = handle.await;
-                    finish_batch(node, peer, toward, &labels, written, previous, outbound).await?;
-                }
-                let (writer, writer_peer, epoch) =
-                    (node.clone(), peer.clone(), peer_epoch.to_owned());
-                let handle = tokio::spawn(async move {
-                    writer
-                        .commit_from_peer(&writer_peer, &epoch, prepared)
-                        .await
+                let screened = node.screen_from_peer(peer, from, batch).await?;
+                let slot = verifying
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let verified = tokio::task::spawn_blocking(move || {
+                    let prepared = screened.verify();
+                    drop(slot);
+                    prepared
                 });
-                *in_flight = Some((handle, meta));
+                if queue.send(Queued { verified, meta }).await.is_err() {
+                    return Err(LinkError::Closed);
+                }
             }
             Some(Body::Ack(ack)) => {
                 window.add_permits(1);
@@ -646,5 +726,6 @@ async fn send_batch(
             body: Some(Body::Batch(batch)),
         })
         .await
-        .map_err(|_| LinkError::Closed)
+        .map_err(|_| LinkError::Closed)?;
+    Ok(())
 }
