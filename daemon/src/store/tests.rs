@@ -45,6 +45,14 @@ fn record(id: u8, version: u64, owner: &str) -> wire::Record {
     }
 }
 
+/// Test record `n` of many: ids beyond the 256 of [`record`].
+fn numbered(n: u32, version: u64) -> wire::Record {
+    let mut r = record(0, version, "511102004001");
+    r.id[11..15].copy_from_slice(&n.to_be_bytes());
+    r.keys[0].value = format!("n{n}");
+    r
+}
+
 /// An own write of `r` by the local API, checking natural keys.
 fn own_write(r: wire::Record, expected_version: u64) -> LocalWrite {
     LocalWrite {
@@ -1035,5 +1043,47 @@ async fn postgres_audit_reader_leaves_the_active_store_writing() {
         2
     );
     reader.close().await;
+    store.close().await;
+}
+
+/// A SQLite store copies its WAL into the database file on its own
+/// connection once ~48 MB have been committed, well before a committing
+/// writer would (at 32,768 pages of 8 KB): the main file grows while
+/// nothing but link batches is written.
+#[tokio::test]
+async fn sqlite_checkpoints_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path, &code("511102")).await.unwrap();
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(page_size, 8192, "a new store's page size");
+    let before = std::fs::metadata(&path).unwrap().len();
+    // 40 batches of 1,000 records of ~1.3 KB (with their index entries and
+    // rewritten pages, past the threshold of about 48 MB)
+    for b in 0..40u32 {
+        let records = (0..1000)
+            .map(|i| {
+                let mut r = numbered(b * 1000 + i, 1);
+                r.payload = vec![b as u8; 1300];
+                r
+            })
+            .collect();
+        store.apply(batch(records, u64::from(b) + 1)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size > before + (32 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {size} bytes ({before} before): no checkpoint ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     store.close().await;
 }
