@@ -65,7 +65,7 @@ fn resident(n: usize, key: &DigestKey) -> wire::Record {
         updated_at: 1,
         scope: Some(scope.clone()),
         deleted: false,
-        payload: payload.encode_to_vec(),
+        payload: payload.encode_to_vec().into(),
         keys: vec![wire::NaturalKey {
             name: "id_digest".into(),
             value: digest,
@@ -145,7 +145,10 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
             .apply(ApplyBatch {
                 via: String::new(),
                 cursor: None,
-                records: batch,
+                records: batch
+                    .into_iter()
+                    .map(tiersync::store::Encoded::new)
+                    .collect(),
                 refused: vec![],
                 audit: Vec::new(),
             })

@@ -58,7 +58,7 @@ fn kilobyte_record(n: usize, owner: &str, key: &tiersync_proto::types::DigestKey
         updated_at: 1,
         scope: Some(scope.clone()),
         deleted: false,
-        payload: resident.encode_to_vec(),
+        payload: resident.encode_to_vec().into(),
         keys: if std::env::var("BENCH_NOKEYS").is_ok() {
             vec![]
         } else {
@@ -121,7 +121,10 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
             .apply(ApplyBatch {
                 via: String::new(),
                 cursor: None,
-                records: batch,
+                records: batch
+                    .into_iter()
+                    .map(tiersync::store::Encoded::new)
+                    .collect(),
                 refused: vec![],
                 audit: Vec::new(),
             })

@@ -582,8 +582,8 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
             .expect("checked")
             .record,
     );
-    let masked = civil::v1::Resident::decode(at_city.payload.as_slice())?;
-    let full = civil::v1::Resident::decode(at_home.payload.as_slice())?;
+    let masked = civil::v1::Resident::decode(&at_city.payload[..])?;
+    let full = civil::v1::Resident::decode(&at_home.payload[..])?;
     println!(
         "   a resident as the community reads it: {} {}",
         full.name, full.id_number

@@ -305,7 +305,7 @@ impl JoinService {
                 self.node.code
             )));
         };
-        let token = wire::JoinToken::decode(stored.record.payload.as_slice())
+        let token = wire::JoinToken::decode(&stored.record.payload[..])
             .map_err(|e| Status::internal(format!("the stored join token does not decode: {e}")))?;
         if token.code != code.as_str() {
             return Err(Status::permission_denied(format!(
@@ -345,9 +345,9 @@ impl JoinService {
                 .await
                 .map_err(internal)?;
             if let Some(answer) = answers.into_iter().next() {
-                return wire::CertificateIssued::decode(answer.record.payload.as_slice()).map_err(
-                    |e| Status::internal(format!("the city's answer does not decode: {e}")),
-                );
+                return wire::CertificateIssued::decode(&answer.record.payload[..]).map_err(|e| {
+                    Status::internal(format!("the city's answer does not decode: {e}"))
+                });
             }
             match tokio::time::timeout_at(deadline, head.changed()).await {
                 Ok(Ok(())) => continue,
@@ -507,7 +507,7 @@ pub async fn issue_pending(
         let Ok(requester) = owner_code(&record) else {
             continue;
         };
-        let request = wire::CertificateRequest::decode(record.payload.as_slice()).ok();
+        let request = wire::CertificateRequest::decode(&record.payload[..]).ok();
         let outcome = match &request {
             None => Err("the request does not decode".to_owned()),
             Some(request) => decide(ca, node.root_issuer().as_deref(), &requester, request),

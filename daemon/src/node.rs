@@ -36,8 +36,8 @@ use crate::origin::{
 use crate::route::{self, Scope, Toward};
 use crate::status::LinkTable;
 use crate::store::{
-    ApplyBatch, ApplyReport, AuditEvent, AuditNote, Cursor, GroupCommit, LocalWrite, Refusal,
-    Store, StoreError, Stored,
+    ApplyBatch, ApplyReport, AuditEvent, AuditNote, Cursor, Encoded, GroupCommit, LocalWrite,
+    Refusal, Store, StoreError, Stored,
 };
 
 pub const KIND_RESIDENT: &str = "civil.v1.Resident";
@@ -94,7 +94,7 @@ pub struct PutInput {
 #[derive(Debug)]
 pub struct PreparedBatch {
     through_seq: u64,
-    records: Vec<wire::Record>,
+    records: Vec<Encoded>,
     refused: Vec<Refusal>,
     learned: BTreeSet<String>,
     audit: Vec<AuditEvent>,
@@ -146,6 +146,15 @@ impl std::fmt::Debug for ScreenedBatch {
 }
 
 impl ScreenedBatch {
+    /// The newest clock (`updated_at`) among its records.
+    pub fn newest(&self) -> Option<u64> {
+        self.unverified
+            .records
+            .iter()
+            .map(|e| e.record.updated_at)
+            .max()
+    }
+
     /// Checks every record the screening left (envelope, scope, payload,
     /// then the owners' signatures). CPU work of milliseconds per 1,000
     /// records that depends on no other batch: for a blocking thread, and
@@ -167,10 +176,10 @@ impl ScreenedBatch {
         for (i, r) in records.into_iter().enumerate() {
             if let Some(reason) = unverified.bad_keys.remove(&i) {
                 bad_keys.insert(checked.len(), reason);
-            } else if !is_key_material(&r)
-                && let Err(reason) = node.check_incoming(&r, &peer, from)
+            } else if !is_key_material(&r.record)
+                && let Err(reason) = node.check_incoming(&r.record, &peer, from)
             {
-                refused.push(Refusal::of(&r, reason));
+                refused.push(Refusal::of_encoded(&r, reason));
                 continue;
             }
             checked.push(r);
@@ -191,7 +200,7 @@ impl ScreenedBatch {
 /// Records whose trust lists and owners' keys were taken in, in arrival
 /// order, waiting for their signature checks ([`Unverified::check`]).
 struct Unverified {
-    records: Vec<wire::Record>,
+    records: Vec<Encoded>,
     /// Key material refused while it was taken in, by index in `records`.
     bad_keys: HashMap<usize, String>,
     /// `None` when signatures are not checked (a knob only the link
@@ -202,7 +211,7 @@ struct Unverified {
 impl Unverified {
     /// Keeps the records whose owner's signature verifies; the rest are
     /// refused with the record, its origin and the reason. CPU-bound.
-    fn check(self, refused: &mut Vec<Refusal>) -> Vec<wire::Record> {
+    fn check(self, refused: &mut Vec<Refusal>) -> Vec<Encoded> {
         let Unverified {
             records,
             mut bad_keys,
@@ -211,21 +220,22 @@ impl Unverified {
         let Some(keyring) = keyring else {
             return records;
         };
-        let results = keyring.verify(&records.iter().collect::<Vec<_>>());
+        let results = keyring.verify(&records.iter().map(|e| &e.record).collect::<Vec<_>>());
         let mut kept = Vec::with_capacity(records.len());
-        for (i, (r, result)) in records.into_iter().zip(results).enumerate() {
+        for (i, (encoded, result)) in records.into_iter().zip(results).enumerate() {
             match bad_keys.remove(&i).map(Err).unwrap_or(result) {
-                Ok(()) => kept.push(r),
+                Ok(()) => kept.push(encoded),
                 Err(reason) => {
+                    let r = &encoded.record;
                     let id = RecordId::from_bytes(&r.id)
                         .map(|i| i.to_string())
                         .unwrap_or_else(|_| hex::encode(&r.id));
                     let reason = format!(
                         "record {id} ({}) of origin `{}`: {reason}",
                         r.kind,
-                        owner_of(&r)
+                        owner_of(r)
                     );
-                    refused.push(Refusal::of(&r, reason));
+                    refused.push(Refusal::of_encoded(&encoded, reason));
                 }
             }
         }
@@ -497,11 +507,11 @@ impl Node {
             updated_at: self.hlc.now().as_u64(),
             scope: Some(scope.to_wire()),
             deleted: false,
-            payload,
+            payload: payload.into(),
             keys,
             reach: Some(reach.to_wire()),
             withdrawn: false,
-            proof: Vec::new(),
+            proof: Default::default(),
             content_digest: Vec::new(),
         }
     }
@@ -634,7 +644,7 @@ impl Node {
                 .collect(),
         };
         for record in pending {
-            let Ok(amendment) = wire::Amendment::decode(record.payload.as_slice()) else {
+            let Ok(amendment) = wire::Amendment::decode(&record.payload[..]) else {
                 continue;
             };
             if amendment.target_owner != self.code.as_str() {
@@ -871,11 +881,24 @@ impl Node {
         // else is checked with the signatures.
         let mut refused = Vec::new();
         let mut records = Vec::with_capacity(batch.records.len());
-        for r in batch.records {
-            if is_key_material(&r)
-                && let Err(reason) = self.check_incoming(&r, peer, from)
+        for (i, bytes) in batch.records.into_iter().enumerate() {
+            let r = match Encoded::received(bytes.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    refused.push(Refusal::undecodable(
+                        &bytes,
+                        format!(
+                            "record {i} of the batch through seq {} is not a tiersync.v1.Record: {e}",
+                            batch.through_seq
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            if is_key_material(&r.record)
+                && let Err(reason) = self.check_incoming(&r.record, peer, from)
             {
-                refused.push(Refusal::of(&r, reason));
+                refused.push(Refusal::of_encoded(&r, reason));
                 continue;
             }
             records.push(r);
@@ -968,11 +991,11 @@ impl Node {
     /// the store. `learned` gets the owners whose keys were new.
     pub(crate) async fn verify_origins(
         &self,
-        records: Vec<wire::Record>,
+        records: Vec<Encoded>,
         refused: &mut Vec<Refusal>,
         learned: &mut BTreeSet<String>,
         audit: &mut Vec<AuditEvent>,
-    ) -> Result<Vec<wire::Record>, StoreError> {
+    ) -> Result<Vec<Encoded>, StoreError> {
         let unverified = self.take_in_origins(records, learned, audit).await?;
         // Hashing a batch is milliseconds of CPU: on the blocking pool.
         let (kept, failed) = tokio::task::spawn_blocking(move || {
@@ -991,7 +1014,7 @@ impl Node {
     /// owners not known yet are read from the store. Nothing is hashed yet.
     async fn take_in_origins(
         &self,
-        records: Vec<wire::Record>,
+        records: Vec<Encoded>,
         learned: &mut BTreeSet<String>,
         audit: &mut Vec<AuditEvent>,
     ) -> Result<Unverified, StoreError> {
@@ -1005,7 +1028,7 @@ impl Node {
             });
         }
         // Trust lists first: a revocation applies to the records after it.
-        for (i, r) in records.iter().enumerate() {
+        for (i, r) in records.iter().map(|e| &e.record).enumerate() {
             if r.kind == KIND_TRUST_LIST && !r.deleted {
                 match self.keyring.check_trust_list(r) {
                     Err(reason) => {
@@ -1038,7 +1061,7 @@ impl Node {
                 }
             }
         }
-        for (i, r) in records.iter().enumerate() {
+        for (i, r) in records.iter().map(|e| &e.record).enumerate() {
             if r.kind == KIND_NODE_KEY && !r.deleted {
                 match self.keyring.learn(r) {
                     Ok(true) => {
@@ -1053,7 +1076,7 @@ impl Node {
         }
         let unknown: BTreeSet<String> = records
             .iter()
-            .map(owner_of)
+            .map(|e| owner_of(&e.record))
             .filter(|o| !self.keyring.knows(o))
             .collect();
         for owner in unknown {
@@ -1081,7 +1104,7 @@ impl Node {
             .into_iter()
             .find(|s| owner_code(&s.record).as_ref() == Ok(&self.code));
         let mut node_key = match &held {
-            Some(s) => wire::NodeKey::decode(s.record.payload.as_slice()).unwrap_or_default(),
+            Some(s) => wire::NodeKey::decode(&s.record.payload[..]).unwrap_or_default(),
             None => wire::NodeKey::default(),
         };
         let mine = self.identity.cert_der().to_vec();
@@ -1384,7 +1407,7 @@ impl Node {
             applied: false,
             reason,
         };
-        let record = match wire::Record::decode(row.body.as_slice()) {
+        let encoded = match Encoded::received(row.body.into()) {
             Ok(r) => r,
             Err(e) => return Ok(refuse(format!("quarantined body does not decode: {e}"))),
         };
@@ -1397,19 +1420,20 @@ impl Node {
         } else {
             Toward::Child
         };
-        if let Err(reason) = self.check_incoming(&record, &peer, from) {
+        if let Err(reason) = self.check_incoming(&encoded.record, &peer, from) {
             return Ok(refuse(reason));
         }
         let mut refused = Vec::new();
         let mut learned = BTreeSet::new();
         let mut audit = Vec::new();
         let mut records = self
-            .verify_origins(vec![record], &mut refused, &mut learned, &mut audit)
+            .verify_origins(vec![encoded], &mut refused, &mut learned, &mut audit)
             .await?;
         if let Some(refusal) = refused.pop() {
             return Ok(refuse(refusal.reason));
         }
-        let record = records.pop().expect("one record in, one out");
+        let encoded = records.pop().expect("one record in, one out");
+        let record = &encoded.record;
         if let Some(held) = self.store.get(&record.id).await?
             && (held.record.version, held.record.withdrawn) >= (record.version, record.withdrawn)
         {
@@ -1425,7 +1449,7 @@ impl Node {
             .apply(ApplyBatch {
                 via: row.peer.clone(),
                 cursor: None,
-                records: vec![record],
+                records: vec![encoded],
                 refused: vec![],
                 audit,
             })
@@ -1484,7 +1508,7 @@ impl Node {
         if !owned_here && record.kind == KIND_AMENDMENT && !record.payload.is_empty() {
             // An amendment carries a whole encoded target record: mask that
             // by the target's kind.
-            record.payload = match wire::Amendment::decode(record.payload.as_slice()) {
+            record.payload = match wire::Amendment::decode(&record.payload[..]) {
                 Ok(mut a) => {
                     if !a.payload.is_empty() {
                         a.payload = self
@@ -1492,17 +1516,17 @@ impl Node {
                             .mask(&a.target_kind, &a.payload)
                             .unwrap_or_default();
                     }
-                    a.encode_to_vec()
+                    a.encode_to_vec().into()
                 }
-                Err(_) => Vec::new(),
+                Err(_) => Default::default(),
             };
             return record;
         }
         if !owned_here && !record.payload.is_empty() && self.schemas.is_canonical(&record.kind) {
             match self.schemas.mask(&record.kind, &record.payload) {
-                Ok(masked) => record.payload = masked,
+                Ok(masked) => record.payload = masked.into(),
                 // Never hand out what could not be masked.
-                Err(_) => record.payload.clear(),
+                Err(_) => record.payload = Default::default(),
             }
         }
         record
@@ -1611,12 +1635,12 @@ mod tests {
                 node: "511102004001".into(),
                 department: String::new(),
             }),
-            payload: amendment.encode_to_vec(),
+            payload: amendment.encode_to_vec().into(),
             ..Default::default()
         };
         let seen = node.for_reader(record);
-        let inner = wire::Amendment::decode(seen.payload.as_slice()).unwrap();
-        let masked = civil::v1::Resident::decode(inner.payload.as_slice()).unwrap();
+        let inner = wire::Amendment::decode(&seen.payload[..]).unwrap();
+        let masked = civil::v1::Resident::decode(&inner.payload[..]).unwrap();
         assert_eq!(
             (masked.name.as_str(), masked.id_number.as_str()),
             ("张**", "110105********002X")

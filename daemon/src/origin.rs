@@ -179,7 +179,7 @@ pub fn withdrawal_of(record: wire::Record) -> wire::Record {
     wire::Record {
         deleted: true,
         withdrawn: true,
-        payload: Vec::new(),
+        payload: Default::default(),
         keys: Vec::new(),
         content_digest,
         ..record
@@ -519,7 +519,8 @@ impl Identity {
         for (record, proof) in records.iter_mut().zip(batch.proofs()) {
             record.proof = proof
                 .to_bytes()
-                .map_err(|e| OriginError::Sign(e.to_string()))?;
+                .map_err(|e| OriginError::Sign(e.to_string()))?
+                .into();
         }
         Ok(())
     }
@@ -684,7 +685,7 @@ impl Keyring {
     /// the first one, each endorsed by the one before (so a node that slept
     /// through rollovers still follows); the body decodes.
     pub fn check_trust_list(&self, record: &wire::Record) -> Result<CheckedTrustList, String> {
-        let list = wire::TrustList::decode(record.payload.as_slice())
+        let list = wire::TrustList::decode(&record.payload[..])
             .map_err(|e| format!("TrustList payload does not decode: {e}"))?;
         if list.algorithm != tiersync_trust::Algorithm::Sm2Sm3.name() {
             return Err(format!(
@@ -804,7 +805,7 @@ impl Keyring {
     /// authoritative on its own. Returns whether anything new was learned.
     pub fn learn(&self, record: &wire::Record) -> Result<bool, String> {
         let owner = record.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
-        let node_key = wire::NodeKey::decode(record.payload.as_slice())
+        let node_key = wire::NodeKey::decode(&record.payload[..])
             .map_err(|e| format!("NodeKey payload does not decode: {e}"))?;
         let mut keys = Vec::with_capacity(node_key.certificates.len());
         for (i, der) in node_key.certificates.iter().enumerate() {
@@ -934,7 +935,7 @@ mod tests {
                 down_to: vec![],
                 departments: vec![],
             }),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             keys: vec![wire::NaturalKey {
                 name: "id_digest".into(),
                 value: "ab".into(),
@@ -949,7 +950,8 @@ mod tests {
         r.payload = wire::NodeKey {
             certificates: vec![identity.cert_der().to_vec()],
         }
-        .encode_to_vec();
+        .encode_to_vec()
+        .into();
         r
     }
 
@@ -980,7 +982,7 @@ mod tests {
         check(&keyring, &records[1], Ok(()));
 
         let mut altered = records[0].clone();
-        altered.payload = b"One".to_vec();
+        altered.payload = b"One".to_vec().into();
         check(&keyring, &altered, Err("signature"));
         let mut widened = records[0].clone();
         widened.scope.as_mut().unwrap().down_to.push("5111".into());
@@ -995,7 +997,7 @@ mod tests {
         unsigned.proof.clear();
         check(&keyring, &unsigned, Err("unsigned"));
         let mut garbage = records[0].clone();
-        garbage.proof = vec![1, 2, 3];
+        garbage.proof = vec![1, 2, 3].into();
         check(&keyring, &garbage, Err("does not decode"));
         // claimed by another owner: the proof names the real signer
         let mut stolen = records[0].clone();
@@ -1041,7 +1043,7 @@ mod tests {
     fn trust_list_record(list: &wire::TrustList) -> wire::Record {
         let mut r = record("5111", &[]);
         r.kind = KIND_TRUST_LIST.into();
-        r.payload = list.encode_to_vec();
+        r.payload = list.encode_to_vec().into();
         r
     }
 

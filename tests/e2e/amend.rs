@@ -24,7 +24,7 @@ async fn result_for(
         .unwrap();
     found
         .first()
-        .map(|s| wire::AmendmentResult::decode(s.record.payload.as_slice()).unwrap())
+        .map(|s| wire::AmendmentResult::decode(&s.record.payload[..]).unwrap())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -111,7 +111,7 @@ async fn the_city_amends_a_community_record_through_its_owner() {
 }
 
 fn civil_notes(r: &wire::Record) -> String {
-    tiersync_proto::pb::civil::v1::Resident::decode(r.payload.as_slice())
+    tiersync_proto::pb::civil::v1::Resident::decode(&r.payload[..])
         .unwrap()
         .notes
 }

@@ -59,7 +59,7 @@ async fn a_street_that_tampers_in_transit_is_caught_by_the_county() {
 
     // 1. altered: the payload changed after the community signed it
     let mut altered = honest[1].clone();
-    altered.payload = resident(99).encode_to_vec();
+    altered.payload = resident(99).encode_to_vec().into();
     // 2. invented in the community's name, signed with the street's own key
     let mut invented = envelope(
         COMMUNITY,
@@ -137,7 +137,7 @@ async fn a_street_that_tampers_in_transit_is_caught_by_the_county() {
     // 6. a replay: an old version after the owner moved on
     let mut v2 = honest[0].clone();
     v2.version = 2;
-    v2.payload = resident(70).encode_to_vec();
+    v2.payload = resident(70).encode_to_vec().into();
     v2.proof.clear();
     sign_as(&cluster, COMMUNITY, std::slice::from_mut(&mut v2));
     let ack = street.send_batch_as_is(3, vec![v2.clone()]).await.unwrap();

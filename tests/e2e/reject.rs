@@ -111,7 +111,7 @@ async fn a_version_going_backwards_is_rejected() {
     );
     let v1 = wire::Record {
         version: 1,
-        payload: resident_payload(&tiersync::demo::demo_id_number(0, 1)),
+        payload: resident_payload(&tiersync::demo::demo_id_number(0, 1)).into(),
         ..v2.clone()
     };
     assert_eq!(
@@ -285,6 +285,77 @@ async fn malformed_and_oversized_frames_end_the_session_and_touch_nothing() {
         resident_payload("11010519491231002X"),
         Tier::City,
     );
+    assert_eq!(child.send_batch(2, vec![later]).await.unwrap().applied, 1);
+    cluster.shutdown().await;
+}
+
+/// A batch is a list of encoded records, each decoded on its own: bytes
+/// that are no record are quarantined with the reason and the rest of the
+/// batch applies; a record padded with fields no signature covers applies
+/// without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_is_quarantined_and_the_rest_applies() {
+    let cluster = Cluster::with(CHAIN).await;
+    let street = cluster.node("511102004");
+    let county = cluster.node("511102");
+    let mut child = FakeChild::connect(&cluster, "511102004001", "511102004")
+        .await
+        .unwrap();
+    let mut records: Vec<wire::Record> = (10..12)
+        .map(|n| {
+            envelope(
+                "511102004001",
+                "civil.v1.Resident",
+                1,
+                resident_payload(&tiersync::demo::demo_id_number(0, n)),
+                Tier::City,
+            )
+        })
+        .collect();
+    sign_as(&cluster, "511102004001", &mut records);
+    let garbage = Bytes::from_static(&[0x0a, 0xff, 0xff, 0xff, 0x0f]);
+    // field 99 (varint 7) after the record's own fields
+    let mut padded = records[1].encode_to_vec();
+    padded.extend_from_slice(&[0x98, 0x06, 0x07]);
+    let acks = child
+        .send_encoded_batches(vec![(
+            1,
+            vec![
+                records[0].encode_to_vec().into(),
+                garbage.clone(),
+                Bytes::from(padded),
+            ],
+        )])
+        .await
+        .unwrap();
+    let ack = &acks[0];
+    assert_eq!((ack.applied, ack.rejected), (2, 1), "{:?}", ack.rejections);
+    assert!(
+        ack.rejections[0]
+            .reason
+            .starts_with("record 1 of the batch through seq 1 is not a tiersync.v1.Record"),
+        "{}",
+        ack.rejections[0].reason
+    );
+    let quarantined = street.store.quarantine_list(10).await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].body, garbage.to_vec());
+    for record in &records {
+        let held = street.store.get(&record.id).await.unwrap().unwrap().record;
+        assert_eq!(&held, record);
+    }
+    // both travel on, and the link stays up for more
+    for record in &records {
+        eventually("records at the county", || holds(&county, &record.id)).await;
+    }
+    let mut later = envelope(
+        "511102004001",
+        "civil.v1.Resident",
+        1,
+        resident_payload(&tiersync::demo::demo_id_number(0, 12)),
+        Tier::City,
+    );
+    sign_as(&cluster, "511102004001", std::slice::from_mut(&mut later));
     assert_eq!(child.send_batch(2, vec![later]).await.unwrap().applied, 1);
     cluster.shutdown().await;
 }

@@ -234,7 +234,7 @@ pub fn envelope(
         updated_at: 1,
         scope: Some(scope.clone()),
         deleted: false,
-        payload,
+        payload: payload.into(),
         keys: vec![],
         reach: Some(scope),
         withdrawn: false,
@@ -363,7 +363,8 @@ pub fn node_key_record(cluster: &Cluster, code: &str) -> wire::Record {
         payload: wire::NodeKey {
             certificates: vec![identity.cert_der().to_vec()],
         }
-        .encode_to_vec(),
+        .encode_to_vec()
+        .into(),
         keys: vec![wire::NaturalKey {
             name: tiersync::origin::KEY_NODE.into(),
             value: code.into(),
@@ -479,6 +480,22 @@ impl FakeChild {
     pub async fn send_batches_as_is(
         &mut self,
         batches: Vec<(u64, Vec<wire::Record>)>,
+    ) -> Result<Vec<wire::Ack>, tonic::Status> {
+        let encoded = batches
+            .into_iter()
+            .map(|(through, records)| {
+                let bytes = records.iter().map(|r| r.encode_to_vec().into()).collect();
+                (through, bytes)
+            })
+            .collect();
+        self.send_encoded_batches(encoded).await
+    }
+
+    /// Sends batches of records given as bytes, which need not be records
+    /// at all, and waits for one ack per batch.
+    pub async fn send_encoded_batches(
+        &mut self,
+        batches: Vec<(u64, Vec<Bytes>)>,
     ) -> Result<Vec<wire::Ack>, tonic::Status> {
         let count = batches.len();
         for (through_seq, records) in batches {

@@ -29,6 +29,7 @@ pub use group::GroupCommit;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prost::Message;
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
@@ -42,6 +43,52 @@ pub struct Stored {
     /// The direct peer it arrived from; empty for records written here.
     pub via: String,
     pub record: wire::Record,
+}
+
+/// A record with the bytes it is stored as. A link's receiver keeps the
+/// bytes each record arrived in and a sender forwards the bytes it stored,
+/// so no hop encodes a record again.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub record: wire::Record,
+    pub body: Bytes,
+}
+
+impl Encoded {
+    pub fn new(record: wire::Record) -> Encoded {
+        let body = record.encode_to_vec().into();
+        Encoded { record, body }
+    }
+
+    /// Decodes a record as it arrived over a link (its payload and proof
+    /// then share the received buffer). The received bytes become its body
+    /// unless they hold more than the record's fields (unknown fields, or
+    /// a field sent twice): no signature covers those, so the body is then
+    /// the record encoded afresh, without them.
+    pub fn received(bytes: Bytes) -> std::result::Result<Encoded, prost::DecodeError> {
+        let record = wire::Record::decode(bytes.clone())?;
+        if record.encoded_len() == bytes.len() {
+            Ok(Encoded {
+                record,
+                body: bytes,
+            })
+        } else {
+            Ok(Encoded::new(record))
+        }
+    }
+}
+
+impl From<wire::Record> for Encoded {
+    fn from(record: wire::Record) -> Encoded {
+        Encoded::new(record)
+    }
+}
+
+/// A change as a link's sender reads it: the record's stored bytes.
+#[derive(Debug, Clone)]
+pub struct StoredBody {
+    pub seq: u64,
+    pub body: Bytes,
 }
 
 /// A record refused on arrival, to be quarantined with its reason.
@@ -58,6 +105,32 @@ pub struct Refusal {
 impl Refusal {
     pub fn of(record: &wire::Record, reason: impl Into<String>) -> Refusal {
         Refusal {
+            body: prost::Message::encode_to_vec(record),
+            ..Refusal::of_fields(record, reason)
+        }
+    }
+
+    /// [`Refusal::of`] a record that arrived encoded, keeping its bytes.
+    pub fn of_encoded(encoded: &Encoded, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            body: encoded.body.to_vec(),
+            ..Refusal::of_fields(&encoded.record, reason)
+        }
+    }
+
+    /// Bytes that do not decode as a record at all.
+    pub fn undecodable(bytes: &[u8], reason: impl Into<String>) -> Refusal {
+        Refusal {
+            record_id: Vec::new(),
+            kind: String::new(),
+            origin: String::new(),
+            reason: reason.into(),
+            body: bytes.to_vec(),
+        }
+    }
+
+    fn of_fields(record: &wire::Record, reason: impl Into<String>) -> Refusal {
+        Refusal {
             record_id: record.id.clone(),
             kind: record.kind.clone(),
             origin: record
@@ -66,7 +139,7 @@ impl Refusal {
                 .map(|o| o.node.clone())
                 .unwrap_or_default(),
             reason: reason.into(),
-            body: prost::Message::encode_to_vec(record),
+            body: Vec::new(),
         }
     }
 }
@@ -86,7 +159,7 @@ pub struct ApplyBatch {
     /// Cursor to store in the same transaction.
     pub cursor: Option<(DivisionCode, Cursor)>,
     /// Validated records.
-    pub records: Vec<wire::Record>,
+    pub records: Vec<Encoded>,
     /// Records refused by validation, quarantined in the same transaction.
     pub refused: Vec<Refusal>,
     /// Events that have no write of their own (a trust list adopted from
@@ -135,7 +208,7 @@ pub use crate::route::Owners;
 #[derive(Debug, Default)]
 pub struct LinkPage {
     /// The admitted changes, oldest first.
-    pub changes: Vec<Stored>,
+    pub changes: Vec<StoredBody>,
     /// How far the log was read: every change up to here that the filter
     /// left out is passed, not pending (at least the last change's seq).
     pub through: u64,
@@ -266,7 +339,7 @@ pub trait Store: AuditSource + Send + Sync + 'static {
         through: u64,
         limit: u32,
         owners: &Owners<'_>,
-    ) -> Result<Vec<Stored>>;
+    ) -> Result<Vec<StoredBody>>;
     /// The next page of the log after `after` for a link's sender: at most
     /// `limit` changes `owners` admits, read no further than the committed
     /// head (every seq up to it is committed and visible, so the filtered
@@ -395,7 +468,23 @@ where
     Ok(Stored {
         seq: seq as u64,
         via,
-        record: decode(seq, &body)?,
+        record: decode(seq, body)?,
+    })
+}
+
+/// Reads a row `(seq, body)` for a link's sender.
+pub(crate) fn stored_body<R>(row: &R) -> Result<StoredBody>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let seq: i64 = row.try_get(0)?;
+    let body: Vec<u8> = row.try_get(1)?;
+    Ok(StoredBody {
+        seq: seq as u64,
+        body: body.into(),
     })
 }
 
@@ -421,8 +510,10 @@ where
     })
 }
 
-pub(crate) fn decode(seq: i64, body: &[u8]) -> Result<wire::Record> {
-    wire::Record::decode(body).map_err(|source| StoreError::Corrupt {
+/// Decodes a stored body; the record's payload and proof stay in its
+/// buffer rather than being copied out.
+pub(crate) fn decode(seq: i64, body: Vec<u8>) -> Result<wire::Record> {
+    wire::Record::decode(Bytes::from(body)).map_err(|source| StoreError::Corrupt {
         seq: seq as u64,
         source,
     })
@@ -430,21 +521,18 @@ pub(crate) fn decode(seq: i64, body: &[u8]) -> Result<wire::Record> {
 
 /// Keeps, per id, the newest version in a batch (first-seen order of ids);
 /// a copy no newer than one already seen counts as a duplicate.
-pub(crate) fn newest_per_id(
-    records: Vec<wire::Record>,
-    report: &mut ApplyReport,
-) -> Vec<wire::Record> {
+pub(crate) fn newest_per_id(records: Vec<Encoded>, report: &mut ApplyReport) -> Vec<Encoded> {
     let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(records.len());
-    let mut out: Vec<wire::Record> = Vec::with_capacity(records.len());
+    let mut out: Vec<Encoded> = Vec::with_capacity(records.len());
     for r in records {
-        match at.get(&r.id) {
+        match at.get(&r.record.id) {
             None => {
-                at.insert(r.id.clone(), out.len());
+                at.insert(r.record.id.clone(), out.len());
                 out.push(r);
             }
             Some(&i) => {
-                if version_key(r.version, r.withdrawn)
-                    > version_key(out[i].version, out[i].withdrawn)
+                if version_key(r.record.version, r.record.withdrawn)
+                    > version_key(out[i].record.version, out[i].record.withdrawn)
                 {
                     out[i] = r;
                 } else {
@@ -460,7 +548,7 @@ pub(crate) fn newest_per_id(
 #[derive(Debug, Default)]
 pub(crate) struct ApplyPlan {
     /// Records to write, each at the sequence number it takes.
-    pub writes: Vec<(u64, wire::Record)>,
+    pub writes: Vec<(u64, Encoded)>,
     /// Ids among `writes` that replace a stored version (whose index
     /// entries must go).
     pub replaced: Vec<Vec<u8>>,
@@ -472,7 +560,7 @@ pub(crate) struct ApplyPlan {
 /// `held` (id → held version): duplicates are counted, stale versions
 /// refused into `report`, the rest numbered from `next_seq` in order.
 pub(crate) fn plan_apply(
-    incoming: Vec<wire::Record>,
+    incoming: Vec<Encoded>,
     held: &HashMap<Vec<u8>, (u64, bool)>,
     next_seq: u64,
     report: &mut ApplyReport,
@@ -481,7 +569,8 @@ pub(crate) fn plan_apply(
         next_seq,
         ..Default::default()
     };
-    for r in incoming {
+    for encoded in incoming {
+        let r = &encoded.record;
         let new = version_key(r.version, r.withdrawn);
         match held.get(&r.id) {
             Some(&(v, w)) if version_key(v, w) == new => report.duplicates += 1,
@@ -494,13 +583,13 @@ pub(crate) fn plan_apply(
                     if r.withdrawn { " (withdrawal)" } else { "" },
                     if w { " (withdrawal)" } else { "" },
                 );
-                report.refused.push(Refusal::of(&r, reason));
+                report.refused.push(Refusal::of_encoded(&encoded, reason));
             }
             found => {
                 if found.is_some() {
                     plan.replaced.push(r.id.clone());
                 }
-                plan.writes.push((plan.next_seq, r));
+                plan.writes.push((plan.next_seq, encoded));
                 plan.next_seq += 1;
             }
         }

@@ -28,11 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prost::Message;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres, Row, Transaction};
 use tiersync_proto::types::DivisionCode;
-use tiersync_proto::wire;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -254,7 +252,7 @@ impl PgStore {
 /// costs one round trip here whatever its size.
 async fn write_records(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &[(u64, wire::Record)],
+    rows: &[(u64, Encoded)],
     via: &str,
     stale_keys: &[(i64, i64)],
     cursor: Option<&(DivisionCode, Cursor)>,
@@ -273,7 +271,8 @@ async fn write_records(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (s, r) in rows {
+    for (s, encoded) in rows {
+        let r = &encoded.record;
         seq.push(*s as i64);
         id.push(r.id.clone());
         kind.push(r.kind.clone());
@@ -282,12 +281,12 @@ async fn write_records(
         updated.push(r.updated_at as i64);
         deleted.push(r.deleted);
         withdrawn.push(r.withdrawn);
-        body.push(r.encode_to_vec());
+        body.push(&encoded.body[..]);
     }
     let (stale_hashes, stale_seqs): (Vec<i64>, Vec<i64>) = stale_keys.iter().copied().unzip();
     let (hashes, key_seqs): (Vec<i64>, Vec<i64>) = rows
         .iter()
-        .flat_map(|(seq, r)| index_entries(*seq, r))
+        .flat_map(|(seq, r)| index_entries(*seq, &r.record))
         .unzip();
     sqlx::query(
         "WITH stale AS ( \
@@ -350,8 +349,7 @@ async fn stored_keys(
     let mut out = Vec::new();
     for row in rows {
         let seq: i64 = row.try_get(0)?;
-        let body: Vec<u8> = row.try_get(1)?;
-        let old = decode(seq, &body)?;
+        let old = decode(seq, row.try_get(1)?)?;
         out.extend(
             old.keys
                 .iter()
@@ -400,9 +398,9 @@ async fn stage_local(
     let stale_keys = stored_keys(tx, &replaced).await?;
     let event = write_event(write.audit, &record);
     held.insert(record.id.clone(), (record.version, record.withdrawn));
-    let rows = [(seq, record)];
+    let rows = [(seq, Encoded::new(record))];
     write_records(tx, &rows, "", &stale_keys, None).await?;
-    let [(_, record)] = rows;
+    let [(_, Encoded { record, .. })] = rows;
     Ok((
         Stored {
             seq,
@@ -586,10 +584,10 @@ impl Store for PgStore {
         through: u64,
         limit: u32,
         owners: &Owners<'_>,
-    ) -> Result<Vec<Stored>> {
+    ) -> Result<Vec<StoredBody>> {
         let (code, within) = owners.as_filter();
         let rows = sqlx::query(
-            "SELECT seq, via, body FROM records WHERE seq > $1 AND seq <= $2 \
+            "SELECT seq, body FROM records WHERE seq > $1 AND seq <= $2 \
              AND starts_with(owner, $3) = $4 ORDER BY seq LIMIT $5",
         )
         .bind(after as i64)
@@ -599,7 +597,7 @@ impl Store for PgStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_row).collect()
+        rows.iter().map(stored_body).collect()
     }
 
     async fn count(&self) -> Result<u64> {
@@ -629,7 +627,7 @@ impl Store for PgStore {
             ..Default::default()
         };
         let incoming = newest_per_id(batch.records, &mut report);
-        let ids: Vec<Vec<u8>> = incoming.iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<Vec<u8>> = incoming.iter().map(|r| r.record.id.clone()).collect();
         let mut writer = self.writer.lock().await;
         let (mut tx, held) = self.write_tx_held(&ids).await?;
         let plan = plan_apply(incoming, &held, writer.next_seq, &mut report);
@@ -650,7 +648,11 @@ impl Store for PgStore {
         writer.next_seq = plan.next_seq;
         self.head.store(plan.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        report.applied = plan.writes;
+        report.applied = plan
+            .writes
+            .into_iter()
+            .map(|(seq, r)| (seq, r.record))
+            .collect();
         Ok(report)
     }
 

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{
     ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
@@ -261,14 +260,20 @@ impl SqliteStore {
 /// replaced, removed first.
 async fn write_records(
     tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(u64, &wire::Record)],
+    rows: &[(u64, &Encoded)],
     via: &str,
     stale_keys: &[(i64, i64)],
 ) -> Result<()> {
-    for (hash, seq) in stale_keys {
-        sqlx::query("DELETE FROM natural_keys WHERE key_hash = ?1 AND record_seq = ?2")
-            .bind(hash)
-            .bind(seq)
+    for chunk in stale_keys.chunks(CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "DELETE FROM natural_keys WHERE (key_hash, record_seq) IN (",
+        );
+        q.push_values(chunk, |mut b, (hash, seq)| {
+            b.push_bind(*hash).push_bind(*seq);
+        });
+        q.push(")")
+            .build()
+            .persistent(full(chunk.len()))
             .execute(&mut **tx)
             .await?;
     }
@@ -276,17 +281,18 @@ async fn write_records(
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) ",
         );
-        q.push_values(chunk, |mut b, (seq, r)| {
+        q.push_values(chunk, |mut b, (seq, encoded)| {
+            let r = &encoded.record;
             b.push_bind(*seq as i64)
-                .push_bind(r.id.clone())
-                .push_bind(r.kind.clone())
-                .push_bind(r.owner.as_ref().map(|o| o.node.clone()).unwrap_or_default())
+                .push_bind(r.id.as_slice())
+                .push_bind(r.kind.as_str())
+                .push_bind(r.owner.as_ref().map_or("", |o| o.node.as_str()))
                 .push_bind(r.version as i64)
                 .push_bind(r.updated_at as i64)
                 .push_bind(r.deleted)
                 .push_bind(r.withdrawn)
-                .push_bind(via.to_owned())
-                .push_bind(r.encode_to_vec());
+                .push_bind(via)
+                .push_bind(&encoded.body[..]);
         });
         q.push(
             " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, owner = excluded.owner, \
@@ -300,7 +306,7 @@ async fn write_records(
     }
     let keys: Vec<(i64, i64)> = rows
         .iter()
-        .flat_map(|(seq, r)| index_entries(*seq, r))
+        .flat_map(|(seq, r)| index_entries(*seq, &r.record))
         .collect();
     for chunk in keys.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -335,8 +341,7 @@ async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Resul
             .await?
         {
             let seq: i64 = row.get(0);
-            let body: Vec<u8> = row.get(1);
-            let old = decode(seq, &body)?;
+            let old = decode(seq, row.get(1))?;
             out.extend(
                 old.keys
                     .iter()
@@ -417,7 +422,9 @@ async fn stage_local(
         vec![]
     };
     let stale_keys = stored_keys(tx, &replaced).await?;
-    write_records(tx, &[(seq, &record)], "", &stale_keys).await?;
+    let encoded = Encoded::new(record);
+    write_records(tx, &[(seq, &encoded)], "", &stale_keys).await?;
+    let record = encoded.record;
     let event = write_event(write.audit, &record);
     Ok((
         Stored {
@@ -569,12 +576,12 @@ impl Store for SqliteStore {
         through: u64,
         limit: u32,
         owners: &Owners<'_>,
-    ) -> Result<Vec<Stored>> {
+    ) -> Result<Vec<StoredBody>> {
         let (code, within) = owners.as_filter();
         // The owner test runs on each row the seq range scan visits, before
-        // its body is read: records left out cost no decode.
+        // its body is read: records left out cost no read.
         let rows = sqlx::query(
-            "SELECT seq, via, body FROM records WHERE seq > ?1 AND seq <= ?2 \
+            "SELECT seq, body FROM records WHERE seq > ?1 AND seq <= ?2 \
              AND (substr(owner, 1, length(?3)) = ?3) = ?4 ORDER BY seq LIMIT ?5",
         )
         .bind(after as i64)
@@ -584,7 +591,7 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(stored_row).collect()
+        rows.iter().map(stored_body).collect()
     }
 
     async fn count(&self) -> Result<u64> {
@@ -621,7 +628,7 @@ impl Store for SqliteStore {
             );
             let mut sep = q.separated(", ");
             for r in chunk {
-                sep.push_bind(r.id.clone());
+                sep.push_bind(r.record.id.as_slice());
             }
             q.push(")");
             for row in q
@@ -638,7 +645,7 @@ impl Store for SqliteStore {
             replaced,
             next_seq: seq,
         } = plan_apply(incoming, &held, writer.next_seq, &mut report);
-        let rows: Vec<(u64, &wire::Record)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
+        let rows: Vec<(u64, &Encoded)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
         let stale_keys = stored_keys(&mut tx, &replaced).await?;
         write_records(&mut tx, &rows, &batch.via, &stale_keys).await?;
         quarantine(&mut tx, &batch.via, &report.refused).await?;
@@ -660,11 +667,11 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         self.checkpointer
-            .committed(wal_bytes(to_write.iter().map(|(_, r)| r)));
+            .committed(wal_bytes(to_write.iter().map(|(_, r)| &r.record)));
         writer.next_seq = seq;
         self.head.store(seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        report.applied = to_write;
+        report.applied = to_write.into_iter().map(|(s, r)| (s, r.record)).collect();
         Ok(report)
     }
 

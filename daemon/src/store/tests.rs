@@ -34,7 +34,7 @@ fn record(id: u8, version: u64, owner: &str) -> wire::Record {
         updated_at: 1,
         scope: None,
         deleted: false,
-        payload: vec![id; 8],
+        payload: vec![id; 8].into(),
         keys: vec![wire::NaturalKey {
             name: "id_digest".into(),
             value: format!("d{id}"),
@@ -84,7 +84,7 @@ fn batch(records: Vec<wire::Record>, through: u64) -> ApplyBatch {
                 peer_epoch: "e1".into(),
             },
         )),
-        records,
+        records: records.into_iter().map(Encoded::new).collect(),
         refused: vec![],
         audit: vec![],
     }
@@ -1067,7 +1067,7 @@ async fn sqlite_checkpoints_in_the_background() {
         let records = (0..1000)
             .map(|i| {
                 let mut r = numbered(b * 1000 + i, 1);
-                r.payload = vec![b as u8; 1300];
+                r.payload = vec![b as u8; 1300].into();
                 r
             })
             .collect();
@@ -1086,4 +1086,27 @@ async fn sqlite_checkpoints_in_the_background() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     store.close().await;
+}
+
+/// A received record keeps the bytes it came in (its payload a slice of
+/// them, not a copy) when they are exactly its fields; bytes padded with a
+/// field no signature covers are not kept, the record is encoded afresh.
+#[test]
+fn a_received_record_keeps_its_bytes_only_when_they_are_its_fields() {
+    let r = record(7, 1, "511102004001");
+    let exact = bytes::Bytes::from(r.encode_to_vec());
+    let kept = Encoded::received(exact.clone()).unwrap();
+    assert_eq!(kept.record, r);
+    assert_eq!(kept.body.as_ptr(), exact.as_ptr(), "the same buffer");
+    let payload_at = kept.record.payload.as_ptr() as usize;
+    let buffer = exact.as_ptr() as usize..exact.as_ptr() as usize + exact.len();
+    assert!(buffer.contains(&payload_at), "the payload is not copied");
+
+    let mut padded = r.encode_to_vec();
+    padded.extend_from_slice(&[0x98, 0x06, 0x07]); // field 99 = 7
+    let cleaned = Encoded::received(padded.into()).unwrap();
+    assert_eq!(cleaned.record, r);
+    assert_eq!(cleaned.body.to_vec(), r.encode_to_vec());
+
+    assert!(Encoded::received(bytes::Bytes::from_static(&[0x0a, 0xff])).is_err());
 }

@@ -16,7 +16,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use prost::Message;
 use tiersync_proto::types::{DivisionCode, HlcTimestamp};
 use tiersync_proto::wire::{self, link_frame::Body};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::LinkLabels;
-use crate::node::{Node, PreparedBatch};
+use crate::node::{Node, PreparedBatch, ScreenedBatch};
 use crate::route::{self, Delivery, Scope, Toward};
 use crate::status::{LinkState, direction, now_ms};
 
@@ -215,17 +217,16 @@ struct BatchMeta {
 }
 
 impl BatchMeta {
-    fn of(batch: &wire::Batch) -> BatchMeta {
+    /// A received batch (`through`, `head`, record count) once screened.
+    fn of(through: u64, head: u64, received: usize, screened: &ScreenedBatch) -> BatchMeta {
         BatchMeta {
-            throughs: vec![batch.through_seq],
-            through: batch.through_seq,
-            head: batch.head_seq.max(batch.through_seq),
-            received: batch.records.len() as u64,
-            newest_ms: batch
-                .records
-                .iter()
-                .map(|r| HlcTimestamp::from_u64(r.updated_at).millis())
-                .max(),
+            throughs: vec![through],
+            through,
+            head: head.max(through),
+            received: received as u64,
+            newest_ms: screened
+                .newest()
+                .map(|t| HlcTimestamp::from_u64(t).millis()),
         }
     }
 
@@ -510,13 +511,15 @@ where
         };
         match frame.body {
             Some(Body::Batch(batch)) => {
-                let meta = BatchMeta::of(&batch);
                 if from == Toward::Child
                     && let Some(reason) = node.revoked_now(peer)
                 {
                     return Err(LinkError::Revoked { reason });
                 }
+                let (through, head, received) =
+                    (batch.through_seq, batch.head_seq, batch.records.len());
                 let screened = node.screen_from_peer(peer, from, batch).await?;
+                let meta = BatchMeta::of(through, head, received, &screened);
                 let slot = verifying
                     .clone()
                     .acquire_owned()
@@ -599,23 +602,23 @@ fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLa
         .set(stalled as i64);
 }
 
-/// The form of a record that goes to the peer, if any.
-fn outgoing(
-    node: &Node,
-    record: wire::Record,
-    peer: &DivisionCode,
-    toward: Toward,
-) -> Option<wire::Record> {
-    let owner = DivisionCode::parse(&record.owner.as_ref()?.node).ok()?;
-    let scope = Scope::from_wire(&owner, record.scope.as_ref()).ok()?;
-    let reach = Scope::from_wire(&owner, record.reach.as_ref().or(record.scope.as_ref())).ok()?;
+/// What of a stored record goes to the peer, if anything: its stored bytes
+/// as they are, or a withdrawal. Only the fields that route it are decoded.
+fn outgoing(node: &Node, body: Bytes, peer: &DivisionCode, toward: Toward) -> Option<Bytes> {
+    let route = wire::RecordRoute::decode(&body[..]).ok()?;
+    let owner = DivisionCode::parse(&route.owner.as_ref()?.node).ok()?;
+    let scope = Scope::from_wire(&owner, route.scope.as_ref()).ok()?;
+    let reach = Scope::from_wire(&owner, route.reach.as_ref().or(route.scope.as_ref())).ok()?;
     match route::delivery(&scope, &reach, &owner, &node.code, peer, toward) {
         Delivery::Skip => None,
         // We hold only a withdrawal; we cannot give the peer what we no
         // longer have.
-        Delivery::Full if record.withdrawn => None,
-        Delivery::Full => Some(record),
-        Delivery::Withdrawal => Some(crate::origin::withdrawal_of(record)),
+        Delivery::Full if route.withdrawn => None,
+        Delivery::Full => Some(body),
+        Delivery::Withdrawal => {
+            let record = wire::Record::decode(body).ok()?;
+            Some(crate::origin::withdrawal_of(record).encode_to_vec().into())
+        }
     }
 }
 
@@ -657,8 +660,8 @@ async fn send_loop(
         let mut through = page.through;
         let mut caught_up = page.caught_up;
         for change in page.changes {
-            if let Some(r) = outgoing(&node, change.record, &peer, toward) {
-                let len = prost::Message::encoded_len(&r);
+            if let Some(r) = outgoing(&node, change.body, &peer, toward) {
+                let len = r.len();
                 if !records.is_empty() && bytes + len > batch_bytes {
                     // The rest of the page goes in the next batch.
                     through = scanned;
@@ -709,7 +712,7 @@ async fn send_batch(
     window: &Semaphore,
     cancel: &CancellationToken,
     through: u64,
-    records: Vec<wire::Record>,
+    records: Vec<Bytes>,
 ) -> Result<(), LinkError> {
     tokio::select! {
         _ = cancel.cancelled() => return Err(LinkError::Closed),

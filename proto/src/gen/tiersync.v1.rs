@@ -58,8 +58,8 @@ pub struct Record {
     pub deleted: bool,
     /// The encoded message of `kind`. Nodes relay kinds they do not know
     /// without decoding this.
-    #[prost(bytes = "vec", tag = "8")]
-    pub payload: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "8")]
+    pub payload: ::prost::bytes::Bytes,
     #[prost(message, repeated, tag = "9")]
     pub keys: ::prost::alloc::vec::Vec<NaturalKey>,
     /// The union of every scope this record has had. A node that the current
@@ -77,12 +77,27 @@ pub struct Record {
     /// every field above except `withdrawn`, with `deleted`, `keys` and
     /// `payload` folded into one content digest). Set by the owner on every
     /// change and carried unchanged by every hop.
-    #[prost(bytes = "vec", tag = "12")]
-    pub proof: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "12")]
+    pub proof: ::prost::bytes::Bytes,
     /// On a withdrawal only (which carries no payload or keys): the content
     /// digest of the version it withdraws, so its proof still verifies.
     #[prost(bytes = "vec", tag = "13")]
     pub content_digest: ::prost::alloc::vec::Vec<u8>,
+}
+/// The fields of a Record that decide where it may travel, under Record's
+/// own field numbers: a node forwarding a stored record decodes its bytes as
+/// this (skipping the payload and proof) to route it, and sends the bytes on
+/// unchanged.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RecordRoute {
+    #[prost(message, optional, tag = "3")]
+    pub owner: ::core::option::Option<Owner>,
+    #[prost(message, optional, tag = "6")]
+    pub scope: ::core::option::Option<Scope>,
+    #[prost(message, optional, tag = "10")]
+    pub reach: ::core::option::Option<Scope>,
+    #[prost(bool, tag = "11")]
+    pub withdrawn: bool,
 }
 /// A change requested by a node that does not own the target record. It is a
 /// record itself, owned by the requester and routed to the target's owner,
@@ -204,15 +219,20 @@ pub struct Hello {
     #[prost(string, tag = "5")]
     pub applied_epoch: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Batch {
     /// Sender's sequence numbers covered by this batch: every change in
     /// (previous through_seq, through_seq\] was either included or filtered out
     /// by scope, so the receiver may advance its cursor to through_seq.
     #[prost(uint64, tag = "1")]
     pub through_seq: u64,
-    #[prost(message, repeated, tag = "2")]
-    pub records: ::prost::alloc::vec::Vec<Record>,
+    /// Each one an encoded tiersync.v1.Record. Declared as bytes, which
+    /// protobuf puts on the wire exactly as the embedded Record message it
+    /// was declared as before (older nodes read the same frames): a sender
+    /// forwards the bytes it stored and a receiver stores the bytes it
+    /// received, so no hop decodes a record only to encode it again.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub records: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
     /// Sender's newest sequence number, so the receiver can report lag.
     #[prost(uint64, tag = "3")]
     pub head_seq: u64,
