@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -610,7 +610,8 @@ impl GroupSigner {
 /// signatures already verified.
 pub struct Keyring {
     root: TrustRoot,
-    keys: RwLock<HashMap<String, Vec<VerifyingKey>>>,
+    /// Shared, so checking a batch takes a reference per record, not a copy.
+    keys: RwLock<HashMap<String, Vec<Arc<VerifyingKey>>>>,
     verifier: Verifier,
     /// The newest trust list adopted.
     trust: RwLock<Option<wire::TrustListBody>>,
@@ -824,8 +825,8 @@ impl Keyring {
         let entry = map.entry(owner.to_owned()).or_default();
         let before = entry.len();
         for key in keys {
-            if !entry.contains(&key) {
-                entry.push(key);
+            if !entry.iter().any(|known| **known == key) {
+                entry.push(Arc::new(key));
             }
         }
         Ok(entry.len() > before)
@@ -837,7 +838,7 @@ impl Keyring {
         struct Prepared {
             proof: RecordProof,
             leaf: Vec<u8>,
-            key: VerifyingKey,
+            key: Arc<VerifyingKey>,
         }
         let keys = self.keys.read().expect("keyring lock");
         let revocations: HashMap<String, wire::Revocation> = records
@@ -845,6 +846,9 @@ impl Keyring {
             .filter_map(|r| r.owner.as_ref())
             .filter_map(|o| self.revocation(&o.node).map(|rev| (o.node.clone(), rev)))
             .collect();
+        // A batch's records arrive together: their proofs' shared fields
+        // (and DER signature) are read once per run.
+        let mut decoder = tiersync_trust::ProofDecoder::new();
         let prepared: Vec<Result<Prepared, String>> = records
             .iter()
             .map(|r| {
@@ -854,7 +858,8 @@ impl Keyring {
                         "unsigned: it carries no proof from its owner `{owner}`"
                     ));
                 }
-                let proof = RecordProof::from_bytes(&r.proof)
+                let proof = decoder
+                    .decode(&r.proof)
                     .map_err(|e| format!("its proof does not decode: {e}"))?;
                 if proof.signer != owner {
                     return Err(format!(

@@ -404,6 +404,12 @@ impl RecordProof {
     /// Reads [`to_bytes`](Self::to_bytes) output; every byte must be used.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader { bytes, at: 0 };
+        let header = Self::read_header(&mut reader)?;
+        header.read_rest(&mut reader)
+    }
+
+    /// Reads everything up to the leaf index: the fields all proofs of one batch share.
+    fn read_header(reader: &mut Reader<'_>) -> Result<Header, DecodeError> {
         let version = reader.take(1, "format version")?[0];
         if version != PROOF_FORMAT_V1 {
             return Err(DecodeError::Version { version });
@@ -422,6 +428,31 @@ impl RecordProof {
         let root = Digest(reader.array("root")?);
         let signature =
             Signature::from_der(reader.short("signature")?).map_err(DecodeError::Signature)?;
+        Ok(Header {
+            algorithm,
+            signer,
+            key_id,
+            leaf_count,
+            root,
+            signature,
+        })
+    }
+}
+
+/// The fields of a proof its whole batch shares.
+#[derive(Clone)]
+struct Header {
+    algorithm: Algorithm,
+    signer: String,
+    key_id: KeyId,
+    leaf_count: u64,
+    root: Digest,
+    signature: Signature,
+}
+
+impl Header {
+    /// Reads the leaf index and path after the header, and the end.
+    fn read_rest(self, reader: &mut Reader<'_>) -> Result<RecordProof, DecodeError> {
         let leaf_index = u64::from_be_bytes(reader.array("leaf index")?);
         let hashes = usize::from(reader.take(1, "path length")?[0]);
         if hashes > MAX_PATH_LEN {
@@ -430,21 +461,60 @@ impl RecordProof {
         let path = (0..hashes)
             .map(|_| reader.array("path").map(Digest))
             .collect::<Result<Vec<_>, _>>()?;
-        if reader.at != bytes.len() {
+        if reader.at != reader.bytes.len() {
             return Err(DecodeError::Trailing {
-                extra: bytes.len() - reader.at,
+                extra: reader.bytes.len() - reader.at,
             });
         }
-        Ok(Self {
-            algorithm,
-            signer,
-            key_id,
-            leaf_count,
-            root,
-            signature,
+        Ok(RecordProof {
+            algorithm: self.algorithm,
+            signer: self.signer,
+            key_id: self.key_id,
+            leaf_count: self.leaf_count,
+            root: self.root,
+            signature: self.signature,
             leaf_index,
             path,
         })
+    }
+}
+
+/// Decodes many proofs, as [`RecordProof::from_bytes`] does, but reads the fields a batch's
+/// proofs share (signer, key, count, root, and the DER signature, whose parse dominates) once
+/// for a run of proofs from the same batch: the records of one origin batch travel together.
+/// Results and errors are exactly those of `from_bytes`.
+#[derive(Default)]
+pub struct ProofDecoder {
+    /// The header bytes last read, and what they decoded to.
+    last: Option<(Vec<u8>, Header)>,
+}
+
+impl ProofDecoder {
+    /// A decoder that has read nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads one proof.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<RecordProof, DecodeError> {
+        let mut reader = Reader { bytes, at: 0 };
+        if let Some((seen, header)) = &self.last
+            && bytes.starts_with(seen)
+        {
+            reader.at = seen.len();
+            return header.clone().read_rest(&mut reader);
+        }
+        let header = RecordProof::read_header(&mut reader)?;
+        self.last = Some((bytes[..reader.at].to_vec(), header.clone()));
+        header.read_rest(&mut reader)
+    }
+}
+
+impl fmt::Debug for ProofDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProofDecoder")
+            .field("cached", &self.last.is_some())
+            .finish()
     }
 }
 
@@ -577,6 +647,17 @@ struct BatchKey {
 }
 
 impl BatchKey {
+    /// Whether `proof` checked with `key` is this batch, without building its key.
+    fn matches(&self, proof: &RecordProof, key: &VerifyingKey) -> bool {
+        self.root == proof.root
+            && self.leaf_count == proof.leaf_count
+            && self.key_id == proof.key_id
+            && self.algorithm == proof.algorithm
+            && self.fingerprint == key.fingerprint()
+            && self.signer == proof.signer
+            && self.signature == proof.signature
+    }
+
     fn new(proof: &RecordProof, key: &VerifyingKey) -> Self {
         Self {
             fingerprint: key.fingerprint(),
@@ -651,29 +732,38 @@ impl Verifier {
     /// signature check per origin batch, and tree nodes shared by their paths are hashed once
     /// (each path is still compared hash by hash, so a flipped byte anywhere is refused).
     pub fn verify_many(&self, items: &[Item<'_>]) -> Vec<Result<(), VerifyError>> {
-        let mut groups: HashMap<BatchKey, Group> = HashMap::new();
+        // Origin batches seen, in order of first appearance; an item from the same batch as
+        // the item before it (the usual case: a batch's records travel together) finds its
+        // group without building or hashing a key.
+        let mut groups: Vec<(BatchKey, Group)> = Vec::new();
+        let mut seen: HashMap<BatchKey, usize> = HashMap::new();
+        let mut group_of = Vec::with_capacity(items.len());
         let mut results = Vec::with_capacity(items.len());
+        let mut previous: Option<usize> = None;
         for item in items {
-            let entry = BatchKey::new(item.proof, item.key);
-            let group = groups.entry(entry).or_default();
-            let path = group.check_path(item.proof, item.leaf, item.key);
-            results.push(path);
+            let g = match previous {
+                Some(g) if groups[g].0.matches(item.proof, item.key) => g,
+                _ => {
+                    let entry = BatchKey::new(item.proof, item.key);
+                    *seen.entry(entry.clone()).or_insert_with(|| {
+                        groups.push((entry, Group::default()));
+                        groups.len() - 1
+                    })
+                }
+            };
+            previous = Some(g);
+            group_of.push(g);
+            results.push(groups[g].1.check_path(item.proof, item.leaf, item.key));
         }
         // One signature check per origin batch that had at least one good path.
-        let mut signatures: HashMap<BatchKey, Result<(), VerifyError>> = HashMap::new();
-        for (item, result) in items.iter().zip(&mut results) {
+        let mut signatures: Vec<Option<Result<(), VerifyError>>> = vec![None; groups.len()];
+        for ((item, result), &g) in items.iter().zip(&mut results).zip(&group_of) {
             if result.is_err() {
                 continue;
             }
-            let entry = BatchKey::new(item.proof, item.key);
-            let checked = match signatures.get(&entry) {
-                Some(checked) => checked.clone(),
-                None => {
-                    let checked = self.check_signature(item.proof, item.key, &entry);
-                    signatures.insert(entry, checked.clone());
-                    checked
-                }
-            };
+            let checked = signatures[g]
+                .get_or_insert_with(|| self.check_signature(item.proof, item.key, &groups[g].0))
+                .clone();
             // Refusals carry the item's own leaf index.
             *result = checked.map_err(|error| VerifyError {
                 leaf_index: item.proof.leaf_index,

@@ -98,7 +98,7 @@ pub mod tree;
 
 pub use batch::{
     BatchError, BatchSigner, CacheStats, DOMAIN_TAG_V1, DecodeError, EncodeError, Item,
-    PROOF_FORMAT_V1, RecordProof, SignedBatch, Verifier, VerifyError, VerifyFailure,
+    PROOF_FORMAT_V1, ProofDecoder, RecordProof, SignedBatch, Verifier, VerifyError, VerifyFailure,
 };
 pub use hash::{Digest, sm3};
 pub use keys::{DIST_ID, KeyError, KeyId, Signature, SigningKey, VerifyingKey};

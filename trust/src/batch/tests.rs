@@ -216,6 +216,37 @@ fn proof_bytes_round_trip_and_decode_errors() {
     check(&trailing, "record proof has 1 bytes after its path");
 }
 
+/// A decoder reads the header a batch's proofs share once, and its answers are exactly
+/// `from_bytes`' for every proof, every other batch's and every broken one in between.
+#[test]
+fn a_proof_decoder_answers_as_from_bytes_does() {
+    let (a, b) = (signer(), signer());
+    let first = a.sign(records(5)).unwrap();
+    let second = b.sign(records(3)).unwrap();
+    let good: Vec<Vec<u8>> = first
+        .proofs()
+        .chain(second.proofs())
+        .chain(first.proofs())
+        .map(|p| p.to_bytes().unwrap())
+        .collect();
+    let mut inputs = good.clone();
+    let whole = &good[1];
+    inputs.insert(2, whole[..whole.len() - 1].to_vec()); // ends inside its path
+    inputs.insert(3, [whole.as_slice(), &[0]].concat()); // a byte after the path
+    let mut other_count = whole.clone();
+    other_count[45] ^= 1; // the leaf count's last byte: another header, well formed
+    inputs.insert(4, other_count);
+    inputs.insert(5, vec![1, 7]); // a header cut short
+    let mut decoder = ProofDecoder::new();
+    for bytes in &inputs {
+        assert_eq!(
+            decoder.decode(bytes),
+            RecordProof::from_bytes(bytes),
+            "{bytes:?}"
+        );
+    }
+}
+
 #[test]
 fn the_verifier_is_shared_across_threads() {
     let signer = signer();
