@@ -4,14 +4,19 @@
 //! - the **sender** streams this node's change log after the peer's cursor,
 //!   filtered by [`route::delivery`], in bounded batches, with at most
 //!   `window` batches unacknowledged (flow control: a fast county cannot
-//!   drown a slow street). Caught up, it waits for new changes and sends a
-//!   heartbeat every `heartbeat` with its head, so the peer can report lag;
+//!   drown a slow street). Records go out as the bytes they are stored as
+//!   (only their routing fields are decoded). Caught up, it waits for new
+//!   changes and sends a heartbeat every `heartbeat` with its head, so the
+//!   peer can report lag;
 //! - the **receiver** validates and applies the peer's batches, the cursor
-//!   committed in the same transaction, and acknowledges each one.
+//!   committed in the same transaction, and acknowledges each one (see
+//!   [`receive_loop`] for its three stages).
 //!
 //! A frame that fails to decode or is over the size limit ends the session
 //! (tonic rejects it before we see it); nothing of that frame was applied,
-//! and the peer resends from the cursor we announce on reconnect.
+//! and the peer resends from the cursor we announce on reconnect. Inside a
+//! well-formed batch each record is decoded on its own: one that does not
+//! decode is quarantined like any refused record, and the rest applies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
