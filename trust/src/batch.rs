@@ -440,7 +440,7 @@ impl RecordProof {
 }
 
 /// The fields of a proof its whole batch shares.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Header {
     algorithm: Algorithm,
     signer: String,
@@ -451,6 +451,27 @@ struct Header {
 }
 
 impl Header {
+    fn of(proof: &RecordProof) -> Header {
+        Header {
+            algorithm: proof.algorithm,
+            signer: proof.signer.clone(),
+            key_id: proof.key_id,
+            leaf_count: proof.leaf_count,
+            root: proof.root,
+            signature: proof.signature.clone(),
+        }
+    }
+
+    /// Whether `proof` has these fields, compared in place.
+    fn is_of(&self, proof: &RecordProof) -> bool {
+        self.root == proof.root
+            && self.leaf_count == proof.leaf_count
+            && self.key_id == proof.key_id
+            && self.algorithm == proof.algorithm
+            && self.signer == proof.signer
+            && self.signature == proof.signature
+    }
+
     /// Reads the leaf index and path after the header, and the end.
     fn read_rest(self, reader: &mut Reader<'_>) -> Result<RecordProof, DecodeError> {
         let leaf_index = u64::from_be_bytes(reader.array("leaf index")?);
@@ -638,35 +659,19 @@ pub struct Verifier {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct BatchKey {
     fingerprint: Digest,
-    algorithm: Algorithm,
-    signer: String,
-    key_id: KeyId,
-    leaf_count: u64,
-    root: Digest,
-    signature: Signature,
+    header: Header,
 }
 
 impl BatchKey {
     /// Whether `proof` checked with `key` is this batch, without building its key.
     fn matches(&self, proof: &RecordProof, key: &VerifyingKey) -> bool {
-        self.root == proof.root
-            && self.leaf_count == proof.leaf_count
-            && self.key_id == proof.key_id
-            && self.algorithm == proof.algorithm
-            && self.fingerprint == key.fingerprint()
-            && self.signer == proof.signer
-            && self.signature == proof.signature
+        self.fingerprint == key.fingerprint() && self.header.is_of(proof)
     }
 
     fn new(proof: &RecordProof, key: &VerifyingKey) -> Self {
         Self {
             fingerprint: key.fingerprint(),
-            algorithm: proof.algorithm,
-            signer: proof.signer.clone(),
-            key_id: proof.key_id,
-            leaf_count: proof.leaf_count,
-            root: proof.root,
-            signature: proof.signature.clone(),
+            header: Header::of(proof),
         }
     }
 }
