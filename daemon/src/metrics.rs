@@ -164,9 +164,30 @@ impl Metrics {
     }
 
     pub fn record_applied(&self, kind: &str, schemas: &Schemas) {
-        self.applied
-            .get_or_create(&Self::kind_label(kind, schemas))
-            .inc();
+        self.records_applied([kind], schemas);
+    }
+
+    /// Counts records applied, one label lookup per run of the same kind
+    /// (a link batch is mostly one kind: this runs for every record).
+    pub fn records_applied<'a>(&self, kinds: impl IntoIterator<Item = &'a str>, schemas: &Schemas) {
+        let mut run: Option<(&str, u64)> = None;
+        for kind in kinds {
+            match &mut run {
+                Some((current, n)) if *current == kind => *n += 1,
+                _ => {
+                    if let Some((done, n)) = run.replace((kind, 1)) {
+                        self.applied
+                            .get_or_create(&Self::kind_label(done, schemas))
+                            .inc_by(n);
+                    }
+                }
+            }
+        }
+        if let Some((done, n)) = run {
+            self.applied
+                .get_or_create(&Self::kind_label(done, schemas))
+                .inc_by(n);
+        }
     }
 
     pub fn record_rejected(&self, kind: &str, schemas: &Schemas) {
@@ -188,4 +209,35 @@ pub fn register_standby(registry: &mut Registry, standby: bool) -> Gauge {
         gauge.clone(),
     );
     gauge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_records_are_counted_by_kind_across_runs() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let schemas = Schemas::global();
+        let kinds = [
+            "civil.v1.Resident",
+            "civil.v1.Resident",
+            "gov.v1.Notice",
+            "civil.v1.Resident",
+            "acme.v9.Unknown",
+        ];
+        metrics.records_applied(kinds, schemas);
+        metrics.record_applied("gov.v1.Notice", schemas);
+        let count = |kind: &str| {
+            metrics
+                .applied
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .get()
+        };
+        assert_eq!(count("civil.v1.Resident"), 3);
+        assert_eq!(count("gov.v1.Notice"), 2);
+        assert_eq!(count("other"), 1);
+        metrics.records_applied([], schemas);
+        assert_eq!(count("civil.v1.Resident"), 3);
+    }
 }

@@ -337,9 +337,10 @@ impl Node {
 
     /// Publishes changes applied outside a link session (quarantine replay).
     pub fn applied_locally(&self, report: &ApplyReport) {
-        for (_, r) in &report.applied {
-            self.metrics.record_applied(&r.kind, self.schemas);
-        }
+        self.metrics.records_applied(
+            report.applied.iter().map(|(_, r)| r.kind.as_str()),
+            self.schemas,
+        );
         if let Some((seq, _)) = report.applied.last() {
             self.advance_head(*seq);
         }
@@ -956,9 +957,10 @@ impl Node {
             warn!(peer = %peer, kind = %refusal.kind, origin = %refusal.origin, reason = %refusal.reason, "record rejected");
             self.metrics.record_rejected(&refusal.kind, self.schemas);
         }
-        for (_, r) in &report.applied {
-            self.metrics.record_applied(&r.kind, self.schemas);
-        }
+        self.metrics.records_applied(
+            report.applied.iter().map(|(_, r)| r.kind.as_str()),
+            self.schemas,
+        );
         if let Some((seq, _)) = report.applied.last() {
             self.advance_head(*seq);
         }

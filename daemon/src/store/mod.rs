@@ -522,26 +522,39 @@ pub(crate) fn decode(seq: i64, body: Vec<u8>) -> Result<wire::Record> {
 /// Keeps, per id, the newest version in a batch (first-seen order of ids);
 /// a copy no newer than one already seen counts as a duplicate.
 pub(crate) fn newest_per_id(records: Vec<Encoded>, report: &mut ApplyReport) -> Vec<Encoded> {
-    let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(records.len());
-    let mut out: Vec<Encoded> = Vec::with_capacity(records.len());
-    for r in records {
-        match at.get(&r.record.id) {
-            None => {
-                at.insert(r.record.id.clone(), out.len());
-                out.push(r);
-            }
-            Some(&i) => {
-                if version_key(r.record.version, r.record.withdrawn)
-                    > version_key(out[i].record.version, out[i].record.withdrawn)
-                {
-                    out[i] = r;
-                } else {
-                    report.duplicates += 1;
+    // Which copy to keep for each id, in first-seen order, decided over
+    // borrowed ids (this runs for every record a link applies).
+    let picks: Vec<usize> = {
+        let mut at: HashMap<&[u8], usize> = HashMap::with_capacity(records.len());
+        let mut picks: Vec<usize> = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            match at.get(r.record.id.as_slice()) {
+                None => {
+                    at.insert(&r.record.id, picks.len());
+                    picks.push(i);
+                }
+                Some(&p) => {
+                    let kept = &records[picks[p]].record;
+                    if version_key(r.record.version, r.record.withdrawn)
+                        > version_key(kept.version, kept.withdrawn)
+                    {
+                        picks[p] = i;
+                    } else {
+                        report.duplicates += 1;
+                    }
                 }
             }
         }
+        picks
+    };
+    if picks.len() == records.len() {
+        return records;
     }
-    out
+    let mut slots: Vec<Option<Encoded>> = records.into_iter().map(Some).collect();
+    picks
+        .into_iter()
+        .map(|i| slots[i].take().expect("each copy is picked once"))
+        .collect()
 }
 
 /// What an apply writes, decided against the versions already held.
