@@ -2,13 +2,13 @@
 //!
 //! What is recorded, each entry IN THE SAME TRANSACTION as what it records
 //! (so an entry exists exactly when its event committed):
-//! - every own write ([`Store::put_local`]): action `put` or `delete`, or
+//! - every own write ([`Store::put_local`](crate::store::Store::put_local)): action `put` or `delete`, or
 //!   `trust` / `join` for trust lists and join records;
-//! - every refusal in [`Store::apply`] (validation and stale versions):
+//! - every refusal in [`Store::apply`](crate::store::Store::apply) (validation and stale versions):
 //!   action `reject`, actor `peer:<code>`, detail the reason;
 //! - every trust list adopted from a peer (action `trust`, in that batch's
 //!   transaction);
-//! - reads by a department, for the adapters ([`Store::audit_append`]).
+//! - reads by a department, for the adapters ([`Store::audit_append`](crate::store::Store::audit_append)).
 //!
 //! Records applied from peers are not entries: the change log already holds
 //! them, and a link applies tens of thousands a second.

@@ -150,7 +150,7 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Find records by natural key (for residents: --key id_number --value <number>).
+    /// Find records by natural key (for residents: --key id_number --value NUMBER).
     Lookup {
         #[command(flatten)]
         api: ApiArgs,

@@ -90,7 +90,8 @@ pub struct PutInput {
     pub reason: String,
 }
 
-/// A batch from a peer that passed [`Node::prepare_from_peer`].
+/// A batch from a peer that passed [`Node::screen_from_peer`] and
+/// [`ScreenedBatch::verify`], ready for [`Node::commit_from_peer`].
 #[derive(Debug)]
 pub struct PreparedBatch {
     through_seq: u64,
@@ -835,34 +836,6 @@ impl Node {
                 .map_err(|e| e.to_string())?,
         }
         Ok(())
-    }
-
-    /// Validates and applies a batch from a peer, with the cursor, in one
-    /// transaction. Returns what to acknowledge.
-    pub async fn apply_from_peer(
-        self: &Arc<Self>,
-        peer: &DivisionCode,
-        from: Toward,
-        peer_epoch: &str,
-        batch: wire::Batch,
-    ) -> Result<ApplyReport, StoreError> {
-        let prepared = self.prepare_from_peer(peer, from, batch).await?;
-        self.commit_from_peer(peer, peer_epoch, prepared).await
-    }
-
-    /// The checks of [`Node::apply_from_peer`] before anything is written:
-    /// [`Node::screen_from_peer`], then [`ScreenedBatch::verify`] on a
-    /// blocking thread.
-    pub async fn prepare_from_peer(
-        self: &Arc<Self>,
-        peer: &DivisionCode,
-        from: Toward,
-        batch: wire::Batch,
-    ) -> Result<PreparedBatch, StoreError> {
-        let screened = self.screen_from_peer(peer, from, batch).await?;
-        Ok(tokio::task::spawn_blocking(move || screened.verify())
-            .await
-            .expect("record checks do not panic"))
     }
 
     /// The checks of a peer's batch that must run in arrival order: the

@@ -10,7 +10,7 @@
 //!   peer can report lag;
 //! - the **receiver** validates and applies the peer's batches, the cursor
 //!   committed in the same transaction, and acknowledges each one (see
-//!   [`receive_loop`] for its three stages).
+//!   `receive_loop` for its three stages).
 //!
 //! A frame that fails to decode or is over the size limit ends the session
 //! (tonic rejects it before we see it); nothing of that frame was applied,
