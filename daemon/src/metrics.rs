@@ -170,23 +170,24 @@ impl Metrics {
     /// Counts records applied, one label lookup per run of the same kind
     /// (a link batch is mostly one kind: this runs for every record).
     pub fn records_applied<'a>(&self, kinds: impl IntoIterator<Item = &'a str>, schemas: &Schemas) {
+        let count = |kind: &str, n: u64| {
+            self.applied
+                .get_or_create(&Self::kind_label(kind, schemas))
+                .inc_by(n);
+        };
         let mut run: Option<(&str, u64)> = None;
         for kind in kinds {
             match &mut run {
                 Some((current, n)) if *current == kind => *n += 1,
                 _ => {
                     if let Some((done, n)) = run.replace((kind, 1)) {
-                        self.applied
-                            .get_or_create(&Self::kind_label(done, schemas))
-                            .inc_by(n);
+                        count(done, n);
                     }
                 }
             }
         }
         if let Some((done, n)) = run {
-            self.applied
-                .get_or_create(&Self::kind_label(done, schemas))
-                .inc_by(n);
+            count(done, n);
         }
     }
 

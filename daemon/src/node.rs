@@ -166,28 +166,19 @@ impl ScreenedBatch {
             peer,
             from,
             through_seq,
-            mut unverified,
+            unverified,
             mut refused,
             learned,
             audit,
         } = self;
-        let records = std::mem::take(&mut unverified.records);
-        let mut checked = Vec::with_capacity(records.len());
-        let mut bad_keys = HashMap::new();
-        for (i, r) in records.into_iter().enumerate() {
-            if let Some(reason) = unverified.bad_keys.remove(&i) {
-                bad_keys.insert(checked.len(), reason);
-            } else if !is_key_material(&r.record)
-                && let Err(reason) = node.check_incoming(&r.record, &peer, from)
-            {
-                refused.push(Refusal::of_encoded(&r, reason));
-                continue;
+        // Key material was checked when it was screened.
+        let records = unverified.check(&mut refused, |r| {
+            if is_key_material(r) {
+                Ok(())
+            } else {
+                node.check_incoming(r, &peer, from)
             }
-            checked.push(r);
-        }
-        unverified.records = checked;
-        unverified.bad_keys = bad_keys;
-        let records = unverified.check(&mut refused);
+        });
         PreparedBatch {
             through_seq,
             records,
@@ -210,24 +201,37 @@ struct Unverified {
 }
 
 impl Unverified {
-    /// Keeps the records whose owner's signature verifies; the rest are
-    /// refused with the record, its origin and the reason. CPU-bound.
-    fn check(self, refused: &mut Vec<Refusal>) -> Vec<Encoded> {
+    /// Keeps the records that pass `screen` (the checks of envelope, scope
+    /// and payload) and whose owner's signature verifies; the rest are
+    /// refused, a failed signature or key with the record, its origin and
+    /// the reason. CPU-bound.
+    fn check(
+        self,
+        refused: &mut Vec<Refusal>,
+        screen: impl Fn(&wire::Record) -> Result<(), String>,
+    ) -> Vec<Encoded> {
         let Unverified {
             records,
             mut bad_keys,
             keyring,
         } = self;
-        let Some(keyring) = keyring else {
-            return records;
+        let signatures = match &keyring {
+            Some(keyring) => keyring.verify(&records.iter().map(|e| &e.record).collect::<Vec<_>>()),
+            None => vec![Ok(()); records.len()],
         };
-        let results = keyring.verify(&records.iter().map(|e| &e.record).collect::<Vec<_>>());
         let mut kept = Vec::with_capacity(records.len());
-        for (i, (encoded, result)) in records.into_iter().zip(results).enumerate() {
-            match bad_keys.remove(&i).map(Err).unwrap_or(result) {
+        for (i, (encoded, signature)) in records.into_iter().zip(signatures).enumerate() {
+            let r = &encoded.record;
+            let bad_key = bad_keys.remove(&i);
+            if bad_key.is_none()
+                && let Err(reason) = screen(r)
+            {
+                refused.push(Refusal::of_encoded(&encoded, reason));
+                continue;
+            }
+            match bad_key.map(Err).unwrap_or(signature) {
                 Ok(()) => kept.push(encoded),
                 Err(reason) => {
-                    let r = &encoded.record;
                     let id = RecordId::from_bytes(&r.id)
                         .map(|i| i.to_string())
                         .unwrap_or_else(|_| hex::encode(&r.id));
@@ -975,7 +979,8 @@ impl Node {
         // Hashing a batch is milliseconds of CPU: on the blocking pool.
         let (kept, failed) = tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
-            let kept = unverified.check(&mut failed);
+            // The caller has checked the rest.
+            let kept = unverified.check(&mut failed, |_| Ok(()));
             (kept, failed)
         })
         .await

@@ -734,6 +734,5 @@ async fn send_batch(
             body: Some(Body::Batch(batch)),
         })
         .await
-        .map_err(|_| LinkError::Closed)?;
-    Ok(())
+        .map_err(|_| LinkError::Closed)
 }
