@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tiersync::demo::Deployment;
+use tiersync::node::Reader;
 use tiersync::store::ApplyBatch;
 use tiersync::store::postgres::{mask_url, scratch::ScratchSchema};
 use tiersync_proto::pb::civil;
@@ -134,14 +135,14 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
             .map(|n| resident(n, &key))
             .collect();
         // Signed by the county, as its own writes are.
-        county.node.identity.sign(&mut batch)?;
+        county.node.identity().sign(&mut batch)?;
         for r in &batch {
             ids.push(r.id.clone());
             digests.push(r.keys[0].value.clone());
         }
         county
             .node
-            .store
+            .store_for_tests()
             .apply(ApplyBatch {
                 via: String::new(),
                 cursor: None,
@@ -164,7 +165,7 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
 
     // City up first, then the county: the clock starts with the county.
     let city = d.start(CITY).await?;
-    let base = city.node.store.head_seq().await?;
+    let base = city.node.head_seq().await?;
     let last = ids.last().cloned().unwrap_or_default();
     let start = Instant::now();
     let county = d.start(COUNTY).await?;
@@ -172,19 +173,24 @@ async fn city(records: usize, reads: usize) -> anyhow::Result<()> {
     loop {
         // Records apply in the county's log order: the last one means all.
         if *head.borrow_and_update() >= base + records as u64
-            && city.node.store.get(&last).await?.is_some()
+            && city
+                .node
+                .reads(Reader::Operator)
+                .get(&last)
+                .await?
+                .is_some()
         {
             break;
         }
         // A refusal means the figures would measure nothing: stop and say why.
-        if let Some(q) = city.node.store.quarantine_list(1).await?.first() {
+        if let Some(q) = city.node.quarantine_list(1).await?.first() {
             anyhow::bail!("the city refused records, the first because: {}", q.reason);
         }
         tokio::time::timeout(Duration::from_secs(300), head.changed()).await??;
     }
     let secs = start.elapsed().as_secs_f64();
     county.shutdown().await;
-    let store = city.node.store.clone();
+    let store = city.node.store_for_tests().clone();
     println!(
         "city load: {records} residents from a SQLite county into the PostgreSQL city ({}) over one mutual-TLS link in {secs:.1} s = {:.0} records/s; city holds {}, {} rejected",
         mask_url(&schema.url()),
@@ -230,7 +236,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        tiersync::tls::install_crypto_provider();
+        tiersync::identity::tls::install_crypto_provider();
         city(
             env("BENCH_RECORDS", 1_000_000) as usize,
             env("BENCH_READS", 10_000) as usize,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tiersync::demo::{Deployment, numbered_id_number};
-use tiersync::node::PutInput;
+use tiersync::node::{PutInput, Reader};
 use tiersync::store::ApplyBatch;
 use tiersync_proto::pb::civil;
 use tiersync_proto::types::{RecordId, Tier};
@@ -109,7 +109,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
             .map(|n| kilobyte_record(n, "511102004001", &key))
             .collect();
         let t = Instant::now();
-        community.node.identity.sign(&mut batch)?;
+        community.node.identity().sign(&mut batch)?;
         signing += t.elapsed();
         if chunk == 0 {
             signed_len = batch[0].encoded_len();
@@ -117,7 +117,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
         }
         community
             .node
-            .store
+            .store_for_tests()
             .apply(ApplyBatch {
                 via: String::new(),
                 cursor: None,
@@ -144,7 +144,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
     let street = d
         .start_tuned("511102004", |c| c.sync.verify_origin = verify)
         .await?;
-    let already = street.node.store.head_seq().await?;
+    let already = street.node.head_seq().await?;
     let start = Instant::now();
     let community = d.start("511102004001").await?;
     let mut head = street.node.subscribe_head();
@@ -157,7 +157,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(120), head.changed()).await??;
     }
     let secs = start.elapsed().as_secs_f64();
-    let rejected = street.node.store.quarantine_count().await?;
+    let rejected = street.node.quarantined_count().await?;
     println!(
         "link throughput, signatures {}: {records} records caught up over one mutual-TLS link in {secs:.2} s = {:.0} records/s ({:.1} MB/s), {rejected} rejected",
         if verify { "verified" } else { "NOT verified" },
@@ -191,7 +191,11 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
             let mut head = node.subscribe_head();
             let mut after = 0;
             loop {
-                let changes = node.store.changes_after(after, 1000).await.unwrap();
+                let changes = node
+                    .reads(Reader::Node)
+                    .changes_after(after, 1000)
+                    .await
+                    .unwrap();
                 if changes.is_empty() {
                     head.borrow_and_update();
                     if head.changed().await.is_err() {
@@ -201,12 +205,12 @@ async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
                 }
                 let now = Instant::now();
                 let mut map = arrived.lock().unwrap();
-                for c in changes {
-                    after = c.seq;
+                for (seq, record) in changes {
+                    after = seq;
                     // Only the residents put below, not the nodes' keys or
                     // the trust list.
-                    if c.record.kind == "civil.v1.Resident" {
-                        map.insert(c.record.id, now);
+                    if record.kind == "civil.v1.Resident" {
+                        map.insert(record.id, now);
                     }
                 }
             }
@@ -279,7 +283,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        tiersync::tls::install_crypto_provider();
+        tiersync::identity::tls::install_crypto_provider();
         let records = env("BENCH_RECORDS", 100_000) as usize;
         // BENCH_ONLY=verified|unverified|latency runs one part (profiling).
         let only = std::env::var("BENCH_ONLY").unwrap_or_default();

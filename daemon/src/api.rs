@@ -4,8 +4,7 @@
 //! CLI and adapters on the same host use it.
 //!
 //! Domain errors become a `tonic::Status` in exactly one place,
-//! [`status_of`], with a restricted set of codes and a message naming what
-//! is wrong.
+//! [`crate::error`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,41 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::node::{KEY_ID_DIGEST, KIND_RESIDENT, Node, NodeError, PutInput};
-use crate::store::{ListQuery, StoreError};
-
-/// The one mapping from domain errors to gRPC statuses.
-pub fn status_of(error: NodeError) -> Status {
-    match &error {
-        NodeError::UnknownKind { .. } | NodeError::Invalid { .. } => {
-            Status::invalid_argument(error.to_string())
-        }
-        NodeError::NotFound(_) => Status::not_found(error.to_string()),
-        NodeError::Store(store) => match store {
-            StoreError::AlreadyExists { .. } | StoreError::DuplicateKey { .. } => {
-                Status::already_exists(error.to_string())
-            }
-            StoreError::NotFound { .. } => Status::not_found(error.to_string()),
-            StoreError::VersionConflict { .. } => Status::failed_precondition(error.to_string()),
-            // a standby took over: this process stops; the client retries
-            // against the active daemon
-            StoreError::Fenced { .. } => Status::unavailable(error.to_string()),
-            StoreError::Db(_)
-            | StoreError::BadUrl { .. }
-            | StoreError::Migrate(_)
-            | StoreError::Corrupt { .. }
-            | StoreError::WrongNode { .. }
-            | StoreError::Shared { .. } => {
-                tracing::error!(%error, "store failure serving the local API");
-                Status::internal(error.to_string())
-            }
-        },
-    }
-}
-
-fn store_status(error: StoreError) -> Status {
-    status_of(NodeError::Store(error))
-}
+use crate::error::{status_of, store_status};
+use crate::kinds::{KEY_ID_DIGEST, KIND_RESIDENT};
+use crate::node::{Node, NodeError, PutInput, Reader};
+use crate::store::ListQuery;
 
 pub struct LocalApiService {
     node: Arc<Node>,
@@ -95,7 +63,11 @@ impl LocalApi for LocalApiService {
             .await
             .map_err(status_of)?;
         Ok(Response::new(wire::PutResponse {
-            record: Some(self.node.for_reader(outcome.stored.record)),
+            record: Some(
+                self.node
+                    .reads(Reader::Operator)
+                    .show(outcome.stored.record),
+            ),
             amendment: outcome.amendment,
         }))
     }
@@ -107,20 +79,20 @@ impl LocalApi for LocalApiService {
         let id = request.into_inner().id;
         let rid = RecordId::from_bytes(&id)
             .map_err(|e| Status::invalid_argument(format!("invalid id: {e}")))?;
-        let stored = self
+        let record = self
             .node
-            .store
+            .reads(Reader::Operator)
             .get(&id)
             .await
-            .map_err(store_status)?
+            .map_err(status_of)?
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "record {rid} is not held at node `{}`",
-                    self.node.code
+                    self.node.code()
                 ))
             })?;
         Ok(Response::new(wire::GetResponse {
-            record: Some(self.node.for_reader(stored.record)),
+            record: Some(record),
         }))
     }
 
@@ -131,7 +103,7 @@ impl LocalApi for LocalApiService {
         let r = request.into_inner();
         let records = self
             .node
-            .store
+            .reads(Reader::Operator)
             .list(&ListQuery {
                 kind: r.kind,
                 owner_prefix: r.owner_prefix,
@@ -140,13 +112,8 @@ impl LocalApi for LocalApiService {
                 limit: r.limit,
             })
             .await
-            .map_err(store_status)?;
-        Ok(Response::new(wire::ListResponse {
-            records: records
-                .into_iter()
-                .map(|s| self.node.for_reader(s.record))
-                .collect(),
-        }))
+            .map_err(status_of)?;
+        Ok(Response::new(wire::ListResponse { records }))
     }
 
     type WatchStream = ChangeStream;
@@ -163,10 +130,10 @@ impl LocalApi for LocalApiService {
             let mut head = node.subscribe_head();
             let mut after = r.after_seq;
             loop {
-                let changes = match node.store.changes_after(after, 500).await {
+                let changes = match node.reads(Reader::Operator).changes_after(after, 500).await {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                        let _ = tx.send(Err(status_of(e))).await;
                         return;
                     }
                 };
@@ -179,14 +146,14 @@ impl LocalApi for LocalApiService {
                     }
                     continue;
                 }
-                for change in changes {
-                    after = change.seq;
-                    if !r.kind.is_empty() && change.record.kind != r.kind {
+                for (seq, record) in changes {
+                    after = seq;
+                    if !r.kind.is_empty() && record.kind != r.kind {
                         continue;
                     }
                     let item = wire::Change {
-                        seq: change.seq,
-                        record: Some(node.for_reader(change.record)),
+                        seq,
+                        record: Some(record),
                     };
                     if tx.send(Ok(item)).await.is_err() {
                         return;
@@ -209,18 +176,13 @@ impl LocalApi for LocalApiService {
         } else {
             (r.key, r.value)
         };
-        let found = self
+        let records = self
             .node
-            .store
+            .reads(Reader::Operator)
             .lookup(&r.kind, &name, &value)
             .await
-            .map_err(store_status)?;
-        Ok(Response::new(wire::ListResponse {
-            records: found
-                .into_iter()
-                .map(|s| self.node.for_reader(s.record))
-                .collect(),
-        }))
+            .map_err(status_of)?;
+        Ok(Response::new(wire::ListResponse { records }))
     }
 
     async fn status(
@@ -229,13 +191,18 @@ impl LocalApi for LocalApiService {
     ) -> Result<Response<wire::StatusResponse>, Status> {
         let node = &self.node;
         Ok(Response::new(wire::StatusResponse {
-            node: node.code.to_string(),
-            tier: node.code.tier().to_string(),
-            head_seq: node.store.head_seq().await.map_err(store_status)?,
-            records: node.store.count().await.map_err(store_status)?,
-            quarantined: node.store.quarantine_count().await.map_err(store_status)?,
-            links: node.links.snapshot().iter().map(|l| l.to_wire()).collect(),
-            trust: Some(node.keyring.trust_status(crate::status::now_ms())),
+            node: node.code().to_string(),
+            tier: node.code().tier().to_string(),
+            head_seq: node.head_seq().await.map_err(store_status)?,
+            records: node.record_count().await.map_err(store_status)?,
+            quarantined: node.quarantined_count().await.map_err(store_status)?,
+            links: node
+                .links()
+                .snapshot()
+                .iter()
+                .map(|l| l.to_wire())
+                .collect(),
+            trust: Some(node.keyring().trust_status(crate::clock::now_ms())),
         }))
     }
 
@@ -245,7 +212,6 @@ impl LocalApi for LocalApiService {
     ) -> Result<Response<wire::ListQuarantineResponse>, Status> {
         let rows = self
             .node
-            .store
             .quarantine_list(request.into_inner().limit)
             .await
             .map_err(store_status)?;
@@ -274,7 +240,7 @@ impl LocalApi for LocalApiService {
     ) -> Result<Response<wire::CreateJoinTokenResponse>, Status> {
         let req = request.into_inner();
         let ttl = match req.ttl_seconds {
-            0 => crate::join::DEFAULT_TOKEN_TTL,
+            0 => crate::identity::join::DEFAULT_TOKEN_TTL,
             s => std::time::Duration::from_secs(s),
         };
         let (token, expires_at_ms) = self
@@ -303,7 +269,7 @@ impl LocalApi for LocalApiService {
             .await
             .map_err(status_of)?;
         Ok(Response::new(
-            self.node.keyring.trust_status(crate::status::now_ms()),
+            self.node.keyring().trust_status(crate::clock::now_ms()),
         ))
     }
 
@@ -322,7 +288,7 @@ impl LocalApi for LocalApiService {
             .await
             .map_err(status_of)?;
         Ok(Response::new(
-            self.node.keyring.trust_status(crate::status::now_ms()),
+            self.node.keyring().trust_status(crate::clock::now_ms()),
         ))
     }
 
@@ -331,7 +297,7 @@ impl LocalApi for LocalApiService {
         _request: Request<wire::TrustStatusRequest>,
     ) -> Result<Response<wire::TrustListStatus>, Status> {
         Ok(Response::new(
-            self.node.keyring.trust_status(crate::status::now_ms()),
+            self.node.keyring().trust_status(crate::clock::now_ms()),
         ))
     }
 

@@ -23,18 +23,21 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::Admin;
 use crate::api::LocalApiService;
 use crate::config::{NodeConfig, Storage};
-use crate::join::JoinService;
-use crate::metrics::Metrics;
+use crate::identity::join::CertificateIssuer;
+use crate::identity::join::JoinService;
+use crate::identity::origin::{Identity, TrustRoot};
+use crate::identity::tls::TlsMaterial;
 use crate::node::Node;
-use crate::origin::{Identity, TrustRoot};
+use crate::node::amend::AmendmentAnswer;
+use crate::node::routed::Routed;
+use crate::ops::admin::Admin;
+use crate::ops::metrics::Metrics;
 use crate::store::Store;
 use crate::store::postgres::{ActiveLease, PgStore, connect_options};
 use crate::store::sqlite::SqliteStore;
 use crate::sync::server::SyncService;
-use crate::tls::TlsMaterial;
 
 /// How long tasks get to finish after cancellation before they are aborted.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -116,7 +119,7 @@ impl App {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        crate::metrics::register_standby(&mut registry, false);
+        crate::ops::metrics::register_standby(&mut registry, false);
         metrics
             .quarantined
             .set(store.quarantine_count().await? as i64);
@@ -132,15 +135,18 @@ impl App {
         )
         .await?;
         node.publish_own_key().await?;
-        node.process_amendments(None).await?;
+        // What applied records of certain kinds call for: the owner answers
+        // amendments; the node holding the deployment CA (the city) answers
+        // certificate requests.
+        let mut handlers = vec![Routed::handler(AmendmentAnswer)];
         if let Some(ca_key) = &config.tls.ca_key {
             let read = |path: &std::path::Path| {
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))
             };
-            let ca = crate::pki::Ca::load(&read(&config.tls.ca)?, &read(ca_key)?)
+            let ca = crate::identity::pki::Ca::load(&read(&config.tls.ca)?, &read(ca_key)?)
                 .with_context(|| format!("tls.ca_key {}", ca_key.display()))?;
-            let _ = node.issuer.set(Arc::new(ca));
+            handlers.push(Routed::handler(CertificateIssuer::new(ca)));
         }
         // The trust list held first: after a rollover, the city's key is a
         // later root's, found in the list's chain.
@@ -150,17 +156,17 @@ impl App {
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))
             };
-            let issuer = crate::origin::RootIssuer::resume(
+            let issuer = crate::identity::origin::RootIssuer::resume(
                 &read(&config.trust.root)?,
                 &read(root_key)?,
-                &node.keyring.chain(),
+                &node.keyring().chain(),
                 &config.trust.root.display().to_string(),
             )
             .with_context(|| format!("trust.root_key {}", root_key.display()))?;
             node.set_root_issuer(issuer);
         }
-        crate::join::issue_pending(&node, None).await?;
-        if node.root_issuer().is_some() && node.keyring.trust_list().is_none() {
+        node.start_handlers(handlers).await?;
+        if node.root_issuer().is_some() && node.keyring().trust_list().is_none() {
             node.publish_trust_list(None).await?;
         }
         let registry = Arc::new(registry);
@@ -186,15 +192,15 @@ impl App {
                 .await
                 .with_context(|| format!("cannot bind listen.peer {addr}"))?;
             peer_addr = Some(listener.local_addr()?);
-            let incoming = crate::tls::tls_incoming(listener, tls.server_config()?);
+            let incoming = crate::identity::tls::tls_incoming(listener, tls.server_config()?);
             let sync = SyncServer::new(SyncService::new(node.clone(), cancel.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
             let router = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                .initial_stream_window_size(Some(crate::tls::STREAM_WINDOW))
-                .initial_connection_window_size(Some(crate::tls::CONNECTION_WINDOW))
+                .initial_stream_window_size(Some(crate::identity::tls::STREAM_WINDOW))
+                .initial_connection_window_size(Some(crate::identity::tls::CONNECTION_WINDOW))
                 .add_service(health_service.clone())
                 .add_service(reflection.clone())
                 .add_service(JoinServer::new(JoinService::new(
@@ -270,7 +276,7 @@ impl App {
 
         tasks.spawn(trust_worker(node.clone(), cancel.clone()));
 
-        info!(node = %node.code, tier = %node.code.tier(), storage = %config.storage, "node started");
+        info!(node = %node.code(), tier = %node.code().tier(), storage = %config.storage, "node started");
         Ok(RunningNode {
             node,
             peer_addr,
@@ -295,10 +301,10 @@ async fn trust_worker(node: Arc<Node>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         if node.root_issuer().is_some()
-            && let Some(list) = node.keyring.trust_list()
+            && let Some(list) = node.keyring().trust_list()
         {
             let half = (list.next_update_ms - list.issued_at_ms) / 2;
-            if crate::status::now_ms() >= list.issued_at_ms + half
+            if crate::clock::now_ms() >= list.issued_at_ms + half
                 && let Err(error) = node.publish_trust_list(None).await
             {
                 tracing::error!(%error, "cannot publish a fresh trust list");
@@ -327,7 +333,7 @@ async fn wait_for_lease(
     let lease = match admin {
         Some(listener) => tokio::select! {
             lease = acquire => lease?,
-            never = crate::admin::serve_standby(listener, why) => match never {},
+            never = crate::ops::admin::serve_standby(listener, why) => match never {},
         },
         None => acquire.await?,
     };
@@ -413,7 +419,7 @@ pub async fn open_audit_log(
 /// the deployment secret. `check-config` runs this too, so `ExecStartPre`
 /// catches what `serve` would fail on.
 pub fn load_material(config: &NodeConfig) -> anyhow::Result<Material> {
-    crate::tls::install_crypto_provider();
+    crate::identity::tls::install_crypto_provider();
     let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
     if tls.own_code() != &config.code {
         anyhow::bail!(
@@ -451,7 +457,7 @@ pub fn load_material(config: &NodeConfig) -> anyhow::Result<Material> {
                 .with_context(|| format!("cannot read trust.chain {}", path.display()))?;
             let chain = tiersync_proto::wire::RootChain::decode(bytes.as_slice())
                 .with_context(|| format!("trust.chain {} is not a root chain", path.display()))?;
-            crate::origin::follow_chain(&root, &chain.links)
+            crate::identity::origin::follow_chain(&root, &chain.links)
                 .map_err(|reason| anyhow::anyhow!("trust.chain {}: {reason}", path.display()))?
         }
     };
@@ -507,7 +513,7 @@ impl RunningNode {
                 Ok(())
             }
             _ = lease_lost => {
-                let code = self.node.code.clone();
+                let code = self.node.code().clone();
                 error!(node = %code, "lost the active lease; stopping so the standby can take over");
                 self.shutdown().await;
                 anyhow::bail!(
@@ -534,12 +540,12 @@ impl RunningNode {
         })
         .await;
         if drained.is_err() {
-            warn!(node = %self.node.code, "tasks did not drain within the grace period; aborting them");
+            warn!(node = %self.node.code(), "tasks did not drain within the grace period; aborting them");
             self.tasks.shutdown().await;
         }
-        self.node.store.close().await;
+        self.node.close().await;
         // released last: a standby must not open the store before we closed it
         drop(self.lease.take());
-        info!(node = %self.node.code, "node stopped");
+        info!(node = %self.node.code(), "node stopped");
     }
 }

@@ -399,15 +399,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             retry_secs,
             no_serve,
         } => {
-            let token = crate::join::JoinToken::parse(&token)?;
-            let options = crate::join::JoinOptions {
+            let token = crate::identity::join::JoinToken::parse(&token)?;
+            let options = crate::identity::join::JoinOptions {
                 dir,
                 listen_peer,
                 listen_api,
                 listen_admin,
                 retry_for: std::time::Duration::from_secs(retry_secs),
             };
-            let config_path = crate::join::join(&parent, &token, &options).await?;
+            let config_path = crate::identity::join::join(&parent, &token, &options).await?;
             println!(
                 "joined as node {} under {}; config written to {}",
                 token.code,
@@ -600,12 +600,12 @@ async fn serve(config: &Path) -> anyhow::Result<()> {
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {
-    use crate::audit::{AuditQuery, Verdict};
+    use crate::store::audit::{AuditQuery, Verdict};
     match command {
         AuditCommand::Verify { config } => {
             let c = NodeConfig::load(&config, &environment())?;
             let log = crate::app::open_audit_log(&c).await?;
-            match crate::audit::verify(&*log).await? {
+            match crate::store::audit::verify(&*log).await? {
                 Verdict::Intact { entries, head } => {
                     println!(
                         "{}: audit log of node `{}` ok: {entries} entries, head {}",
@@ -655,7 +655,7 @@ async fn pki(command: PkiCommand) -> anyhow::Result<()> {
     match command {
         PkiCommand::Init { dir, city } => {
             let city = DivisionCode::parse_for_tier(&city, Tier::City)?;
-            crate::pki::init_dir(&dir, &city)?;
+            crate::identity::pki::init_dir(&dir, &city)?;
             println!("deployment CA for {city} written to {}", dir.display());
             println!(
                 "keep ca.key and deployment.key secret; copy ca.pem and deployment.key to every node"
@@ -680,8 +680,9 @@ async fn pki(command: PkiCommand) -> anyhow::Result<()> {
         }
         PkiCommand::Issue { dir, code, days } => {
             let code = DivisionCode::parse(&code)?;
-            let (cert, key) = crate::pki::issue_into_dir(&dir, &code, days)?;
-            let (origin_cert, origin_key) = crate::pki::issue_origin_into_dir(&dir, &code)?;
+            let (cert, key) = crate::identity::pki::issue_into_dir(&dir, &code, days)?;
+            let (origin_cert, origin_key) =
+                crate::identity::pki::issue_origin_into_dir(&dir, &code)?;
             println!(
                 "issued {} and {} (TLS), {} and {} (record signing) for node {code}",
                 cert.display(),

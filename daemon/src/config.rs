@@ -87,7 +87,7 @@ pub struct RawTls {
 }
 
 /// Signed origin: the deployment's trust root and this node's SM2 signing
-/// key with its origin certificate (see `crate::origin`).
+/// key with its origin certificate (see `crate::identity::origin`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrust {

@@ -21,9 +21,9 @@ use tiersync_proto::types::{DivisionCode, Tier};
 use tiersync_proto::wire;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{App, RunningNode};
 use crate::config::{NodeConfig, RawConfig};
-use crate::node::PutInput;
-use crate::{App, RunningNode};
+use crate::node::{PutInput, Reader};
 
 /// The demo's tree: city, county, two streets, communities under both.
 pub const CITY: &str = "5111";
@@ -43,7 +43,7 @@ impl Deployment {
     /// Makes the CA and deployment secret in `dir/pki`.
     pub fn create(dir: &Path) -> anyhow::Result<Deployment> {
         let city = DivisionCode::parse(CITY)?;
-        crate::pki::init_dir(&dir.join("pki"), &city)?;
+        crate::identity::pki::init_dir(&dir.join("pki"), &city)?;
         let names = crate::divisions::parse(crate::divisions::LESHAN_CSV)?
             .into_iter()
             .map(|(code, d)| (code, d.name))
@@ -62,8 +62,8 @@ impl Deployment {
         parent: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<PathBuf> {
         let dc = DivisionCode::parse(code)?;
-        crate::pki::issue_into_dir(&self.dir.join("pki"), &dc, 30)?;
-        crate::pki::issue_origin_into_dir(&self.dir.join("pki"), &dc)?;
+        crate::identity::pki::issue_into_dir(&self.dir.join("pki"), &dc, 30)?;
+        crate::identity::pki::issue_origin_into_dir(&self.dir.join("pki"), &dc)?;
         let name = self.names.get(&dc).cloned().unwrap_or_default();
         let mut text = format!(
             "version = 1\n\n[node]\ncode = \"{code}\"\ntier = \"{tier}\"\nname = \"{name}\"\n\n[storage]\npath = \"{code}.db\"\n\n[listen]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
@@ -146,7 +146,7 @@ impl Deployment {
                 None => None,
                 Some(p) => started
                     .iter()
-                    .find(|n| &n.node.code == p)
+                    .find(|n| n.node.code() == p)
                     .and_then(|n| n.peer_addr),
             };
             if parent.is_some() && parent_addr.is_none() {
@@ -178,7 +178,11 @@ impl Arrivals {
             let mut head = n.subscribe_head();
             let mut after = 0;
             loop {
-                let changes = n.store.changes_after(after, 1000).await.unwrap_or_default();
+                let changes = n
+                    .reads(Reader::Node)
+                    .changes_after(after, 1000)
+                    .await
+                    .unwrap_or_default();
                 if changes.is_empty() {
                     head.borrow_and_update();
                     tokio::select! {
@@ -189,9 +193,9 @@ impl Arrivals {
                 }
                 let now = Instant::now();
                 let mut map = arrivals.0.lock().expect("arrivals lock");
-                for c in changes {
-                    after = c.seq;
-                    map.entry((n.code.to_string(), c.record.id)).or_insert(now);
+                for (seq, record) in changes {
+                    after = seq;
+                    map.entry((n.code().to_string(), record.id)).or_insert(now);
                 }
             }
         });
@@ -275,7 +279,7 @@ async fn count_kind(node: &RunningNode, kind: &str) -> anyhow::Result<usize> {
     loop {
         let page = node
             .node
-            .store
+            .reads(Reader::Operator)
             .list(&crate::store::ListQuery {
                 kind: kind.into(),
                 after_id: after.clone(),
@@ -285,7 +289,7 @@ async fn count_kind(node: &RunningNode, kind: &str) -> anyhow::Result<usize> {
             .await?;
         n += page.len();
         match page.last() {
-            Some(last) => after = last.record.id.clone(),
+            Some(last) => after = last.id.clone(),
             None => return Ok(n),
         }
     }
@@ -369,7 +373,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
                     let resident = civil::v1::Resident {
                         name: format!("居民{ci}-{n}"),
                         id_number: demo_id_number(ci, n),
-                        address_code: c.code.to_string(),
+                        address_code: c.code().to_string(),
                         categories: if n % 5 == 0 {
                             vec![civil::v1::Category::Elderly as i32]
                         } else {
@@ -455,7 +459,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     let notice = gov::v1::Notice {
         title: "冬季燃气安全检查".into(),
         body: "请各社区于本周内完成入户燃气安全检查。".into(),
-        published_at_ms: crate::status::now_ms(),
+        published_at_ms: crate::clock::now_ms(),
         ..Default::default()
     };
     let sent = county
@@ -482,7 +486,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
             || {
                 let n = n.clone();
                 let id = id.clone();
-                async move { Ok(n.store.get(&id).await?.is_some()) }
+                async move { Ok(n.reads(Reader::Operator).get(&id).await?.is_some()) }
             },
         )
         .await?;
@@ -511,7 +515,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     for (label, node) in [("street", street_ref), ("county", &county), ("city", &city)] {
         let mut missing = 0;
         for id in &all_ids {
-            if node.node.store.get(id).await?.is_none() {
+            if node.node.reads(Reader::Operator).get(id).await?.is_none() {
                 missing += 1;
             }
         }
@@ -520,7 +524,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
         report(
             format!(
                 "{label:<6} {}: {held} of {} records, {missing} missing, {} duplicated",
-                node.node.code,
+                node.node.code(),
                 all_ids.len(),
                 held.saturating_sub(all_ids.len() - missing)
             ),
@@ -529,18 +533,36 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     }
     for c in &communities {
         report(
-            format!("community {} holds the county notice", c.node.code),
-            c.node.store.get(&notice_id).await?.is_some(),
+            format!("community {} holds the county notice", c.node.code()),
+            c.node
+                .reads(Reader::Operator)
+                .get(&notice_id)
+                .await?
+                .is_some(),
         );
     }
     report(
         format!("street {OTHER_STREET} and community {OTHER_COMMUNITY} do not hold it"),
-        other_street.node.store.get(&notice_id).await?.is_none()
-            && other_community.node.store.get(&notice_id).await?.is_none(),
+        other_street
+            .node
+            .reads(Reader::Operator)
+            .get(&notice_id)
+            .await?
+            .is_none()
+            && other_community
+                .node
+                .reads(Reader::Operator)
+                .get(&notice_id)
+                .await?
+                .is_none(),
     );
     report(
         "the city does not hold it (its scope stops at the county)".to_string(),
-        city.node.store.get(&notice_id).await?.is_none(),
+        city.node
+            .reads(Reader::Operator)
+            .get(&notice_id)
+            .await?
+            .is_none(),
     );
     report(
         format!("no resident reached the other branch ({OTHER_STREET})"),
@@ -552,8 +574,8 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
         .into_iter()
         .chain(communities.iter())
     {
-        quarantined += n.node.store.quarantine_count().await?;
-        let stats = n.node.keyring.stats();
+        quarantined += n.node.quarantined_count().await?;
+        let stats = n.node.keyring().stats();
         checked += stats.hits + stats.misses;
         sm2 += stats.misses;
     }
@@ -572,16 +594,16 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     let sample = &put_at[0].0;
     let at_city = city
         .node
-        .for_reader(city.node.store.get(sample).await?.expect("checked").record);
-    let at_home = communities[0].node.for_reader(
-        communities[0]
-            .node
-            .store
-            .get(sample)
-            .await?
-            .expect("checked")
-            .record,
-    );
+        .reads(Reader::Operator)
+        .get(sample)
+        .await?
+        .expect("checked");
+    let at_home = communities[0]
+        .node
+        .reads(Reader::Operator)
+        .get(sample)
+        .await?
+        .expect("checked");
     let masked = civil::v1::Resident::decode(&at_city.payload[..])?;
     let full = civil::v1::Resident::decode(&at_home.payload[..])?;
     println!(

@@ -7,23 +7,20 @@
 //! [`tls`] and [`pki`] (mutual TLS, node certificates), [`api`] (local gRPC
 //! API), [`admin`] + [`metrics`] + [`status`] (operators), [`cli`], [`demo`].
 
-pub mod admin;
 pub mod api;
 pub mod app;
-pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod divisions;
-pub mod join;
-pub mod metrics;
+pub mod error;
+pub mod identity;
+pub mod kinds;
 pub mod node;
-pub mod origin;
-pub mod pki;
+pub mod ops;
 pub mod route;
-pub mod status;
 pub mod store;
 pub mod sync;
-pub mod tls;
 
 pub use app::{App, RunningNode};

@@ -11,8 +11,8 @@ use std::process::Command;
 use clap::Parser;
 use tiersync::cli::Cli;
 use tiersync::config::NodeConfig;
-use tiersync::metrics::{KindLabels, LinkLabels, Metrics};
-use tiersync::tls::TlsMaterial;
+use tiersync::identity::tls::TlsMaterial;
+use tiersync::ops::metrics::{KindLabels, LinkLabels, Metrics};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tiersync");
 
@@ -150,7 +150,7 @@ fn gen_sh_parents_are_compose_services_listening_on_the_dialled_port() {
 
 #[test]
 fn gen_sh_gives_each_node_its_own_certificate_and_never_the_ca_key() {
-    tiersync::tls::install_crypto_provider();
+    tiersync::identity::tls::install_crypto_provider();
     let tmp = tempfile::tempdir().expect("tempdir");
     gen_sh(tmp.path());
     let secret = std::fs::read(tmp.path().join("ca/deployment.key")).expect("secret");

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 
 use prost::Message;
 use tiersync::demo::Deployment;
-use tiersync::node::PutInput;
+use tiersync::node::{PutInput, Reader};
 use tiersync_proto::pb::civil;
 use tiersync_proto::wire;
 
@@ -83,8 +83,8 @@ fn openssl_verifies_the_origin_certificates_pki_makes() {
     let pki = dir.path().join("pki");
     let city = tiersync_proto::types::DivisionCode::parse("5111").unwrap();
     let node = tiersync_proto::types::DivisionCode::parse("511102004001").unwrap();
-    tiersync::pki::init_dir(&pki, &city).unwrap();
-    let (cert, _key) = tiersync::pki::issue_origin_into_dir(&pki, &node).unwrap();
+    tiersync::identity::pki::init_dir(&pki, &city).unwrap();
+    let (cert, _key) = tiersync::identity::pki::issue_origin_into_dir(&pki, &node).unwrap();
     let root = pki.join("trust-root.pem");
     let distid = format!("distid:{DIST_ID}");
     let out = run(
@@ -184,7 +184,7 @@ async fn gmssl_verifies_a_record_a_running_node_signed() {
     let Some(python) = gmssl_python("gmssl_verifies_a_record_a_running_node_signed") else {
         return;
     };
-    tiersync::tls::install_crypto_provider();
+    tiersync::identity::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let d = Deployment::create(dir.path()).unwrap();
     let mut nodes = d.start_all(&["5111", "511102"]).await.unwrap();
@@ -205,15 +205,18 @@ async fn gmssl_verifies_a_record_a_running_node_signed() {
         .unwrap();
     let stored = county
         .node
-        .store
+        .reads(Reader::Node)
         .get(&put.stored.record.id)
         .await
         .unwrap()
-        .unwrap()
-        .record;
+        .unwrap();
     assert!(!stored.proof.is_empty());
 
-    let point = county.node.identity.verifying_key().to_sec1_uncompressed();
+    let point = county
+        .node
+        .identity()
+        .verifying_key()
+        .to_sec1_uncompressed();
     let public_xy = hex::encode(&point[1..]);
     assert_eq!(
         gmssl_verdict(&python, dir.path(), &stored, &public_xy),
@@ -227,7 +230,7 @@ async fn gmssl_verifies_a_record_a_running_node_signed() {
     widened.scope.as_mut().unwrap().down_to.push("5111".into());
     assert!(gmssl_verdict(&python, dir.path(), &widened, &public_xy).starts_with("invalid"));
     // a withdrawal, as a hop derives it, still verifies through its digest
-    let withdrawn = tiersync::origin::withdrawal_of(stored);
+    let withdrawn = tiersync::identity::origin::withdrawal_of(stored);
     assert_eq!(
         gmssl_verdict(&python, dir.path(), &withdrawn, &public_xy),
         "valid"

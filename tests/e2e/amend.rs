@@ -3,7 +3,7 @@
 //! back.
 
 use prost::Message;
-use tiersync::node::PutInput;
+use tiersync::node::{PutInput, Reader};
 use tiersync_e2e::{Cluster, eventually, put_resident, version_at};
 use tiersync_proto::wire;
 
@@ -14,7 +14,7 @@ async fn result_for(
     amendment_id: &[u8],
 ) -> Option<wire::AmendmentResult> {
     let found = node
-        .store
+        .reads(Reader::Node)
         .lookup(
             "tiersync.v1.AmendmentResult",
             "amendment_id",
@@ -24,7 +24,7 @@ async fn result_for(
         .unwrap();
     found
         .first()
-        .map(|s| wire::AmendmentResult::decode(&s.record.payload[..]).unwrap())
+        .map(|r| wire::AmendmentResult::decode(&r.payload[..]).unwrap())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -68,7 +68,12 @@ async fn the_city_amends_a_community_record_through_its_owner() {
         version_at(&city, &r.id).await == Some(2)
     })
     .await;
-    let at_owner = community.store.get(&r.id).await.unwrap().unwrap().record;
+    let at_owner = community
+        .reads(Reader::Node)
+        .get(&r.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(civil_notes(&at_owner), "address corrected by the city");
     assert_eq!(
         at_owner.owner.unwrap().node,

@@ -3,8 +3,8 @@
 //! leave an entry, and every node's chain verifies.
 
 use prost::Message;
-use tiersync::audit::{AuditQuery, Verdict, verify};
 use tiersync::node::Node;
+use tiersync::store::audit::{AuditQuery, Verdict, verify};
 use tiersync_e2e::{Cluster, FakeChild, envelope, eventually};
 use tiersync_proto::pb::civil;
 use tiersync_proto::types::Tier;
@@ -14,7 +14,7 @@ const CHAIN: &[&str] = &["5111", "511102", "511102004"];
 
 /// (actor, action, detail) of the entries of `node` with action `action`.
 async fn entries(node: &Node, action: &str) -> Vec<(String, String, String)> {
-    node.store
+    node.audit_log()
         .audit_list(&AuditQuery {
             action: action.into(),
             limit: 1000,
@@ -101,9 +101,9 @@ async fn refusals_trust_changes_and_reads_are_audited() {
     );
 
     for node in [&city, &street, &cluster.node("511102")] {
-        match verify(&*node.store).await.unwrap() {
-            Verdict::Intact { entries, .. } => assert!(entries > 0, "{}", node.code),
-            broken => panic!("{}: {broken:?}", node.code),
+        match verify(node.audit_log()).await.unwrap() {
+            Verdict::Intact { entries, .. } => assert!(entries > 0, "{}", node.code()),
+            broken => panic!("{}: {broken:?}", node.code()),
         }
     }
     cluster.shutdown().await;

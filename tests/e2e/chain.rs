@@ -1,6 +1,7 @@
 //! A community's records reach the city through street and county, and a
 //! restarted or killed node loses and duplicates nothing.
 
+use tiersync::node::Reader;
 use tiersync_e2e::{Cluster, all_hold, eventually, kill_mid_backlog, put_resident, records_held};
 
 const CHAIN: &[&str] = &["5111", "511102", "511102004", "511102004001"];
@@ -20,14 +21,13 @@ async fn community_records_converge_at_the_city() {
     // exactly once: the city's log holds each record once
     let city = cluster.node("5111");
     assert_eq!(records_held(&city).await, 50);
-    assert_eq!(city.store.quarantine_count().await.unwrap(), 0);
+    assert_eq!(city.quarantined_count().await.unwrap(), 0);
     // the street's link to the county reports no lag once caught up
     let street = cluster.node("511102004");
     eventually("link status caught up", || async {
-        street
-            .links
-            .get("511102")
-            .is_some_and(|l| l.state == tiersync::status::LinkState::Up && l.peer_applied >= 50)
+        street.links().get("511102").is_some_and(|l| {
+            l.state == tiersync::sync::links::LinkState::Up && l.peer_applied >= 50
+        })
     })
     .await;
     cluster.shutdown().await;
@@ -63,7 +63,7 @@ async fn middle_node_restart_loses_and_duplicates_nothing() {
             "node {node} holds each record exactly once"
         );
         assert_eq!(
-            n.store.quarantine_count().await.unwrap(),
+            n.quarantined_count().await.unwrap(),
             0,
             "node {node} rejected nothing"
         );
@@ -78,15 +78,11 @@ async fn killed_child_resumes_exactly_from_its_cursor() {
     // the street's cursor into the community's log is exactly its head
     let street = cluster.node("511102004");
     let cursor = street
-        .store
         .cursor(&"511102004001".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        cursor.applied_through,
-        community.store.head_seq().await.unwrap()
-    );
+    assert_eq!(cursor.applied_through, community.head_seq().await.unwrap());
     cluster.shutdown().await;
 }
 
@@ -123,11 +119,11 @@ async fn tombstones_and_updates_replicate() {
         .await
         .unwrap();
     eventually("the tombstone at the city", || async {
-        city.store
+        city.reads(Reader::Node)
             .get(&r.id)
             .await
             .unwrap()
-            .is_some_and(|s| s.record.deleted && s.record.version == 3)
+            .is_some_and(|r| r.deleted && r.version == 3)
     })
     .await;
     cluster.shutdown().await;

@@ -5,6 +5,7 @@
 //! record still converges at the city.
 
 use prost::Message;
+use tiersync::node::Reader;
 use tiersync_e2e::{
     Cluster, FakeChild, envelope, eventually, holds, node_key_record, resident, sign_as,
 };
@@ -130,7 +131,7 @@ async fn a_street_that_tampers_in_transit_is_caught_by_the_county() {
         assert!(!holds(&county, &record.id).await);
     }
     // every refusal is quarantined with its reason, for the operator
-    let quarantined = county.store.quarantine_list(100).await.unwrap();
+    let quarantined = county.quarantine_list(100).await.unwrap();
     assert_eq!(quarantined.len(), 5);
     assert!(quarantined.iter().all(|q| q.origin == COMMUNITY));
 
@@ -152,14 +153,24 @@ async fn a_street_that_tampers_in_transit_is_caught_by_the_county() {
         "{}",
         ack.rejections[0].reason
     );
-    let held = county.store.get(&v2.id).await.unwrap().unwrap().record;
+    let held = county
+        .reads(Reader::Node)
+        .get(&v2.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(held.version, 2);
 
     // The honest records travel on to the city, untouched; no forgery does.
     for record in [&v2, &honest[4], &honest[5]] {
         eventually("honest records at the city", || holds(&city, &record.id)).await;
     }
-    let at_city = city.store.get(&honest[4].id).await.unwrap().unwrap().record;
+    let at_city = city
+        .reads(Reader::Node)
+        .get(&honest[4].id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(at_city, honest[4]);
     for record in [&invented, &unsigned, &widened, &bumped] {
         assert!(!holds(&city, &record.id).await);
@@ -194,7 +205,7 @@ async fn a_record_whose_key_arrives_later_is_applied_when_it_does() {
     for record in &honest {
         assert!(holds(&county, &record.id).await);
     }
-    assert_eq!(county.store.quarantine_count().await.unwrap(), 0);
+    assert_eq!(county.quarantined_count().await.unwrap(), 0);
     cluster.shutdown().await;
 }
 
@@ -235,7 +246,7 @@ async fn a_key_is_taken_in_before_the_next_batch_is_checked() {
     for record in first.iter().chain(&second).chain(&third) {
         assert!(holds(&county, &record.id).await);
     }
-    assert_eq!(county.store.quarantine_count().await.unwrap(), 0);
+    assert_eq!(county.quarantined_count().await.unwrap(), 0);
     cluster.shutdown().await;
 }
 

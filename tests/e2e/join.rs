@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tiersync::config::NodeConfig;
-use tiersync::join::{JoinOptions, JoinToken, join};
+use tiersync::identity::join::{JoinOptions, JoinToken, join};
 use tiersync::node::Node;
 use tiersync_e2e::{Cluster, eventually, holds, put_resident};
 
@@ -91,8 +91,8 @@ async fn a_new_community_joins_with_one_token_and_syncs() {
 
     // The street audits the token and the join; the city the certificate.
     let joins = |node: Arc<Node>| async move {
-        node.store
-            .audit_list(&tiersync::audit::AuditQuery {
+        node.audit_log()
+            .audit_list(&tiersync::store::audit::AuditQuery {
                 action: "join".into(),
                 ..Default::default()
             })

@@ -172,8 +172,8 @@ async fn a_link_that_makes_no_progress_is_reported_stalled() {
         .unwrap();
     let street = cluster.node("511102004");
     eventually("the link reported stalled", || async {
-        street.links.get("511102004001").is_some_and(|l| {
-            l.state == tiersync::status::LinkState::Stalled && l.lag_changes() == 50
+        street.links().get("511102004001").is_some_and(|l| {
+            l.state == tiersync::sync::links::LinkState::Stalled && l.lag_changes() == 50
         })
     })
     .await;

@@ -5,6 +5,7 @@
 //! 127.0.0.1:5432 (or `TIERSYNC_TEST_PG`); without one the tests print a
 //! skip line.
 
+use tiersync::node::Reader;
 use tiersync_e2e::{Cluster, all_hold, eventually, kill_mid_backlog, put_resident, records_held};
 
 const CHAIN: &[&str] = &["5111", "511102", "511102004", "511102004001"];
@@ -49,19 +50,24 @@ async fn chain_with_county_and_city_on_postgres_converges_exactly_once() {
     for node in &CHAIN[..3] {
         let n = cluster.node(node);
         assert_eq!(records_held(&n).await, 50, "{node} holds each once");
-        assert_eq!(n.store.quarantine_count().await.unwrap(), 0, "{node}");
+        assert_eq!(n.quarantined_count().await.unwrap(), 0, "{node}");
     }
     // a lookup by natural key works on the PostgreSQL city as on SQLite
     let city = cluster.node("5111");
-    let first = community.store.get(&ids[0]).await.unwrap().unwrap().record;
+    let first = community
+        .reads(Reader::Node)
+        .get(&ids[0])
+        .await
+        .unwrap()
+        .unwrap();
     let key = &first.keys[0];
     let found = city
-        .store
+        .reads(Reader::Node)
         .lookup(&first.kind, &key.name, &key.value)
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].record.id, ids[0]);
+    assert_eq!(found[0].id, ids[0]);
     cluster.shutdown().await;
 }
 
@@ -75,18 +81,14 @@ async fn killed_postgres_county_loses_and_duplicates_nothing() {
     kill_mid_backlog(&mut cluster, "511102").await;
     for node in ["511102004", "511102", "5111"] {
         let n = cluster.node(node);
-        assert_eq!(n.store.quarantine_count().await.unwrap(), 0, "{node}");
+        assert_eq!(n.quarantined_count().await.unwrap(), 0, "{node}");
     }
     // the county's cursor into the street's log is exactly the street's head
     let street = cluster.node("511102004");
     let county = cluster.node("511102");
     eventually("the county's cursor reaches the street's head", || async {
-        let cursor = county
-            .store
-            .cursor(&"511102004".parse().unwrap())
-            .await
-            .unwrap();
-        cursor.map(|c| c.applied_through) == Some(street.store.head_seq().await.unwrap())
+        let cursor = county.cursor(&"511102004".parse().unwrap()).await.unwrap();
+        cursor.map(|c| c.applied_through) == Some(street.head_seq().await.unwrap())
     })
     .await;
     cluster.shutdown().await;

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use prost::Message;
+use tiersync::node::Reader;
 use tiersync_e2e::{
     Cluster, FakeChild, envelope, eventually, fake_channel, holds, raw_link, records_held, sign_as,
 };
@@ -43,7 +44,7 @@ async fn a_child_from_another_county_is_refused() {
     assert!(
         cluster
             .node("511102004")
-            .links
+            .links()
             .get("511111100001")
             .is_none()
     );
@@ -85,7 +86,7 @@ async fn forged_origins_are_quarantined_and_the_rest_of_the_batch_applies() {
     );
     assert!(holds(&street, &honest.id).await);
     assert!(!holds(&street, &forged.id).await);
-    let q = street.store.quarantine_list(10).await.unwrap();
+    let q = street.quarantine_list(10).await.unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].origin, "511102004002");
     // the honest record travels on; the forged one never does
@@ -125,7 +126,12 @@ async fn a_version_going_backwards_is_rejected() {
         "{}",
         ack.rejections[0].reason
     );
-    let held = street.store.get(&v2.id).await.unwrap().unwrap().record;
+    let held = street
+        .reads(Reader::Node)
+        .get(&v2.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((held.version, &held.payload), (2, &v2.payload));
     // the same version again is a harmless duplicate, not an error
     let ack = child.send_batch(3, vec![v2]).await.unwrap();
@@ -244,7 +250,7 @@ async fn malformed_and_oversized_frames_end_the_session_and_touch_nothing() {
     sign_as(&cluster, "511102004001", std::slice::from_mut(&mut kept));
     child.send_batch(1, vec![kept.clone()]).await.unwrap();
     drop(child);
-    let before = street.store.head_seq().await.unwrap();
+    let before = street.head_seq().await.unwrap();
 
     // not protobuf at all
     let channel = fake_channel(&cluster, "511102004001", "511102004").await;
@@ -271,8 +277,13 @@ async fn malformed_and_oversized_frames_end_the_session_and_touch_nothing() {
         "oversized frame: {err:?}"
     );
 
-    assert_eq!(street.store.head_seq().await.unwrap(), before);
-    let held = street.store.get(&kept.id).await.unwrap().unwrap().record;
+    assert_eq!(street.head_seq().await.unwrap(), before);
+    let held = street
+        .reads(Reader::Node)
+        .get(&kept.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(held, kept);
     // and the link still works for an honest child afterwards
     let mut child = FakeChild::connect(&cluster, "511102004001", "511102004")
@@ -337,11 +348,16 @@ async fn a_record_that_does_not_decode_is_quarantined_and_the_rest_applies() {
         "{}",
         ack.rejections[0].reason
     );
-    let quarantined = street.store.quarantine_list(10).await.unwrap();
+    let quarantined = street.quarantine_list(10).await.unwrap();
     assert_eq!(quarantined.len(), 1);
     assert_eq!(quarantined[0].body, garbage.to_vec());
     for record in &records {
-        let held = street.store.get(&record.id).await.unwrap().unwrap().record;
+        let held = street
+            .reads(Reader::Node)
+            .get(&record.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&held, record);
     }
     // both travel on, and the link stays up for more

@@ -2,7 +2,7 @@
 //! scope withdraws a record from the nodes that may no longer hold it.
 
 use prost::Message;
-use tiersync::node::PutInput;
+use tiersync::node::{PutInput, Reader};
 use tiersync_e2e::{Cluster, FakeChild, envelope, eventually, holds, put_resident};
 use tiersync_proto::pb::gov;
 use tiersync_proto::types::Tier;
@@ -152,25 +152,25 @@ async fn narrowing_a_scope_withdraws_the_record_upstream() {
     for n in ["511102", "5111"] {
         let node = cluster.node(n);
         eventually(&format!("a withdrawal at {n}"), || async {
-            node.store.get(&r.id).await.unwrap().is_some_and(|s| {
-                s.record.withdrawn && s.record.payload.is_empty() && s.record.version == 2
-            })
+            node.reads(Reader::Operator)
+                .get(&r.id)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.withdrawn && r.payload.is_empty() && r.version == 2)
         })
         .await;
     }
     let street = cluster
         .node("511102004")
-        .store
+        .reads(Reader::Node)
         .get(&r.id)
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        !street.record.withdrawn && !street.record.payload.is_empty() && street.record.version == 2
-    );
+    assert!(!street.withdrawn && !street.payload.is_empty() && street.version == 2);
     // nothing personal is left behind at the city
     assert!(
-        city.store
+        city.reads(Reader::Node)
             .lookup("civil.v1.Resident", "id_digest", &r.keys[0].value)
             .await
             .unwrap()
@@ -196,7 +196,12 @@ async fn kinds_a_node_does_not_know_are_relayed_unchanged() {
     assert_eq!((ack.applied, ack.rejected), (1, 0), "{:?}", ack.rejections);
     let city = cluster.node("5111");
     eventually("the unknown kind at the city", || holds(&city, &future.id)).await;
-    let at_city = city.store.get(&future.id).await.unwrap().unwrap().record;
+    let at_city = city
+        .reads(Reader::Node)
+        .get(&future.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(at_city.payload, future.payload, "relayed byte for byte");
     cluster.shutdown().await;
 }

@@ -29,15 +29,15 @@ async fn the_city_trust_list_reaches_every_node_and_is_current() {
     let community = cluster.node("511102004001");
     eventually("the city's first trust list at the community", || async {
         community
-            .keyring
+            .keyring()
             .trust_list()
             .is_some_and(|b| b.sequence == 1)
     })
     .await;
-    let status = community.keyring.trust_status(tiersync::status::now_ms());
+    let status = community.keyring().trust_status(tiersync::clock::now_ms());
     assert!(!status.stale, "{status:?}");
-    assert_eq!(community.metrics.trust_list_stale.get(), 0);
-    assert_eq!(community.metrics.trust_list_sequence.get(), 1);
+    assert_eq!(community.metrics().trust_list_stale.get(), 0);
+    assert_eq!(community.metrics().trust_list_sequence.get(), 1);
 
     // A revocation is a new list, and reaches the leaves too.
     let city = cluster.node("5111");
@@ -47,7 +47,7 @@ async fn the_city_trust_list_reaches_every_node_and_is_current() {
         .unwrap();
     assert_eq!(body.sequence, 2);
     eventually("the revocation at the community", || async {
-        community.keyring.revocation("511102006001").is_some()
+        community.keyring().revocation("511102006001").is_some()
     })
     .await;
     // Only the city can publish, and a revocation must say why.
@@ -91,7 +91,7 @@ async fn a_revoked_node_is_refused_and_only_its_later_records_with_it() {
         sign_as(&cluster, "511102004001", std::slice::from_mut(&mut r));
         r
     };
-    let before = tiersync::status::now_ms();
+    let before = tiersync::clock::now_ms();
     let early = record(1, signed_at(before - 60_000));
     let late_but_early = record(2, signed_at(before - 30_000));
 
@@ -99,12 +99,12 @@ async fn a_revoked_node_is_refused_and_only_its_later_records_with_it() {
         .await
         .unwrap();
     eventually("the county adopts the revocation", || async {
-        county.keyring.revocation("511102004001").is_some()
+        county.keyring().revocation("511102004001").is_some()
     })
     .await;
 
     // Signed after the revocation took effect: refused, naming why.
-    let forged = record(3, signed_at(tiersync::status::now_ms() + 1_000));
+    let forged = record(3, signed_at(tiersync::clock::now_ms() + 1_000));
     let ack = street
         .send_batch_as_is(
             2,
@@ -161,7 +161,7 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
     let community = cluster.node("511102004001");
     eventually("the first trust list at the community", || async {
         community
-            .keyring
+            .keyring()
             .trust_list()
             .is_some_and(|b| b.sequence == 1)
     })
@@ -182,7 +182,10 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
     assert!(error.contains("cannot write"), "{error}");
     let street = cluster.node("511102004");
     eventually("the successor's list at the street", || async {
-        street.keyring.trust_list().is_some_and(|b| b.sequence == 3)
+        street
+            .keyring()
+            .trust_list()
+            .is_some_and(|b| b.sequence == 3)
     })
     .await;
 
@@ -193,10 +196,10 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
         .create_join_token("511102004002", Duration::from_secs(600), &ca_pem)
         .await
         .unwrap();
-    let config = tiersync::join::join(
+    let config = tiersync::identity::join::join(
         &cluster.running("511102004").peer_addr.unwrap().to_string(),
         &token,
-        &tiersync::join::JoinOptions {
+        &tiersync::identity::join::JoinOptions {
             dir: cluster.dir().join("joined"),
             listen_peer: None,
             listen_api: "127.0.0.1:0".into(),
@@ -223,7 +226,7 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
     let community = cluster.node("511102004001");
     eventually("the sleeper adopts the successor's list", || async {
         community
-            .keyring
+            .keyring()
             .trust_list()
             .is_some_and(|b| b.sequence == 3)
     })
@@ -251,7 +254,7 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
     assert_eq!(body.sequence, 4);
     eventually("the restarted city's list at the community", || async {
         community
-            .keyring
+            .keyring()
             .trust_list()
             .is_some_and(|b| b.sequence == 4)
     })

@@ -12,9 +12,9 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tiersync::RunningNode;
 use tiersync::demo::Deployment;
-use tiersync::node::{Node, PutInput};
+use tiersync::identity::tls::TlsMaterial;
+use tiersync::node::{Node, PutInput, Reader};
 use tiersync::store::postgres::scratch::ScratchSchema;
-use tiersync::tls::TlsMaterial;
 use tiersync_proto::pb::civil;
 use tiersync_proto::types::{DivisionCode, RecordId};
 use tiersync_proto::wire::{self, link_frame::Body, sync_client::SyncClient};
@@ -33,7 +33,7 @@ fn init_tracing() {
             )
             .with_test_writer()
             .try_init();
-        tiersync::tls::install_crypto_provider();
+        tiersync::identity::tls::install_crypto_provider();
     });
 }
 
@@ -199,15 +199,19 @@ pub async fn put_resident(node: &Node, n: usize) -> wire::Record {
 }
 
 pub async fn holds(node: &Node, id: &[u8]) -> bool {
-    node.store.get(id).await.expect("store").is_some()
-}
-
-pub async fn version_at(node: &Node, id: &[u8]) -> Option<u64> {
-    node.store
+    node.reads(Reader::Operator)
         .get(id)
         .await
         .expect("store")
-        .map(|s| s.record.version)
+        .is_some()
+}
+
+pub async fn version_at(node: &Node, id: &[u8]) -> Option<u64> {
+    node.reads(Reader::Operator)
+        .get(id)
+        .await
+        .expect("store")
+        .map(|r| r.version)
 }
 
 /// A record envelope built by hand, as a misbehaving peer would send it.
@@ -247,11 +251,11 @@ pub fn envelope(
 pub async fn records_held(node: &Node) -> u64 {
     let mut internal = 0;
     for kind in [
-        tiersync::origin::KIND_NODE_KEY,
-        tiersync::origin::KIND_TRUST_LIST,
+        tiersync::kinds::KIND_NODE_KEY,
+        tiersync::kinds::KIND_TRUST_LIST,
     ] {
         internal += node
-            .store
+            .reads(Reader::Operator)
             .list(&tiersync::store::ListQuery {
                 kind: kind.into(),
                 include_deleted: true,
@@ -262,7 +266,7 @@ pub async fn records_held(node: &Node) -> u64 {
             .expect("store")
             .len() as u64;
     }
-    node.store.count().await.expect("store") - internal
+    node.record_count().await.expect("store") - internal
 }
 
 /// Whether every node in `nodes` holds every record in `ids`.
@@ -315,17 +319,18 @@ pub async fn kill_mid_backlog(cluster: &mut Cluster, victim: &str) -> Arc<Node> 
 
 /// The signing identity of `code` from the deployment's PKI folder, issued
 /// there first if it has none.
-pub fn identity(cluster: &Cluster, code: &str) -> tiersync::origin::Identity {
+pub fn identity(cluster: &Cluster, code: &str) -> tiersync::identity::origin::Identity {
     let pki = cluster.dir().join("pki");
     let dc = DivisionCode::parse(code).expect("code");
     let key = pki.join(format!("{code}.sm2.key"));
     if !key.is_file() {
-        tiersync::pki::issue_origin_into_dir(&pki, &dc).expect("issue origin key");
+        tiersync::identity::pki::issue_origin_into_dir(&pki, &dc).expect("issue origin key");
     }
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("read pki file");
-    let root = tiersync::origin::TrustRoot::from_pem(&read(pki.join("trust-root.pem")), "root")
-        .expect("trust root");
-    tiersync::origin::Identity::load(
+    let root =
+        tiersync::identity::origin::TrustRoot::from_pem(&read(pki.join("trust-root.pem")), "root")
+            .expect("trust root");
+    tiersync::identity::origin::Identity::load(
         &root,
         &[],
         &dc,
@@ -352,7 +357,7 @@ pub fn node_key_record(cluster: &Cluster, code: &str) -> wire::Record {
     };
     let mut record = wire::Record {
         id: RecordId::new().as_bytes().to_vec(),
-        kind: tiersync::origin::KIND_NODE_KEY.into(),
+        kind: tiersync::kinds::KIND_NODE_KEY.into(),
         owner: Some(wire::Owner {
             node: code.into(),
             department: String::new(),
@@ -366,7 +371,7 @@ pub fn node_key_record(cluster: &Cluster, code: &str) -> wire::Record {
         .encode_to_vec()
         .into(),
         keys: vec![wire::NaturalKey {
-            name: tiersync::origin::KEY_NODE.into(),
+            name: tiersync::kinds::KEY_NODE.into(),
             value: code.into(),
         }],
         reach: Some(everywhere),
@@ -387,7 +392,7 @@ pub struct FakeChild {
     pub inbound: Streaming<wire::LinkFrame>,
     pub parent_hello: wire::Hello,
     code: String,
-    identity: tiersync::origin::Identity,
+    identity: tiersync::identity::origin::Identity,
 }
 
 impl FakeChild {
@@ -548,14 +553,14 @@ pub async fn fake_channel(
 ) -> tonic::transport::Channel {
     let pki = cluster.dir().join("pki");
     let dc = DivisionCode::parse(code).expect("code");
-    let (cert, key) = tiersync::pki::issue_into_dir(&pki, &dc, 30).expect("issue");
+    let (cert, key) = tiersync::identity::pki::issue_into_dir(&pki, &dc, 30).expect("issue");
     let material = TlsMaterial::load(&pki.join("ca.pem"), &cert, &key).expect("tls material");
     let addr = cluster
         .running(parent)
         .peer_addr
         .expect("parent listens")
         .to_string();
-    tiersync::tls::connect(
+    tiersync::identity::tls::connect(
         &addr,
         &DivisionCode::parse(parent).expect("code"),
         material.client_config().expect("client config"),

@@ -20,6 +20,7 @@
 //! decoding rows) live in this module, so neither engine repeats them; the
 //! engines only move rows.
 
+pub mod audit;
 mod group;
 pub mod postgres;
 pub mod sqlite;
@@ -34,7 +35,7 @@ use prost::Message;
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
-pub use crate::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery, AuditSource};
+pub use audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery, AuditSource};
 
 /// A record as held by this node.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::*;
-use crate::audit::ChainHead;
+use crate::store::audit::ChainHead;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -906,6 +906,7 @@ mod tests {
 
 /// Scratch schemas for tests, examples and benchmarks that need a real
 /// PostgreSQL: each gets its own schema, dropped afterwards.
+#[cfg(any(test, feature = "testkit"))]
 pub mod scratch {
     use std::str::FromStr;
     use std::time::Duration;

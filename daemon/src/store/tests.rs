@@ -276,8 +276,8 @@ async fn grouped_local_writes_see_each_other_and_fail_alone(store: Arc<dyn Store
     let audited = entries(&*store, AuditQuery::default()).await;
     assert_eq!(audited.len(), 3, "{audited:?}");
     assert!(matches!(
-        crate::audit::verify(&*store).await.unwrap(),
-        crate::audit::Verdict::Intact { entries: 3, .. }
+        crate::store::audit::verify(&*store).await.unwrap(),
+        crate::store::audit::Verdict::Intact { entries: 3, .. }
     ));
     // a group of refusals writes nothing
     let outcomes = store
@@ -863,8 +863,8 @@ async fn audit_entries_commit_with_their_events(engine: &mut dyn Engine) {
     .await;
 
     assert!(matches!(
-        crate::audit::verify(&*store).await.unwrap(),
-        crate::audit::Verdict::Intact { entries: 6, .. }
+        crate::store::audit::verify(&*store).await.unwrap(),
+        crate::store::audit::Verdict::Intact { entries: 6, .. }
     ));
     // a reopened store continues the chain
     let store = engine.reopen("511102").await.unwrap();
@@ -873,8 +873,8 @@ async fn audit_entries_commit_with_their_events(engine: &mut dyn Engine) {
         .await
         .unwrap();
     assert!(matches!(
-        crate::audit::verify(&*store).await.unwrap(),
-        crate::audit::Verdict::Intact { entries: 7, .. }
+        crate::store::audit::verify(&*store).await.unwrap(),
+        crate::store::audit::Verdict::Intact { entries: 7, .. }
     ));
 }
 
@@ -925,8 +925,10 @@ async fn audit_verify_names_the_first_broken_entry(engine: &mut dyn Engine) {
         }
         let all = store.audit_list(&AuditQuery::default()).await.unwrap();
         engine.tamper(tamper(&all)).await;
-        match crate::audit::verify(&*store).await.unwrap() {
-            crate::audit::Verdict::Broken(b) => assert_eq!(b.to_string(), expected, "{name}"),
+        match crate::store::audit::verify(&*store).await.unwrap() {
+            crate::store::audit::Verdict::Broken(b) => {
+                assert_eq!(b.to_string(), expected, "{name}")
+            }
             v => panic!("{name}: tampering not found: {v:?}"),
         }
     }
@@ -1030,8 +1032,8 @@ async fn postgres_audit_reader_leaves_the_active_store_writing() {
         .await
         .unwrap();
     assert!(matches!(
-        crate::audit::verify(&reader).await.unwrap(),
-        crate::audit::Verdict::Intact { entries: 1, .. }
+        crate::store::audit::verify(&reader).await.unwrap(),
+        crate::store::audit::Verdict::Intact { entries: 1, .. }
     ));
     store.audit_append(read()).await.unwrap();
     assert_eq!(

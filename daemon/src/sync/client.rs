@@ -23,10 +23,10 @@ use tracing::{info, warn};
 
 use super::session::{self, LinkError};
 use crate::config::ParentConfig;
-use crate::metrics::LinkLabels;
 use crate::node::Node;
+use crate::ops::metrics::LinkLabels;
 use crate::route::Toward;
-use crate::status::LinkState;
+use crate::sync::links::LinkState;
 
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -55,10 +55,10 @@ pub async fn parent_link(
     };
     // The parent link's series exist before the first session, so a node
     // that never reaches its parent shows `link_up 0`, not nothing.
-    node.metrics.link_up.get_or_create(&labels).set(0);
-    node.metrics.link_errors.get_or_create(&labels).inc_by(0);
+    node.metrics().link_up.get_or_create(&labels).set(0);
+    node.metrics().link_errors.get_or_create(&labels).inc_by(0);
     loop {
-        node.links
+        node.links()
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -77,20 +77,20 @@ pub async fn parent_link(
                 if failed < parent.addresses.len() {
                     continue;
                 }
-                node.links
+                node.links()
                     .update(parent.code.as_str(), Toward::Parent, |l| {
                         l.last_error = error.to_string()
                     });
-                node.metrics.link_errors.get_or_create(&labels).inc();
+                node.metrics().link_errors.get_or_create(&labels).inc();
                 false
             }
             Err((reached, error)) => {
                 warn!(parent = %parent.code, %address, %error, "parent link down");
-                node.links
+                node.links()
                     .update(parent.code.as_str(), Toward::Parent, |l| {
                         l.last_error = error.to_string()
                     });
-                node.metrics.link_errors.get_or_create(&labels).inc();
+                node.metrics().link_errors.get_or_create(&labels).inc();
                 *reached
             }
         };
@@ -99,7 +99,7 @@ pub async fn parent_link(
             delays = backoff();
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(60));
-        node.links
+        node.links()
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Retrying);
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -117,7 +117,7 @@ async fn one_session(
     tls: &Arc<rustls::ClientConfig>,
     cancel: &CancellationToken,
 ) -> Result<bool, (bool, LinkError)> {
-    let channel = crate::tls::connect(address, &parent.code, tls.clone())
+    let channel = crate::identity::tls::connect(address, &parent.code, tls.clone())
         .await
         .map_err(|e| {
             (
@@ -128,14 +128,14 @@ async fn one_session(
                 },
             )
         })?;
-    let max = node.tuning.max_frame_bytes;
+    let max = node.tuning().max_frame_bytes;
     let mut client = SyncClient::new(channel)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (applied, applied_epoch) = session::our_cursor(node, &parent.code, None)
         .await
         .map_err(|e| (false, e))?;
-    let (tx, rx) = mpsc::channel(node.tuning.window * 2 + 4);
+    let (tx, rx) = mpsc::channel(node.tuning().window * 2 + 4);
     tx.send(session::hello(node, applied, &applied_epoch))
         .await
         .map_err(|_| (false, LinkError::Closed))?;

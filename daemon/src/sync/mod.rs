@@ -7,6 +7,7 @@
 //! a renewed certificate never rewinds a link.
 
 pub mod client;
+pub mod links;
 pub mod server;
 pub mod session;
 

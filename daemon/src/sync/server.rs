@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::session::{self, LinkError};
 use crate::node::Node;
 use crate::route::Toward;
-use crate::status::LinkState;
+use crate::sync::links::LinkState;
 
 pub struct SyncService {
     node: Arc<Node>,
@@ -64,9 +64,9 @@ impl Sync for SyncService {
         &self,
         request: Request<Streaming<wire::LinkFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let peer = crate::tls::peer_code(&request)?;
+        let peer = crate::identity::tls::peer_code(&request)?;
         let node = self.node.clone();
-        if let Err(status) = admit_child(&node.code, &peer) {
+        if let Err(status) = admit_child(node.code(), &peer) {
             warn!(peer = %peer, "link refused: not a child of this node");
             return Err(status);
         }
@@ -87,7 +87,7 @@ impl Sync for SyncService {
         let (applied, applied_epoch) = session::our_cursor(&node, &peer, Some(&peer_hello.epoch))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<wire::LinkFrame>(node.tuning.window * 2 + 4);
+        let (tx, rx) = mpsc::channel::<wire::LinkFrame>(node.tuning().window * 2 + 4);
         tx.send(session::hello(&node, applied, &applied_epoch))
             .await
             .map_err(|_| Status::cancelled("closed"))?;
@@ -102,7 +102,7 @@ impl Sync for SyncService {
             info!(peer = %peer, "child reconnected; ending its previous session");
             previous.cancel();
         }
-        node.links
+        node.links()
             .set_state(peer.as_str(), Toward::Child, LinkState::Up);
         tokio::spawn(async move {
             match session::run(

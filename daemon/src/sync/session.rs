@@ -30,10 +30,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::metrics::LinkLabels;
+use crate::clock::now_ms;
 use crate::node::{Node, PreparedBatch, ScreenedBatch};
+use crate::ops::metrics::LinkLabels;
 use crate::route::{self, Delivery, Scope, Toward};
-use crate::status::{LinkState, direction, now_ms};
+use crate::sync::links::{LinkState, direction};
 
 /// Most records applied in one transaction when batches queue up.
 const COALESCE_RECORDS: usize = 8000;
@@ -67,9 +68,9 @@ pub fn hello(node: &Node, applied_through: u64, applied_epoch: &str) -> wire::Li
     wire::LinkFrame {
         body: Some(Body::Hello(wire::Hello {
             protocol: PROTOCOL,
-            node: node.code.to_string(),
+            node: node.code().to_string(),
             applied_through,
-            epoch: node.store.epoch().to_owned(),
+            epoch: node.epoch().to_owned(),
             applied_epoch: applied_epoch.to_owned(),
         })),
     }
@@ -82,7 +83,7 @@ pub async fn our_cursor(
     peer: &DivisionCode,
     peer_epoch: Option<&str>,
 ) -> Result<(u64, String), LinkError> {
-    Ok(match node.store.cursor(peer).await? {
+    Ok(match node.cursor(peer).await? {
         Some(c) if peer_epoch.is_none_or(|e| e == c.peer_epoch) => {
             (c.applied_through, c.peer_epoch)
         }
@@ -149,10 +150,8 @@ where
     // Where the peer says it is in our log; a cursor against another epoch of
     // our store, or beyond our head, is not ours: start over (apply is
     // idempotent, so resending is harmless, skipping is not).
-    let head = node.store.head_seq().await?;
-    let start = if peer_hello.applied_epoch == node.store.epoch()
-        && peer_hello.applied_through <= head
-    {
+    let head = node.head_seq().await?;
+    let start = if peer_hello.applied_epoch == node.epoch() && peer_hello.applied_through <= head {
         peer_hello.applied_through
     } else {
         if peer_hello.applied_through > 0 {
@@ -160,9 +159,9 @@ where
         }
         0
     };
-    node.metrics.link_up.get_or_create(&labels).set(1);
-    node.metrics.link_sessions.get_or_create(&labels).inc();
-    node.links.update(peer.as_str(), toward, |l| {
+    node.metrics().link_up.get_or_create(&labels).set(1);
+    node.metrics().link_sessions.get_or_create(&labels).inc();
+    node.links().update(peer.as_str(), toward, |l| {
         l.state = LinkState::Up;
         l.since_ms = now_ms();
         l.last_error.clear();
@@ -172,7 +171,7 @@ where
     info!(peer = %peer, direction = direction(toward), from_seq = start, "link session up");
 
     let session = cancel.child_token();
-    let window = Arc::new(Semaphore::new(node.tuning.window));
+    let window = Arc::new(Semaphore::new(node.tuning().window));
     let sender = tokio::spawn(send_loop(
         node.clone(),
         peer.clone(),
@@ -195,10 +194,10 @@ where
     .await;
     session.cancel();
     let sent = sender.await.unwrap_or(Ok(()));
-    node.metrics.link_up.get_or_create(&labels).set(0);
-    node.metrics.link_stalled.get_or_create(&labels).set(0);
+    node.metrics().link_up.get_or_create(&labels).set(0);
+    node.metrics().link_stalled.get_or_create(&labels).set(0);
     let result = result.and(sent);
-    node.links.update(peer.as_str(), toward, |l| {
+    node.links().update(peer.as_str(), toward, |l| {
         l.state = LinkState::Down;
         l.since_ms = now_ms();
         if let Err(e) = &result {
@@ -206,7 +205,7 @@ where
         }
     });
     if result.is_err() {
-        node.metrics.link_errors.get_or_create(&labels).inc();
+        node.metrics().link_errors.get_or_create(&labels).inc();
     }
     result
 }
@@ -282,7 +281,7 @@ where
 {
     // The sender keeps at most `window` batches unacknowledged, which
     // bounds what waits here too.
-    let (queue, queued) = mpsc::channel(node.tuning.window.max(1));
+    let (queue, queued) = mpsc::channel(node.tuning().window.max(1));
     let stop_writer = CancellationToken::new();
     let mut writer = Some(tokio::spawn(write_loop(
         node.clone(),
@@ -357,7 +356,7 @@ async fn finish_batch(
             reason: r.reason.clone(),
         })
         .collect();
-    node.metrics
+    node.metrics()
         .link_received
         .get_or_create(labels)
         .inc_by(received);
@@ -366,7 +365,7 @@ async fn finish_batch(
     } else {
         newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
     };
-    node.links.update(peer.as_str(), toward, |l| {
+    node.links().update(peer.as_str(), toward, |l| {
         if through > l.applied_through {
             l.last_progress = Instant::now();
         }
@@ -492,7 +491,7 @@ where
     // The records in a batch from the peer travelled toward us, i.e. they
     // come from the peer's side of the link.
     let from = toward;
-    let mut stall_check = tokio::time::interval(node.tuning.heartbeat);
+    let mut stall_check = tokio::time::interval(node.tuning().heartbeat);
     let verifying = Arc::new(Semaphore::new(VERIFYING));
     loop {
         let frame = tokio::select! {
@@ -546,12 +545,12 @@ where
                         warn!(peer = %peer, kind = %r.kind, origin = %r.origin, reason = %r.reason, "peer rejected a record we sent");
                     }
                 }
-                node.links.update(peer.as_str(), toward, |l| {
+                node.links().update(peer.as_str(), toward, |l| {
                     l.peer_applied = l.peer_applied.max(ack.through_seq)
                 });
             }
             Some(Body::Heartbeat(hb)) => {
-                node.links.update(peer.as_str(), toward, |l| {
+                node.links().update(peer.as_str(), toward, |l| {
                     l.peer_head = l.peer_head.max(hb.head_seq);
                     if l.peer_head <= l.applied_through {
                         l.lag_seconds = 0.0;
@@ -576,12 +575,12 @@ where
 }
 
 fn update_lag_metrics(node: &Node, peer: &DivisionCode, labels: &LinkLabels) {
-    if let Some(l) = node.links.get(peer.as_str()) {
-        node.metrics
+    if let Some(l) = node.links().get(peer.as_str()) {
+        node.metrics()
             .link_lag_changes
             .get_or_create(labels)
             .set(l.lag_changes() as i64);
-        node.metrics
+        node.metrics()
             .link_lag_seconds
             .get_or_create(labels)
             .set(l.lag_seconds);
@@ -591,8 +590,8 @@ fn update_lag_metrics(node: &Node, peer: &DivisionCode, labels: &LinkLabels) {
 /// A link with lag that has not moved its cursor for `stall_after` is
 /// reported stalled, not silently waited on.
 fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLabels) {
-    let stall_after = node.tuning.stall_after;
-    let stalled = node.links.update(peer.as_str(), toward, |l| {
+    let stall_after = node.tuning().stall_after;
+    let stalled = node.links().update(peer.as_str(), toward, |l| {
         let stalled = l.lag_changes() > 0 && l.last_progress.elapsed() >= stall_after;
         if stalled && l.state == LinkState::Up {
             l.state = LinkState::Stalled;
@@ -601,7 +600,7 @@ fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLa
         }
         stalled
     });
-    node.metrics
+    node.metrics()
         .link_stalled
         .get_or_create(labels)
         .set(stalled as i64);
@@ -614,7 +613,7 @@ fn outgoing(node: &Node, body: Bytes, peer: &DivisionCode, toward: Toward) -> Op
     let owner = DivisionCode::parse(&route.owner.as_ref()?.node).ok()?;
     let scope = Scope::from_wire(&owner, route.scope.as_ref()).ok()?;
     let reach = Scope::from_wire(&owner, route.reach.as_ref().or(route.scope.as_ref())).ok()?;
-    match route::delivery(&scope, &reach, &owner, &node.code, peer, toward) {
+    match route::delivery(&scope, &reach, &owner, node.code(), peer, toward) {
         Delivery::Skip => None,
         // We hold only a withdrawal; we cannot give the peer what we no
         // longer have.
@@ -622,7 +621,11 @@ fn outgoing(node: &Node, body: Bytes, peer: &DivisionCode, toward: Toward) -> Op
         Delivery::Full => Some(body),
         Delivery::Withdrawal => {
             let record = wire::Record::decode(body).ok()?;
-            Some(crate::origin::withdrawal_of(record).encode_to_vec().into())
+            Some(
+                crate::identity::origin::withdrawal_of(record)
+                    .encode_to_vec()
+                    .into(),
+            )
         }
     }
 }
@@ -643,12 +646,12 @@ async fn send_loop(
     let mut head_rx = node.subscribe_head();
     let mut scanned = start;
     let mut announced = start;
-    let mut heartbeat = tokio::time::interval(node.tuning.heartbeat);
-    let batch_records = node.tuning.batch_records;
-    let batch_bytes = node.tuning.batch_bytes;
+    let mut heartbeat = tokio::time::interval(node.tuning().heartbeat);
+    let batch_records = node.tuning().batch_records;
+    let batch_bytes = node.tuning().batch_bytes;
     // What route::delivery would send in this direction at all, filtered in
     // the store (scope is still decided per record by `outgoing`).
-    let owners = route::Owners::toward(&node.code, &peer, toward);
+    let owners = route::Owners::toward(node.code(), &peer, toward);
     loop {
         if cancel.is_cancelled() {
             return Ok(());
@@ -657,7 +660,6 @@ async fn send_loop(
         // wakes the wait below instead of being passed over.
         head_rx.borrow_and_update();
         let page = node
-            .store
             .link_page(scanned, batch_records as u32, &owners)
             .await?;
         let mut records = Vec::new();
@@ -683,8 +685,8 @@ async fn send_loop(
             let n = records.len() as u64;
             send_batch(&node, &outbound, &window, &cancel, scanned, records).await?;
             announced = scanned;
-            node.metrics.link_sent.get_or_create(&labels).inc_by(n);
-            node.links
+            node.metrics().link_sent.get_or_create(&labels).inc_by(n);
+            node.links()
                 .update(peer.as_str(), toward, |l| l.records_out += n);
             debug!(peer = %peer, through = scanned, records = n, "batch sent");
         } else if scanned > announced
@@ -702,7 +704,7 @@ async fn send_loop(
             _ = cancel.cancelled() => return Ok(()),
             changed = head_rx.changed() => if changed.is_err() { return Ok(()) },
             _ = heartbeat.tick() => {
-                let hb = wire::Heartbeat { head_seq: node.store.head_seq().await?, sent_at_ms: now_ms() };
+                let hb = wire::Heartbeat { head_seq: node.head_seq().await?, sent_at_ms: now_ms() };
                 if outbound.send(wire::LinkFrame { body: Some(Body::Heartbeat(hb)) }).await.is_err() {
                     return Ok(());
                 }
@@ -726,7 +728,7 @@ async fn send_batch(
     let batch = wire::Batch {
         through_seq: through,
         records,
-        head_seq: node.store.head_seq().await?,
+        head_seq: node.head_seq().await?,
         sent_at_ms: now_ms(),
     };
     outbound

@@ -8,11 +8,11 @@
 //!    trusts nothing it did not get from the parent's operator.
 //! 2. The new node runs `tiersync join --parent ADDR --token T` ([`join`]):
 //!    it generates its key locally, dials the parent over TLS with the CA
-//!    pinned ([`crate::tls::join_client_config`]), and calls the `Join` RPC
+//!    pinned ([`crate::identity::tls::join_client_config`]), and calls the `Join` RPC
 //!    ([`JoinService`]) with the secret and a certificate request.
 //! 3. The parent checks the token (issued here, for this code, unused,
 //!    unexpired) and routes a `tiersync.v1.CertificateRequest` record up to
-//!    the city, the one node with the CA key. The city ([`issue_pending`])
+//!    the city, the one node with the CA key. The city ([`CertificateIssuer`])
 //!    issues a certificate only for a direct child of the record's owner
 //!    (whose origin every hop has verified) and routes a
 //!    `tiersync.v1.CertificateIssued` record back.
@@ -36,18 +36,13 @@ use tiersync_proto::wire::{self, join_client::JoinClient};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::audit::AuditNote;
-use crate::node::{Node, NodeError, city_of, owner_code};
-use crate::route;
-use crate::status::now_ms;
+use crate::clock::now_ms;
+use crate::error::{status_of, store_status};
+use crate::kinds::*;
+use crate::node::routed::{Answer, Answered, Exchange};
+use crate::node::{Node, NodeError, Reader, city_of};
 use crate::store::StoreError;
-
-pub const KIND_JOIN_TOKEN: &str = "tiersync.v1.JoinToken";
-pub const KIND_CERT_REQUEST: &str = "tiersync.v1.CertificateRequest";
-pub const KIND_CERT_ISSUED: &str = "tiersync.v1.CertificateIssued";
-const KEY_TOKEN_DIGEST: &str = "token_digest";
-const KEY_ISSUER: &str = "issuer";
-const KEY_REQUEST_ID: &str = "request_id";
+use crate::store::audit::AuditNote;
 
 /// Token lifetime when the operator names none.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -82,9 +77,9 @@ pub enum JoinError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::identity::pki::PkiError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::identity::tls::TlsError),
     #[error("the parent refused the join: {}", .0.message())]
     Refused(Status),
     #[error("the parent's answer is unusable: {0}")]
@@ -177,7 +172,7 @@ impl Node {
             field: "code",
             reason: e.to_string(),
         })?;
-        crate::sync::server::admit_child(&self.code, &code).map_err(|s| NodeError::Invalid {
+        crate::sync::server::admit_child(self.code(), &code).map_err(|s| NodeError::Invalid {
             field: "code",
             reason: s.message().to_owned(),
         })?;
@@ -192,7 +187,7 @@ impl Node {
             });
         }
         let ca_fingerprint =
-            crate::tls::ca_fingerprint(ca_pem).map_err(|e| NodeError::Invalid {
+            crate::identity::tls::ca_fingerprint(ca_pem).map_err(|e| NodeError::Invalid {
                 field: "ca",
                 reason: e.to_string(),
             })?;
@@ -207,10 +202,10 @@ impl Node {
             used_at_ms: 0,
             request_id: Vec::new(),
         };
-        self.put_internal(
+        self.put_routed(
             RecordId::new().as_bytes().to_vec(),
             KIND_JOIN_TOKEN,
-            &self.code,
+            self.code(),
             token.encode_to_vec(),
             vec![key(KEY_TOKEN_DIGEST, hex::encode(&token.secret_digest))],
             0,
@@ -229,35 +224,6 @@ impl Node {
             },
             expires_at_ms,
         ))
-    }
-
-    /// Writes a record of an internal kind owned by this node, addressed to
-    /// `to` (this node itself for records that stay here).
-    #[allow(clippy::too_many_arguments)]
-    async fn put_internal(
-        &self,
-        id: Vec<u8>,
-        kind: &str,
-        to: &DivisionCode,
-        payload: Vec<u8>,
-        keys: Vec<wire::NaturalKey>,
-        expected_version: u64,
-        audit: AuditNote,
-    ) -> Result<crate::store::Stored, NodeError> {
-        let scope = route::point_to_point(&self.code, to).ok_or_else(|| NodeError::Invalid {
-            field: "code",
-            reason: format!("`{to}` is not in this deployment"),
-        })?;
-        let record = self.own_record(
-            id,
-            kind.to_owned(),
-            String::new(),
-            &scope,
-            &scope,
-            payload,
-            keys,
-        );
-        self.put_own(record, expected_version, false, audit).await
     }
 }
 
@@ -295,17 +261,17 @@ impl JoinService {
         let digest = hex::encode(secret_digest(secret));
         let found = self
             .node
-            .store
+            .reads(Reader::Node)
             .lookup(KIND_JOIN_TOKEN, KEY_TOKEN_DIGEST, &digest)
             .await
-            .map_err(internal)?;
+            .map_err(status_of)?;
         let Some(stored) = found.into_iter().next() else {
             return Err(Status::permission_denied(format!(
                 "unknown join token: node `{}` issued no token with this secret; ask its operator for one (`tiersync pki join-token --code {code}`)",
-                self.node.code
+                self.node.code()
             )));
         };
-        let token = wire::JoinToken::decode(&stored.record.payload[..])
+        let token = wire::JoinToken::decode(&stored.payload[..])
             .map_err(|e| Status::internal(format!("the stored join token does not decode: {e}")))?;
         if token.code != code.as_str() {
             return Err(Status::permission_denied(format!(
@@ -325,7 +291,7 @@ impl JoinService {
                 token.expires_at_ms
             )));
         }
-        Ok((stored.record, token))
+        Ok((stored, token))
     }
 
     /// Waits until the answer to request `request_id` is held here.
@@ -340,12 +306,12 @@ impl JoinService {
             head.borrow_and_update();
             let answers = self
                 .node
-                .store
+                .reads(Reader::Node)
                 .lookup(KIND_CERT_ISSUED, KEY_REQUEST_ID, &hex::encode(request_id))
                 .await
-                .map_err(internal)?;
+                .map_err(status_of)?;
             if let Some(answer) = answers.into_iter().next() {
-                return wire::CertificateIssued::decode(&answer.record.payload[..]).map_err(|e| {
+                return wire::CertificateIssued::decode(&answer.payload[..]).map_err(|e| {
                     Status::internal(format!("the city's answer does not decode: {e}"))
                 });
             }
@@ -363,10 +329,6 @@ impl JoinService {
     }
 }
 
-fn internal(e: StoreError) -> Status {
-    Status::internal(e.to_string())
-}
-
 #[tonic::async_trait]
 impl wire::join_server::Join for JoinService {
     async fn join(
@@ -376,14 +338,14 @@ impl wire::join_server::Join for JoinService {
         let req = request.into_inner();
         let code = DivisionCode::parse(&req.code)
             .map_err(|e| Status::invalid_argument(format!("code: {e}")))?;
-        crate::sync::server::admit_child(&self.node.code, &code)?;
+        crate::sync::server::admit_child(self.node.code(), &code)?;
         let (token_record, token) = self.check_token(&code, &req.secret).await?;
         // Fail fast on a request the city would refuse anyway.
         rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).map_err(|e| {
             Status::invalid_argument(format!("csr_pem is not a valid certificate request: {e}"))
         })?;
 
-        let city = city_of(&self.node.code);
+        let city = city_of(self.node.code());
         let request_id = RecordId::new().as_bytes().to_vec();
         tiersync_trust::VerifyingKey::from_public_key_pem(&req.origin_public_key_pem)
             .map_err(|e| Status::invalid_argument(format!("origin_public_key_pem: {e}")))?;
@@ -394,7 +356,7 @@ impl wire::join_server::Join for JoinService {
         };
         let stored = self
             .node
-            .put_internal(
+            .put_routed(
                 request_id.clone(),
                 KIND_CERT_REQUEST,
                 &city,
@@ -406,9 +368,12 @@ impl wire::join_server::Join for JoinService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         info!(child = %code, %city, "certificate request routed to the city");
-        issue_pending(&self.node, Some(std::slice::from_ref(&stored.record)))
+        // At the city the request is addressed to this node itself: its
+        // handler answers it now.
+        self.node
+            .after_commit(&[(stored.seq, stored.record)])
             .await
-            .map_err(internal)?;
+            .map_err(store_status)?;
 
         let answer = self.wait_for_answer(&request_id, &city).await?;
         if !answer.accepted {
@@ -428,10 +393,10 @@ impl wire::join_server::Join for JoinService {
         };
         match self
             .node
-            .put_internal(
+            .put_routed(
                 token_record.id.clone(),
                 KIND_JOIN_TOKEN,
-                &self.node.code,
+                self.node.code(),
                 used.encode_to_vec(),
                 token_record.keys.clone(),
                 token_record.version,
@@ -452,11 +417,11 @@ impl wire::join_server::Join for JoinService {
             cert_pem: answer.cert_pem,
             ca_pem: self.ca_pem.clone(),
             deployment_key: self.deployment_key_hex.clone(),
-            parent: self.node.code.to_string(),
+            parent: self.node.code().to_string(),
             origin_cert_pem: answer.origin_cert_pem,
-            trust_root_pem: self.node.keyring.root().cert.to_pem(),
+            trust_root_pem: self.node.keyring().root().cert.to_pem(),
             trust_chain: Some(wire::RootChain {
-                links: self.node.keyring.chain(),
+                links: self.node.keyring().chain(),
             }),
         }))
     }
@@ -464,53 +429,43 @@ impl wire::join_server::Join for JoinService {
 
 // === the city side ===
 
-/// Answers every certificate request addressed to this node that has no
-/// answer yet, if this node holds the CA (the city). `candidates` are
-/// records just applied; `None` scans all requests (at start, so a request
-/// whose answer a crash interrupted is answered on restart).
-pub async fn issue_pending(
-    node: &Node,
-    candidates: Option<&[wire::Record]>,
-) -> Result<(), StoreError> {
-    let Some(ca) = node.issuer.get() else {
-        return Ok(());
-    };
-    let pending: Vec<wire::Record> = match candidates {
-        Some(records) => records
-            .iter()
-            .filter(|r| r.kind == KIND_CERT_REQUEST && !r.deleted)
-            .cloned()
-            .collect(),
-        None => node
-            .store
-            .lookup(KIND_CERT_REQUEST, KEY_ISSUER, node.code.as_str())
-            .await?
-            .into_iter()
-            .map(|s| s.record)
-            .collect(),
-    };
-    for record in pending {
-        if !record
-            .keys
-            .iter()
-            .any(|k| k.name == KEY_ISSUER && k.value == node.code.as_str())
-        {
-            continue;
-        }
-        let answered = node
-            .store
-            .lookup(KIND_CERT_ISSUED, KEY_REQUEST_ID, &hex::encode(&record.id))
-            .await?;
-        if !answered.is_empty() {
-            continue;
-        }
-        let Ok(requester) = owner_code(&record) else {
-            continue;
-        };
+/// Certificate requests and the city's answers, as a routed exchange.
+pub const CERTIFICATES: Exchange = Exchange {
+    request_kind: KIND_CERT_REQUEST,
+    addressee_key: KEY_ISSUER,
+    answer_kind: KIND_CERT_ISSUED,
+    answer_key: KEY_REQUEST_ID,
+};
+
+/// The city's side of joining: answers every certificate request addressed
+/// to it with the node's TLS and origin certificates, or a refusal. The app
+/// registers it as a kind handler at the node that holds the deployment CA.
+pub struct CertificateIssuer {
+    ca: crate::identity::pki::Ca,
+}
+
+impl CertificateIssuer {
+    pub fn new(ca: crate::identity::pki::Ca) -> CertificateIssuer {
+        CertificateIssuer { ca }
+    }
+}
+
+#[async_trait::async_trait]
+impl Answer for CertificateIssuer {
+    fn exchange(&self) -> &'static Exchange {
+        &CERTIFICATES
+    }
+
+    async fn answer(
+        &self,
+        node: &Node,
+        requester: &DivisionCode,
+        record: &wire::Record,
+    ) -> Result<Option<Answered>, NodeError> {
         let request = wire::CertificateRequest::decode(&record.payload[..]).ok();
         let outcome = match &request {
             None => Err("the request does not decode".to_owned()),
-            Some(request) => decide(ca, node.root_issuer().as_deref(), &requester, request),
+            Some(request) => decide(&self.ca, node.root_issuer().as_deref(), requester, request),
         };
         let subject = request.map(|r| r.subject).unwrap_or_default();
         let (accepted, (cert_pem, origin_cert_pem), reason) = match outcome {
@@ -538,32 +493,19 @@ pub async fn issue_pending(
             reason,
             origin_cert_pem,
         };
-        let put = node
-            .put_internal(
-                RecordId::new().as_bytes().to_vec(),
-                KIND_CERT_ISSUED,
-                &requester,
-                answer.encode_to_vec(),
-                vec![key(KEY_REQUEST_ID, hex::encode(&record.id))],
-                0,
-                audit,
-            )
-            .await;
-        match put {
-            Ok(_) => {}
-            Err(NodeError::Store(e)) => return Err(e),
-            Err(e) => warn!(%requester, error = %e, "cannot answer a certificate request"),
-        }
+        Ok(Some(Answered {
+            payload: answer.encode_to_vec(),
+            audit,
+        }))
     }
-    Ok(())
 }
 
 /// The city's rule: a node may request certificates for its direct children
 /// only (the same rule by which a parent admits a child's link).
 /// Returns the TLS certificate and the origin certificate, both PEM.
 fn decide(
-    ca: &crate::pki::Ca,
-    root: Option<&crate::origin::RootIssuer>,
+    ca: &crate::identity::pki::Ca,
+    root: Option<&crate::identity::origin::RootIssuer>,
     requester: &DivisionCode,
     request: &wire::CertificateRequest,
 ) -> Result<(String, String), String> {
@@ -618,17 +560,18 @@ pub async fn join(
     })?;
     let files = NodeFiles::new(&options.dir);
     files.refuse_existing()?;
-    crate::tls::install_crypto_provider();
-    let (csr_pem, key_pem) = crate::pki::certificate_request(&token.code)?;
+    crate::identity::tls::install_crypto_provider();
+    let (csr_pem, key_pem) = crate::identity::pki::certificate_request(&token.code)?;
     let origin_key = tiersync_trust::SigningKey::generate();
     let origin_key_pem = origin_key
         .to_pkcs8_pem()
         .map_err(|e| JoinError::BadAnswer(format!("cannot encode the new signing key: {e}")))?;
     let origin_public_key_pem = origin_key.verifying_key().to_public_key_pem();
-    let client_config = crate::tls::join_client_config(token.ca_fingerprint)?;
+    let client_config = crate::identity::tls::join_client_config(token.ca_fingerprint)?;
 
     let attempt = || async {
-        let channel = crate::tls::connect(parent_addr, &parent, client_config.clone()).await?;
+        let channel =
+            crate::identity::tls::connect(parent_addr, &parent, client_config.clone()).await?;
         JoinClient::new(channel)
             .join(wire::JoinRequest {
                 code: token.code.to_string(),
@@ -657,7 +600,7 @@ pub async fn join(
         .await?;
 
     // Trust nothing in the answer that does not check out.
-    let fingerprint = crate::tls::ca_fingerprint(&answer.ca_pem)?;
+    let fingerprint = crate::identity::tls::ca_fingerprint(&answer.ca_pem)?;
     if fingerprint != token.ca_fingerprint {
         return Err(JoinError::BadAnswer(
             "the CA certificate is not the one the token names".into(),
@@ -669,7 +612,8 @@ pub async fn join(
             answer.parent
         )));
     }
-    let material = crate::tls::TlsMaterial::from_pem(&answer.ca_pem, &answer.cert_pem, &key_pem)?;
+    let material =
+        crate::identity::tls::TlsMaterial::from_pem(&answer.ca_pem, &answer.cert_pem, &key_pem)?;
     if material.own_code() != &token.code {
         return Err(JoinError::BadAnswer(format!(
             "the certificate is for `{}`, not `{}`",
@@ -679,11 +623,13 @@ pub async fn join(
     }
     tiersync_proto::types::DigestKey::from_hex(&answer.deployment_key)
         .map_err(|e| JoinError::BadAnswer(format!("deployment secret: {e}")))?;
-    let root = crate::origin::TrustRoot::from_pem(&answer.trust_root_pem, "the trust root")
-        .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
+    let root =
+        crate::identity::origin::TrustRoot::from_pem(&answer.trust_root_pem, "the trust root")
+            .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
     let links = answer.trust_chain.clone().unwrap_or_default().links;
-    let later = crate::origin::follow_chain(&root, &links).map_err(JoinError::BadAnswer)?;
-    crate::origin::Identity::load(
+    let later =
+        crate::identity::origin::follow_chain(&root, &links).map_err(JoinError::BadAnswer)?;
+    crate::identity::origin::Identity::load(
         &root,
         &later,
         &token.code,
@@ -742,7 +688,7 @@ impl NodeFiles {
     ) -> Result<(), JoinError> {
         let write = |path: PathBuf, text: &str, private: bool| -> Result<(), JoinError> {
             let result = if private {
-                crate::pki::write_new_private(&path, text)
+                crate::identity::pki::write_new_private(&path, text)
             } else {
                 std::fs::write(&path, text)
             };
@@ -764,7 +710,7 @@ impl NodeFiles {
             false,
         )?;
         write(
-            self.pki.join(crate::origin::TRUST_ROOT_CERT_FILE),
+            self.pki.join(crate::identity::origin::TRUST_ROOT_CERT_FILE),
             &answer.trust_root_pem,
             false,
         )?;
@@ -867,10 +813,12 @@ mod tests {
     #[test]
     fn the_city_issues_only_for_a_direct_child_of_the_requester() {
         let c = |s: &str| DivisionCode::parse(s).unwrap();
-        let ca = crate::pki::Ca::generate(&c("5111"), 30).unwrap();
-        let (csr_pem, _key) = crate::pki::certificate_request(&c("511102004001")).unwrap();
-        let (root_key, root_pem) = crate::origin::generate_root(&c("5111")).unwrap();
-        let root = crate::origin::RootIssuer::from_pem(&root_pem, &root_key, "root").unwrap();
+        let ca = crate::identity::pki::Ca::generate(&c("5111"), 30).unwrap();
+        let (csr_pem, _key) =
+            crate::identity::pki::certificate_request(&c("511102004001")).unwrap();
+        let (root_key, root_pem) = crate::identity::origin::generate_root(&c("5111")).unwrap();
+        let root =
+            crate::identity::origin::RootIssuer::from_pem(&root_pem, &root_key, "root").unwrap();
         let origin_public_key_pem = tiersync_trust::SigningKey::generate()
             .verifying_key()
             .to_public_key_pem();

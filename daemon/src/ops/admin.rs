@@ -86,7 +86,7 @@ impl Admin {
                 }
             }
             "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/readyz" => match self.node.store.head_seq().await {
+            "/readyz" => match self.node.head_seq().await {
                 Ok(_) => respond(StatusCode::OK, "text/plain", "ready\n".into()),
                 Err(e) => respond(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -94,11 +94,11 @@ impl Admin {
                     format!("store: {e}\n"),
                 ),
             },
-            "/status.json" => match crate::status::report(&self.node).await {
+            "/status.json" => match crate::ops::status::report(&self.node).await {
                 Ok(r) => respond(StatusCode::OK, "application/json", r.to_json()),
                 Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", e.to_string()),
             },
-            "/" => match crate::status::report(&self.node).await {
+            "/" => match crate::ops::status::report(&self.node).await {
                 Ok(r) => respond(StatusCode::OK, "text/html; charset=utf-8", r.to_html()),
                 Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", e.to_string()),
             },
@@ -128,7 +128,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// this future (it became active). `why` is the `/readyz` answer.
 pub async fn serve_standby(listener: &TcpListener, why: String) -> Infallible {
     let mut registry = Registry::default();
-    crate::metrics::register_standby(&mut registry, true);
+    crate::ops::metrics::register_standby(&mut registry, true);
     let registry = Arc::new(registry);
     let why = Arc::new(why);
     loop {

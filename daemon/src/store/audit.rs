@@ -36,7 +36,7 @@ use std::fmt;
 use async_trait::async_trait;
 use tiersync_trust::hash::Sm3Hasher;
 
-use crate::store::Result;
+use super::Result;
 
 /// The domain tag at the start of every hashed entry (version 1).
 pub const AUDIT_TAG: &str = "tiersync.audit.v1";

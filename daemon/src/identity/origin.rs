@@ -7,7 +7,7 @@
 //!   for it, subject `CN=<code>,O=tiersync origin`, issued by the
 //!   deployment's *trust root* (an SM2 authority kept at the city; its
 //!   certificate `trust-root.pem` is on every node). A node publishes its
-//!   certificates itself as a [`KIND_NODE_KEY`] record that reaches the
+//!   certificates itself as a [`KIND_NODE_KEY`](crate::kinds::KIND_NODE_KEY) record that reaches the
 //!   whole deployment, so verifying needs nothing but the trust root:
 //!   certificate against the root, record against the certificate.
 //! - **What is signed.** [`signed_bytes`]: a versioned, length-prefixed
@@ -42,17 +42,12 @@ use tiersync_proto::wire;
 use tiersync_trust::cert::{Certificate, Role};
 use tiersync_trust::{BatchSigner, Item, RecordProof, SigningKey, Verifier, VerifyingKey};
 
-pub const KIND_NODE_KEY: &str = "tiersync.v1.NodeKey";
-pub const KIND_TRUST_LIST: &str = "tiersync.v1.TrustList";
-/// Natural key of the trust list record: the city's code.
-pub const KEY_TRUST_LIST: &str = "trust_list";
 /// How long a trust list is current; the city publishes a fresh one when
 /// half of that has passed.
 pub const TRUST_LIST_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
 const TRUST_LIST_TAG: &[u8] = b"tiersync.trustlist.v1";
 const ROOT_TAG: &[u8] = b"tiersync.root.v1";
-/// Natural key of a `NodeKey` record: the node's code.
-pub const KEY_NODE: &str = "node";
+/// The trust root's certificate and key files in a `pki/` directory.
 pub const TRUST_ROOT_CERT_FILE: &str = "trust-root.pem";
 pub const TRUST_ROOT_KEY_FILE: &str = "trust-root.key";
 /// Start of the refusal reason for a record whose owner's key is unknown
@@ -484,6 +479,7 @@ impl Identity {
     }
 
     /// A throwaway root and identity, for unit tests of nodes.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn generate_for_tests(code: &DivisionCode) -> (TrustRoot, Identity) {
         let (root_key, root_pem) = generate_root(code).expect("root");
         let issuer = RootIssuer::from_pem(&root_pem, &root_key, "test root").expect("issuer");
@@ -920,6 +916,7 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::{KIND_NODE_KEY, KIND_TRUST_LIST};
 
     fn code(s: &str) -> DivisionCode {
         DivisionCode::parse(s).unwrap()

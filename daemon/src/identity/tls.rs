@@ -1,5 +1,5 @@
 //! Mutual TLS between a node and its parent: rustls configurations built from
-//! the deployment's PKI (see [`crate::pki`]), the server-side accept stream
+//! the deployment's PKI (see [`crate::identity::pki`]), the server-side accept stream
 //! fed to tonic, the client-side connector, and reading a peer's identity.
 //!
 //! Invariants:
@@ -46,7 +46,7 @@ use tonic::transport::{Channel, Endpoint};
 pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
-use crate::pki::{NODE_URI_PREFIX, node_dns_name};
+use crate::identity::pki::{NODE_URI_PREFIX, node_dns_name};
 
 /// How long a TLS handshake may take on the server side before the
 /// connection is dropped.
@@ -862,7 +862,7 @@ mod tests {
     use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
     use super::*;
-    use crate::pki::{Ca, CertifiedKey};
+    use crate::identity::pki::{Ca, CertifiedKey};
 
     const CITY: &str = "5111";
     const SERVER: &str = "511102";
@@ -1232,8 +1232,9 @@ mod tests {
     fn material_errors_name_the_file() {
         install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
-        crate::pki::init_dir(tmp.path(), &code(CITY)).unwrap();
-        let (cert, key) = crate::pki::issue_into_dir(tmp.path(), &code(CLIENT), 1).unwrap();
+        crate::identity::pki::init_dir(tmp.path(), &code(CITY)).unwrap();
+        let (cert, key) =
+            crate::identity::pki::issue_into_dir(tmp.path(), &code(CLIENT), 1).unwrap();
         let ca = tmp.path().join("ca.pem");
 
         let missing = tmp.path().join("nope.pem");
@@ -1261,7 +1262,8 @@ mod tests {
         );
 
         // Another node's key.
-        let (_, other_key) = crate::pki::issue_into_dir(tmp.path(), &code(SERVER), 1).unwrap();
+        let (_, other_key) =
+            crate::identity::pki::issue_into_dir(tmp.path(), &code(SERVER), 1).unwrap();
         assert_eq!(
             TlsMaterial::load(&ca, &cert, &other_key)
                 .unwrap_err()
@@ -1275,7 +1277,7 @@ mod tests {
 
         // A certificate from another deployment's CA.
         let other = tempfile::tempdir().unwrap();
-        crate::pki::init_dir(other.path(), &code(CITY)).unwrap();
+        crate::identity::pki::init_dir(other.path(), &code(CITY)).unwrap();
         let other_ca = other.path().join("ca.pem");
         let err = TlsMaterial::load(&other_ca, &cert, &key)
             .unwrap_err()
@@ -1294,15 +1296,15 @@ mod tests {
     fn init_then_issue_gives_loadable_material() {
         install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
-        crate::pki::init_dir(tmp.path(), &code(CITY)).unwrap();
+        crate::identity::pki::init_dir(tmp.path(), &code(CITY)).unwrap();
         let node = code("511102004001");
-        let (cert, key) = crate::pki::issue_into_dir(tmp.path(), &node, 30).unwrap();
+        let (cert, key) = crate::identity::pki::issue_into_dir(tmp.path(), &node, 30).unwrap();
         let material = TlsMaterial::load(&tmp.path().join("ca.pem"), &cert, &key).unwrap();
         assert_eq!(material.own_code(), &node);
         material.server_config().unwrap();
         material.client_config().unwrap();
 
-        let err = crate::pki::init_dir(tmp.path(), &code(CITY))
+        let err = crate::identity::pki::init_dir(tmp.path(), &code(CITY))
             .unwrap_err()
             .to_string();
         assert!(

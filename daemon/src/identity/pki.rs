@@ -104,7 +104,7 @@ pub enum PkiError {
     #[error("{what} holds no usable private key: {source}")]
     BadKey { what: String, source: rcgen::Error },
     #[error(transparent)]
-    Origin(#[from] crate::origin::OriginError),
+    Origin(#[from] crate::identity::origin::OriginError),
     #[error("the certificate request for `{subject}` is unusable: {detail}")]
     BadRequest { subject: String, detail: String },
     #[error("the private key in {key} does not belong to the certificate in {cert}")]
@@ -481,13 +481,13 @@ pub fn init_dir(dir: &Path, city: &DivisionCode) -> Result<(), PkiError> {
     })?;
 
     // The trust root signs the origin certificates nodes sign records with.
-    let (root_key, root_cert) = crate::origin::generate_root(city)?;
-    let root_key_path = dir.join(crate::origin::TRUST_ROOT_KEY_FILE);
+    let (root_key, root_cert) = crate::identity::origin::generate_root(city)?;
+    let root_key_path = dir.join(crate::identity::origin::TRUST_ROOT_KEY_FILE);
     write_new_private(&root_key_path, &root_key).map_err(|source| PkiError::Write {
         path: root_key_path,
         source,
     })?;
-    let root_cert_path = dir.join(crate::origin::TRUST_ROOT_CERT_FILE);
+    let root_cert_path = dir.join(crate::identity::origin::TRUST_ROOT_CERT_FILE);
     fs::write(&root_cert_path, root_cert).map_err(|source| PkiError::Write {
         path: root_cert_path,
         source,
@@ -507,21 +507,21 @@ pub fn issue_origin_into_dir(
             source,
         })
     };
-    let cert_path = dir.join(crate::origin::TRUST_ROOT_CERT_FILE);
-    let key_path = dir.join(crate::origin::TRUST_ROOT_KEY_FILE);
-    let issuer = crate::origin::RootIssuer::from_pem(
+    let cert_path = dir.join(crate::identity::origin::TRUST_ROOT_CERT_FILE);
+    let key_path = dir.join(crate::identity::origin::TRUST_ROOT_KEY_FILE);
+    let issuer = crate::identity::origin::RootIssuer::from_pem(
         &read(&cert_path)?,
         &read(&key_path)?,
         &cert_path.display().to_string(),
     )?;
     let key = tiersync_trust::SigningKey::generate();
     let cert = issuer.issue(code, key.verifying_key())?;
-    let key_pem = key
-        .to_pkcs8_pem()
-        .map_err(|source| crate::origin::OriginError::Key {
-            what: format!("the signing key of `{code}`"),
-            source,
-        })?;
+    let key_pem =
+        key.to_pkcs8_pem()
+            .map_err(|source| crate::identity::origin::OriginError::Key {
+                what: format!("the signing key of `{code}`"),
+                source,
+            })?;
     let out_key = dir.join(format!("{code}.sm2.key"));
     let out_cert = dir.join(format!("{code}.sm2.pem"));
     write_private(&out_key, &key_pem).map_err(|source| PkiError::Write {

@@ -1,0 +1,320 @@
+//! The write path of records this node owns: puts from the local API, and
+//! the node's own records (amendments, answers, keys, trust lists). Every
+//! own write is signed, then committed with whatever else waits
+//! ([`crate::store::GroupCommit`]), through [`Node::put_own`].
+
+use prost::Message;
+use tiersync_proto::pb::civil;
+use tiersync_proto::types::{DivisionCode, RecordId, ResidentId, Tier};
+use tiersync_proto::wire;
+
+use super::{MAX_PAYLOAD_BYTES, Node, NodeError, city_of, default_scope, owner_code};
+use crate::kinds::{INTERNAL_KINDS, KEY_ID_DIGEST, KIND_RESIDENT};
+use crate::route::{self, Scope};
+use crate::store::{AuditNote, LocalWrite, Stored};
+
+/// A put, as the local API received it.
+#[derive(Debug, Default, Clone)]
+pub struct PutInput {
+    pub id: Vec<u8>,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub expected_version: u64,
+    pub scope: Option<wire::Scope>,
+    pub delete: bool,
+    pub department: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct PutOutcome {
+    pub stored: Stored,
+    pub amendment: bool,
+}
+
+impl Node {
+    /// A put from the local API.
+    pub async fn put(&self, input: PutInput) -> Result<PutOutcome, NodeError> {
+        if !self.schemas.is_canonical(&input.kind) || INTERNAL_KINDS.contains(&input.kind.as_str())
+        {
+            let known = self
+                .schemas
+                .canonical_kinds()
+                .into_iter()
+                .filter(|k| !INTERNAL_KINDS.contains(&k.as_str()))
+                .collect();
+            return Err(NodeError::UnknownKind {
+                kind: input.kind,
+                known,
+            });
+        }
+        if !input.delete {
+            self.schemas
+                .validate_payload(&input.kind, &input.payload)
+                .map_err(|e| NodeError::Invalid {
+                    field: "payload",
+                    reason: e.to_string(),
+                })?;
+            if input.payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(NodeError::Invalid {
+                    field: "payload",
+                    reason: format!(
+                        "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                        input.payload.len()
+                    ),
+                });
+            }
+        }
+        let existing = if input.id.is_empty() {
+            None
+        } else {
+            RecordId::from_bytes(&input.id).map_err(|e| NodeError::Invalid {
+                field: "id",
+                reason: e.to_string(),
+            })?;
+            self.store.get(&input.id).await?
+        };
+        if let Some(existing) = &existing {
+            let owner = owner_code(&existing.record).map_err(|reason| NodeError::Invalid {
+                field: "id",
+                reason,
+            })?;
+            if owner != self.code {
+                return self.send_amendment(input, existing, owner).await;
+            }
+            if existing.record.kind != input.kind {
+                return Err(NodeError::Invalid {
+                    field: "kind",
+                    reason: format!(
+                        "record is a `{}`, not a `{}`",
+                        existing.record.kind, input.kind
+                    ),
+                });
+            }
+        }
+        let keys = if input.delete {
+            Vec::new()
+        } else {
+            self.natural_keys(&input.kind, &input.payload)?
+        };
+        let scope = match &input.scope {
+            Some(s) => Scope::from_wire(&self.code, Some(s)),
+            None => match &existing {
+                Some(e) => Scope::from_wire(&self.code, e.record.scope.as_ref()),
+                None => Ok(default_scope(&self.code)),
+            },
+        }
+        .map_err(|e| NodeError::Invalid {
+            field: "scope",
+            reason: e.to_string(),
+        })?;
+        let reach = match &existing {
+            Some(e) => Scope::from_wire(
+                &self.code,
+                e.record.reach.as_ref().or(e.record.scope.as_ref()),
+            )
+            .map_err(|e| NodeError::Invalid {
+                field: "scope",
+                reason: e.to_string(),
+            })?
+            .union(&scope),
+            None => scope.clone(),
+        };
+        let id = if input.id.is_empty() {
+            RecordId::new().as_bytes().to_vec()
+        } else {
+            input.id
+        };
+        let payload = if input.delete {
+            Vec::new()
+        } else {
+            input.payload
+        };
+        let mut record = self.own_record(
+            id,
+            input.kind,
+            input.department,
+            &scope,
+            &reach,
+            payload,
+            keys,
+        );
+        record.deleted = input.delete;
+        let audit = AuditNote::write(api_actor(&record), record.deleted);
+        let stored = self
+            .put_own(record, input.expected_version, true, audit)
+            .await?;
+        self.metrics
+            .record_applied(&stored.record.kind, self.schemas);
+        Ok(PutOutcome {
+            stored,
+            amendment: false,
+        })
+    }
+
+    /// A new version of a record this node owns, before the store assigns its
+    /// version: the one place owner-created envelopes are made.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn own_record(
+        &self,
+        id: Vec<u8>,
+        kind: String,
+        department: String,
+        scope: &Scope,
+        reach: &Scope,
+        payload: Vec<u8>,
+        keys: Vec<wire::NaturalKey>,
+    ) -> wire::Record {
+        wire::Record {
+            id,
+            kind,
+            owner: Some(wire::Owner {
+                node: self.code.to_string(),
+                department,
+            }),
+            version: 0,
+            updated_at: self.hlc.now().as_u64(),
+            scope: Some(scope.to_wire()),
+            deleted: false,
+            payload: payload.into(),
+            keys,
+            reach: Some(reach.to_wire()),
+            withdrawn: false,
+            proof: Default::default(),
+            content_digest: Vec::new(),
+        }
+    }
+
+    /// Writes a record this node owns: the version it will have is fixed
+    /// by `expected_version` (the store refuses any other), so it is signed
+    /// first and stored with its proof. Every write of an own record goes
+    /// through here.
+    pub(crate) async fn put_own(
+        &self,
+        mut record: wire::Record,
+        expected_version: u64,
+        unique_keys: bool,
+        audit: AuditNote,
+    ) -> Result<Stored, NodeError> {
+        record.version = expected_version + 1;
+        let record = self
+            .signer
+            .sign(record)
+            .await
+            .map_err(|e| NodeError::Invalid {
+                field: "record",
+                reason: e.to_string(),
+            })?;
+        let stored = self
+            .writes
+            .put(LocalWrite {
+                record,
+                expected_version,
+                unique_keys,
+                audit,
+            })
+            .await?;
+        self.advance_head(stored.seq);
+        Ok(stored)
+    }
+
+    /// Natural keys the node derives from a payload: for a resident, the
+    /// keyed digest of a valid ID number (the raw number never leaves the
+    /// record's personal field).
+    fn natural_keys(&self, kind: &str, payload: &[u8]) -> Result<Vec<wire::NaturalKey>, NodeError> {
+        if kind != KIND_RESIDENT {
+            return Ok(Vec::new());
+        }
+        let resident = civil::v1::Resident::decode(payload).map_err(|e| NodeError::Invalid {
+            field: "payload",
+            reason: e.to_string(),
+        })?;
+        if resident.id_number.is_empty() {
+            return Err(NodeError::Invalid {
+                field: "id_number",
+                reason: "a resident needs an ID number (GB 11643)".into(),
+            });
+        }
+        let id = ResidentId::parse(&resident.id_number).map_err(|e| NodeError::Invalid {
+            field: "id_number",
+            reason: e.to_string(),
+        })?;
+        Ok(vec![wire::NaturalKey {
+            name: KEY_ID_DIGEST.into(),
+            value: self.id_digest(&id),
+        }])
+    }
+
+    /// Writes this node's one record of `kind` (found by the natural key
+    /// `key_name` = this node's code) for the whole deployment: a new version
+    /// of `held`, or a new record.
+    pub(crate) async fn put_everywhere(
+        &self,
+        held: Option<&Stored>,
+        kind: &str,
+        payload: Vec<u8>,
+        key_name: &str,
+        audit: AuditNote,
+    ) -> Result<Stored, NodeError> {
+        let everywhere = Scope {
+            up_to: Some(Tier::City),
+            down_to: vec![city_of(&self.code)],
+            departments: Vec::new(),
+        };
+        let (id, expected) = match held {
+            Some(s) => (s.record.id.clone(), s.record.version),
+            None => (RecordId::new().as_bytes().to_vec(), 0),
+        };
+        let record = self.own_record(
+            id,
+            kind.into(),
+            String::new(),
+            &everywhere,
+            &everywhere,
+            payload,
+            vec![wire::NaturalKey {
+                name: key_name.into(),
+                value: self.code.to_string(),
+            }],
+        );
+        self.put_own(record, expected, false, audit).await
+    }
+
+    /// Writes a record of an internal kind owned by this node, addressed to
+    /// `to` alone (this node itself for records that stay here).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn put_routed(
+        &self,
+        id: Vec<u8>,
+        kind: &str,
+        to: &DivisionCode,
+        payload: Vec<u8>,
+        keys: Vec<wire::NaturalKey>,
+        expected_version: u64,
+        audit: AuditNote,
+    ) -> Result<Stored, NodeError> {
+        let scope = route::point_to_point(&self.code, to).ok_or_else(|| NodeError::Invalid {
+            field: "code",
+            reason: format!("`{to}` is not in this deployment"),
+        })?;
+        let record = self.own_record(
+            id,
+            kind.to_owned(),
+            String::new(),
+            &scope,
+            &scope,
+            payload,
+            keys,
+        );
+        self.put_own(record, expected_version, false, audit).await
+    }
+}
+
+/// The audit actor of a write through the local API: the record's
+/// department, or `local-api`.
+pub(super) fn api_actor(record: &wire::Record) -> String {
+    match record.owner.as_ref().map(|o| o.department.as_str()) {
+        Some(d) if !d.is_empty() => d.to_owned(),
+        _ => "local-api".into(),
+    }
+}
