@@ -192,7 +192,7 @@ impl App {
                 .await
                 .with_context(|| format!("cannot bind listen.peer {addr}"))?;
             peer_addr = Some(listener.local_addr()?);
-            let incoming = crate::identity::tls::tls_incoming(listener, tls.server_config()?);
+            let incoming = crate::identity::transport::tls_incoming(listener, tls.server_config()?);
             let sync = SyncServer::new(SyncService::new(node.clone(), cancel.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
@@ -457,7 +457,7 @@ pub fn load_material(config: &NodeConfig) -> anyhow::Result<Material> {
                 .with_context(|| format!("cannot read trust.chain {}", path.display()))?;
             let chain = tiersync_proto::wire::RootChain::decode(bytes.as_slice())
                 .with_context(|| format!("trust.chain {} is not a root chain", path.display()))?;
-            crate::identity::origin::follow_chain(&root, &chain.links)
+            crate::identity::keyring::follow_chain(&root, &chain.links)
                 .map_err(|reason| anyhow::anyhow!("trust.chain {}: {reason}", path.display()))?
         }
     };

@@ -400,14 +400,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_serve,
         } => {
             let token = crate::identity::join::JoinToken::parse(&token)?;
-            let options = crate::identity::join::JoinOptions {
+            let options = crate::identity::joining::JoinOptions {
                 dir,
                 listen_peer,
                 listen_api,
                 listen_admin,
                 retry_for: std::time::Duration::from_secs(retry_secs),
             };
-            let config_path = crate::identity::join::join(&parent, &token, &options).await?;
+            let config_path = crate::identity::joining::join(&parent, &token, &options).await?;
             println!(
                 "joined as node {} under {}; config written to {}",
                 token.code,

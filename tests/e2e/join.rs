@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tiersync::config::NodeConfig;
-use tiersync::identity::join::{JoinOptions, JoinToken, join};
+use tiersync::identity::join::JoinToken;
+use tiersync::identity::joining::{JoinOptions, join};
 use tiersync::node::Node;
 use tiersync_e2e::{Cluster, eventually, holds, put_resident};
 

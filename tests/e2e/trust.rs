@@ -196,10 +196,10 @@ async fn the_trust_root_rolls_over_with_a_node_offline_across_the_switch() {
         .create_join_token("511102004002", Duration::from_secs(600), &ca_pem)
         .await
         .unwrap();
-    let config = tiersync::identity::join::join(
+    let config = tiersync::identity::joining::join(
         &cluster.running("511102004").peer_addr.unwrap().to_string(),
         &token,
-        &tiersync::identity::join::JoinOptions {
+        &tiersync::identity::joining::JoinOptions {
             dir: cluster.dir().join("joined"),
             listen_peer: None,
             listen_api: "127.0.0.1:0".into(),

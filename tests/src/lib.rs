@@ -560,7 +560,7 @@ pub async fn fake_channel(
         .peer_addr
         .expect("parent listens")
         .to_string();
-    tiersync::identity::tls::connect(
+    tiersync::identity::transport::connect(
         &addr,
         &DivisionCode::parse(parent).expect("code"),
         material.client_config().expect("client config"),

@@ -4,6 +4,9 @@
 //! onboarding by join token ([`join`]).
 
 pub mod join;
+pub mod joining;
+pub mod keyring;
 pub mod origin;
 pub mod pki;
 pub mod tls;
+pub mod transport;

@@ -25,22 +25,19 @@
 //!   the record's owner as signer, was made with one of the owner's
 //!   certified keys, its path leads to the signed root, and the SM2
 //!   signature verifies (cached per origin batch). A record whose owner's key
-//!   is not known yet is refused with [`UNKNOWN_SIGNER`] and replayed when
+//!   is not known yet is refused with [`UNKNOWN_SIGNER`](super::keyring::UNKNOWN_SIGNER) and replayed when
 //!   the key arrives.
 //!
 //! The layouts below are persisted in every proof: never change them; a new
 //! layout gets a new tag.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prost::Message;
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 use tiersync_trust::cert::{Certificate, Role};
-use tiersync_trust::{BatchSigner, Item, RecordProof, SigningKey, Verifier, VerifyingKey};
+use tiersync_trust::{BatchSigner, SigningKey, VerifyingKey};
 
 /// How long a trust list is current; the city publishes a fresh one when
 /// half of that has passed.
@@ -50,9 +47,6 @@ const ROOT_TAG: &[u8] = b"tiersync.root.v1";
 /// The trust root's certificate and key files in a `pki/` directory.
 pub const TRUST_ROOT_CERT_FILE: &str = "trust-root.pem";
 pub const TRUST_ROOT_KEY_FILE: &str = "trust-root.key";
-/// Start of the refusal reason for a record whose owner's key is unknown
-/// here; such records are replayed when the key arrives.
-pub const UNKNOWN_SIGNER: &str = "no signing key known for origin";
 
 const RECORD_TAG: &[u8] = b"tiersync.record.v1";
 const CONTENT_TAG: &[u8] = b"tiersync.content.v1";
@@ -62,8 +56,6 @@ const ORIGIN_ORG: &str = "tiersync origin";
 /// revocation, not by expiry.
 pub const ORIGIN_CERT_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 60 * 60);
 const ROOT_VALIDITY: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
-/// Origin batches whose signature stays verified in memory.
-const VERIFIED_BATCHES: usize = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
@@ -212,7 +204,7 @@ pub fn origin_code(cert: &Certificate) -> Result<DivisionCode, String> {
 #[derive(Clone)]
 pub struct TrustRoot {
     pub cert: Certificate,
-    key: VerifyingKey,
+    pub(super) key: VerifyingKey,
 }
 
 impl TrustRoot {
@@ -287,7 +279,7 @@ pub struct RootIssuer {
     chain: Vec<wire::RootLink>,
 }
 
-fn root_message(certificate: &[u8]) -> Vec<u8> {
+pub(super) fn root_message(certificate: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(certificate.len() + 24);
     put(&mut out, ROOT_TAG);
     put(&mut out, certificate);
@@ -414,6 +406,14 @@ impl RootIssuer {
                 source,
             })
     }
+}
+
+/// What the trust root signs for a trust list: a domain tag and the body.
+pub(super) fn trust_list_message(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 32);
+    put(&mut out, TRUST_LIST_TAG);
+    put(&mut out, body);
+    out
 }
 
 // === signing ===
@@ -600,322 +600,10 @@ impl GroupSigner {
     }
 }
 
-// === verifying ===
-
-/// The origin keys this node knows, by node code, and the cache of batch
-/// signatures already verified.
-pub struct Keyring {
-    root: TrustRoot,
-    /// Shared, so checking a batch takes a reference per record, not a copy.
-    keys: RwLock<HashMap<String, Vec<Arc<VerifyingKey>>>>,
-    verifier: Verifier,
-    /// The newest trust list adopted.
-    trust: RwLock<Option<wire::TrustListBody>>,
-    /// Roots trusted beside the first (`root`): the chain of the list held,
-    /// and the successor it announces.
-    later_roots: RwLock<Vec<TrustRoot>>,
-    /// The chain of the list held, as it came.
-    chain: RwLock<Vec<wire::RootLink>>,
-}
-
-/// The roots `links` lead to from `first`, each endorsed by the one before.
-pub fn follow_chain(first: &TrustRoot, links: &[wire::RootLink]) -> Result<Vec<TrustRoot>, String> {
-    let mut signer = first.clone();
-    let mut roots = Vec::with_capacity(links.len());
-    for (i, link) in links.iter().enumerate() {
-        let endorsement = tiersync_trust::Signature::from_der(&link.endorsement)
-            .map_err(|e| format!("trust root {} of the chain: endorsement: {e}", i + 2))?;
-        signer
-            .key
-            .verify(&root_message(&link.certificate), &endorsement)
-            .map_err(|e| {
-                format!(
-                    "trust root {} of the chain is not endorsed by the root before it: {e}",
-                    i + 2
-                )
-            })?;
-        signer = TrustRoot::from_der(&link.certificate, "a root of the chain")
-            .map_err(|e| e.to_string())?;
-        roots.push(signer.clone());
-    }
-    Ok(roots)
-}
-
-/// A trust list whose signature checked out, with the roots it vouches for.
-#[derive(Clone)]
-pub struct CheckedTrustList {
-    pub body: wire::TrustListBody,
-    chain: Vec<wire::RootLink>,
-    roots: Vec<TrustRoot>,
-}
-
-impl std::fmt::Debug for CheckedTrustList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckedTrustList")
-            .field("body", &self.body)
-            .field("later_roots", &self.roots.len())
-            .finish()
-    }
-}
-
-fn trust_list_message(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 32);
-    put(&mut out, TRUST_LIST_TAG);
-    put(&mut out, body);
-    out
-}
-
-impl Keyring {
-    pub fn new(root: TrustRoot) -> Keyring {
-        Keyring {
-            root,
-            keys: RwLock::new(HashMap::new()),
-            verifier: Verifier::new(NonZeroUsize::new(VERIFIED_BATCHES).expect("non-zero")),
-            trust: RwLock::new(None),
-            later_roots: RwLock::new(Vec::new()),
-            chain: RwLock::new(Vec::new()),
-        }
-    }
-
-    /// Checks a trust list record: signed by the deployment's first root,
-    /// or by a later root that the chain carried in the list leads to from
-    /// the first one, each endorsed by the one before (so a node that slept
-    /// through rollovers still follows); the body decodes.
-    pub fn check_trust_list(&self, record: &wire::Record) -> Result<CheckedTrustList, String> {
-        let list = wire::TrustList::decode(&record.payload[..])
-            .map_err(|e| format!("TrustList payload does not decode: {e}"))?;
-        if list.algorithm != tiersync_trust::Algorithm::Sm2Sm3.name() {
-            return Err(format!(
-                "trust list signed with `{}`, not sm2-sm3",
-                list.algorithm
-            ));
-        }
-        let mut roots = follow_chain(&self.root, &list.chain)?;
-        let signer = roots.last().unwrap_or(&self.root).clone();
-        let signature = tiersync_trust::Signature::from_der(&list.signature)
-            .map_err(|e| format!("trust list signature: {e}"))?;
-        signer
-            .key
-            .verify(&trust_list_message(&list.body), &signature)
-            .map_err(|e| format!("trust list not signed by this deployment's trust root: {e}"))?;
-        let body = wire::TrustListBody::decode(list.body.as_slice())
-            .map_err(|e| format!("trust list body does not decode: {e}"))?;
-        if !body.successor_root.is_empty() {
-            roots.push(
-                TrustRoot::from_der(&body.successor_root, "the announced successor root")
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        Ok(CheckedTrustList {
-            body,
-            chain: list.chain,
-            roots,
-        })
-    }
-
-    /// Adopts `list` if it is newer than the list held, trusting the roots
-    /// it vouches for; returns whether it was adopted.
-    pub fn adopt(&self, list: CheckedTrustList) -> bool {
-        let mut held = self.trust.write().expect("trust lock");
-        if held
-            .as_ref()
-            .is_some_and(|h| h.sequence >= list.body.sequence)
-        {
-            return false;
-        }
-        *held = Some(list.body);
-        *self.later_roots.write().expect("roots lock") = list.roots;
-        *self.chain.write().expect("chain lock") = list.chain;
-        true
-    }
-
-    /// The root chain of the trust list held (empty before any rollover).
-    pub fn chain(&self) -> Vec<wire::RootLink> {
-        self.chain.read().expect("chain lock").clone()
-    }
-
-    /// Checks an origin certificate against every root trusted now.
-    fn check_origin(&self, cert: &Certificate) -> Result<(DivisionCode, VerifyingKey), String> {
-        match self.root.check_origin(cert) {
-            Ok(found) => Ok(found),
-            Err(first) => self
-                .later_roots
-                .read()
-                .expect("roots lock")
-                .iter()
-                .find_map(|r| r.check_origin(cert).ok())
-                .ok_or(first),
-        }
-    }
-
-    /// The trust list held, if any.
-    pub fn trust_list(&self) -> Option<wire::TrustListBody> {
-        self.trust.read().expect("trust lock").clone()
-    }
-
-    /// What the status page and `tiersync status` show.
-    pub fn trust_status(&self, now_ms: i64) -> wire::TrustListStatus {
-        match self.trust_list() {
-            None => wire::TrustListStatus {
-                stale: true,
-                ..Default::default()
-            },
-            Some(b) => wire::TrustListStatus {
-                sequence: b.sequence,
-                issued_at_ms: b.issued_at_ms,
-                next_update_ms: b.next_update_ms,
-                stale: now_ms >= b.next_update_ms,
-                revocations: b.revocations,
-            },
-        }
-    }
-
-    /// The revocation of `code` in the trust list held, if any.
-    pub fn revocation(&self, code: &str) -> Option<wire::Revocation> {
-        self.trust
-            .read()
-            .expect("trust lock")
-            .as_ref()?
-            .revocations
-            .iter()
-            .filter(|r| r.node == code)
-            .min_by_key(|r| r.effective_at_ms)
-            .cloned()
-    }
-
-    pub fn root(&self) -> &TrustRoot {
-        &self.root
-    }
-
-    /// Records checked: from the cache (`hits`) or with an SM2 verify.
-    pub fn stats(&self) -> tiersync_trust::CacheStats {
-        self.verifier.stats()
-    }
-
-    pub fn knows(&self, code: &str) -> bool {
-        self.keys.read().expect("keyring lock").contains_key(code)
-    }
-
-    /// Learns the keys in a `NodeKey` record: each certificate must come
-    /// from the trust root and name the record's owner. Safe to call before
-    /// the record itself is verified: a root-issued certificate is
-    /// authoritative on its own. Returns whether anything new was learned.
-    pub fn learn(&self, record: &wire::Record) -> Result<bool, String> {
-        let owner = record.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
-        let node_key = wire::NodeKey::decode(&record.payload[..])
-            .map_err(|e| format!("NodeKey payload does not decode: {e}"))?;
-        let mut keys = Vec::with_capacity(node_key.certificates.len());
-        for (i, der) in node_key.certificates.iter().enumerate() {
-            let cert = Certificate::from_der(der).map_err(|e| format!("certificate {i}: {e}"))?;
-            let (code, key) = self
-                .check_origin(&cert)
-                .map_err(|e| format!("certificate {i}: {e}"))?;
-            if code.as_str() != owner {
-                return Err(format!(
-                    "certificate {i} is for node `{code}`, but the record is owned by `{owner}`"
-                ));
-            }
-            keys.push(key);
-        }
-        let mut map = self.keys.write().expect("keyring lock");
-        let entry = map.entry(owner.to_owned()).or_default();
-        let before = entry.len();
-        for key in keys {
-            if !entry.iter().any(|known| **known == key) {
-                entry.push(Arc::new(key));
-            }
-        }
-        Ok(entry.len() > before)
-    }
-
-    /// Checks the owner's signature on each record; one result per record,
-    /// in order. The error names the reason; callers add the record.
-    pub fn verify(&self, records: &[&wire::Record]) -> Vec<Result<(), String>> {
-        struct Prepared {
-            proof: RecordProof,
-            leaf: Vec<u8>,
-            key: Arc<VerifyingKey>,
-        }
-        let keys = self.keys.read().expect("keyring lock");
-        let revocations: HashMap<String, wire::Revocation> = records
-            .iter()
-            .filter_map(|r| r.owner.as_ref())
-            .filter_map(|o| self.revocation(&o.node).map(|rev| (o.node.clone(), rev)))
-            .collect();
-        // A batch's records arrive together: their proofs' shared fields
-        // (and DER signature) are read once per run.
-        let mut decoder = tiersync_trust::ProofDecoder::new();
-        let prepared: Vec<Result<Prepared, String>> = records
-            .iter()
-            .map(|r| {
-                let owner = r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
-                if r.proof.is_empty() {
-                    return Err(format!(
-                        "unsigned: it carries no proof from its owner `{owner}`"
-                    ));
-                }
-                let proof = decoder
-                    .decode(&r.proof)
-                    .map_err(|e| format!("its proof does not decode: {e}"))?;
-                if proof.signer != owner {
-                    return Err(format!(
-                        "it is signed by `{}`, not by its owner `{owner}`",
-                        proof.signer
-                    ));
-                }
-                let Some(known) = keys.get(owner) else {
-                    return Err(format!("{UNKNOWN_SIGNER} `{owner}` yet"));
-                };
-                let key = known
-                    .iter()
-                    .find(|k| k.key_id() == proof.key_id)
-                    .ok_or_else(|| {
-                        format!(
-                            "it names key {} of `{owner}`, which no origin certificate of `{owner}` certifies",
-                            proof.key_id.to_hex()
-                        )
-                    })?
-                    .clone();
-                if let Some(revoked) = revocations.get(owner) {
-                    let signed_at = tiersync_proto::types::HlcTimestamp::from_u64(r.updated_at).millis() as i64;
-                    if signed_at >= revoked.effective_at_ms {
-                        return Err(format!(
-                            "origin `{owner}` is revoked ({}) from {} ms since the epoch, and this record was signed at {signed_at}",
-                            revoked.reason, revoked.effective_at_ms
-                        ));
-                    }
-                }
-                let leaf = signed_bytes(r)?;
-                Ok(Prepared { proof, leaf, key })
-            })
-            .collect();
-        drop(keys);
-        let items: Vec<Item<'_>> = prepared
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .map(|p| Item {
-                proof: &p.proof,
-                leaf: &p.leaf,
-                key: &p.key,
-            })
-            .collect();
-        let mut checked = self.verifier.verify_many(&items).into_iter();
-        prepared
-            .into_iter()
-            .map(|p| match p {
-                Err(e) => Err(e),
-                Ok(_) => checked
-                    .next()
-                    .expect("one result per item")
-                    .map_err(|e| format!("signature: {e}")),
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::keyring::*;
     use crate::kinds::{KIND_NODE_KEY, KIND_TRUST_LIST};
 
     fn code(s: &str) -> DivisionCode {

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::trust::trust_list_summary;
 use super::{MAX_PAYLOAD_BYTES, Node, owner_code, owner_of};
-use crate::identity::origin::Keyring;
+use crate::identity::keyring::Keyring;
 use crate::kinds::*;
 use crate::route::{self, Scope, Toward};
 use crate::store::{ApplyBatch, ApplyReport, AuditEvent, Cursor, Encoded, Refusal, StoreError};

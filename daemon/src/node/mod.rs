@@ -40,7 +40,8 @@ use tiersync_proto::wire;
 use tokio::sync::watch;
 
 use crate::config::SyncTuning;
-use crate::identity::origin::{GroupSigner, Identity, Keyring, RootIssuer, TrustRoot};
+use crate::identity::keyring::Keyring;
+use crate::identity::origin::{GroupSigner, Identity, RootIssuer, TrustRoot};
 use crate::ops::metrics::Metrics;
 use crate::route::Scope;
 use crate::store::{ApplyReport, GroupCommit, Store, StoreError};

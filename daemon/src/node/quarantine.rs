@@ -9,7 +9,7 @@ use tiersync_proto::types::DivisionCode;
 use tracing::{info, warn};
 
 use super::{Node, NodeError};
-use crate::identity::origin::UNKNOWN_SIGNER;
+use crate::identity::keyring::UNKNOWN_SIGNER;
 use crate::route::Toward;
 use crate::store::{ApplyBatch, Encoded, QuarantineRow, StoreError};
 

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::{Node, NodeError, city_of, owner_code};
 use crate::clock::now_ms;
-use crate::identity::origin::{CheckedTrustList, RootIssuer, TRUST_LIST_VALIDITY};
+use crate::identity::keyring::CheckedTrustList;
+use crate::identity::origin::{RootIssuer, TRUST_LIST_VALIDITY};
 use crate::kinds::{KEY_NODE, KEY_TRUST_LIST, KIND_NODE_KEY, KIND_TRUST_LIST};
 use crate::store::{AuditNote, StoreError};
 

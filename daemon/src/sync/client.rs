@@ -21,7 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::session::{self, LinkError};
+use super::LinkError;
+use super::session;
 use crate::config::ParentConfig;
 use crate::node::Node;
 use crate::ops::metrics::LinkLabels;
@@ -117,7 +118,7 @@ async fn one_session(
     tls: &Arc<rustls::ClientConfig>,
     cancel: &CancellationToken,
 ) -> Result<bool, (bool, LinkError)> {
-    let channel = crate::identity::tls::connect(address, &parent.code, tls.clone())
+    let channel = crate::identity::transport::connect(address, &parent.code, tls.clone())
         .await
         .map_err(|e| {
             (

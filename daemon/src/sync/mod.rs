@@ -8,7 +8,25 @@
 
 pub mod client;
 pub mod links;
+mod send;
 pub mod server;
 pub mod session;
 
-pub use session::{LinkError, PROTOCOL};
+/// Wire protocol version spoken by this build.
+pub const PROTOCOL: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("peer ended the session: {0}")]
+    Peer(#[from] tonic::Status),
+    #[error("protocol violation by `{peer}`: {reason}")]
+    Protocol { peer: String, reason: String },
+    #[error("store error: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot reach the parent: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("session closed")]
+    Closed,
+    #[error("{reason}; the link is closed")]
+    Revoked { reason: String },
+}

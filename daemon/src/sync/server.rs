@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::session::{self, LinkError};
+use super::LinkError;
+use super::session;
 use crate::node::Node;
 use crate::route::Toward;
 use crate::sync::links::LinkState;
