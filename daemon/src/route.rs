@@ -336,6 +336,44 @@ pub fn check_arrival(
     Ok(())
 }
 
+/// A node that may not link to this one: only direct children may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAChild {
+    pub me: DivisionCode,
+    pub peer: DivisionCode,
+}
+
+impl std::fmt::Display for NotAChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let NotAChild { me, peer } = self;
+        match Tier::ALL.into_iter().rev().find(|t| *t < me.tier()) {
+            None => write!(
+                f,
+                "node `{me}` is a community and has no children; `{peer}` must dial its own parent"
+            ),
+            Some(t) => write!(
+                f,
+                "node `{peer}` is not a child of `{me}`: a child's code is `{me}` followed by {} more digits",
+                t.code_len() - me.as_str().len()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotAChild {}
+
+/// Checks that `peer` may open a link to `me` (or join it): it must be a
+/// direct child.
+pub fn admit_child(me: &DivisionCode, peer: &DivisionCode) -> Result<(), NotAChild> {
+    if peer.parent().as_ref() == Some(me) {
+        return Ok(());
+    }
+    Err(NotAChild {
+        me: me.clone(),
+        peer: peer.clone(),
+    })
+}
+
 /// The scope that carries a record from `from` to `to` and no further than
 /// their common ancestor: used to route amendments to an owner and answers
 /// back to the requester.

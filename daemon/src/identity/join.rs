@@ -38,10 +38,10 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-use crate::error::{status_of, store_status};
 use crate::kinds::*;
 use crate::node::routed::{Answer, Answered, Exchange};
 use crate::node::{Node, NodeError, Reader, city_of};
+use crate::route::{NotAChild, admit_child};
 use crate::store::StoreError;
 use crate::store::audit::AuditNote;
 
@@ -85,6 +85,49 @@ pub enum JoinError {
     Refused(Status),
     #[error("the parent's answer is unusable: {0}")]
     BadAnswer(String),
+}
+
+/// Why the parent's `Join` RPC refuses, each mapped to one status in
+/// [`crate::error`].
+#[derive(Debug, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("{field}: {reason}")]
+    BadRequest { field: &'static str, reason: String },
+    #[error(transparent)]
+    NotAChild(#[from] NotAChild),
+    #[error(
+        "unknown join token: node `{node}` issued no token with this secret; ask its operator for one (`tiersync pki join-token --code {code}`)"
+    )]
+    UnknownToken {
+        node: DivisionCode,
+        code: DivisionCode,
+    },
+    #[error("this join token was issued for node `{issued_for}`, not `{code}`")]
+    WrongCode {
+        issued_for: String,
+        code: DivisionCode,
+    },
+    #[error(
+        "this join token was already used (at {at_ms} ms since the epoch); a token joins one node once: ask for a new one"
+    )]
+    TokenUsed { at_ms: i64 },
+    #[error("this join token expired at {at_ms} ms since the epoch; ask for a new one")]
+    TokenExpired { at_ms: i64 },
+    #[error("this join token was used by another join at the same moment; ask for a new one")]
+    TokenRace,
+    #[error("the city `{city}` refused to issue the certificate: {reason}")]
+    CityRefused { city: DivisionCode, reason: String },
+    #[error(
+        "the city `{city}` holds the deployment CA and has not answered within {secs} s (is the path to it up?); the token stays valid: run `tiersync join` again"
+    )]
+    CityUnreachable { city: DivisionCode, secs: u64 },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A record this node stored does not decode.
+    #[error("{0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 /// A join token as handed from the parent's operator to the new node's.
@@ -173,9 +216,9 @@ impl Node {
             field: "code",
             reason: e.to_string(),
         })?;
-        crate::sync::server::admit_child(self.code(), &code).map_err(|s| NodeError::Invalid {
+        admit_child(self.code(), &code).map_err(|e| NodeError::Invalid {
             field: "code",
-            reason: s.message().to_owned(),
+            reason: e.to_string(),
         })?;
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(NodeError::Invalid {
@@ -258,39 +301,37 @@ impl JoinService {
         &self,
         code: &DivisionCode,
         secret: &[u8],
-    ) -> Result<(wire::Record, wire::JoinToken), Status> {
+    ) -> Result<(wire::Record, wire::JoinToken), JoinRefusal> {
         let digest = hex::encode(secret_digest(secret));
         let found = self
             .node
             .reads(Reader::Node)
             .lookup(KIND_JOIN_TOKEN, KEY_TOKEN_DIGEST, &digest)
-            .await
-            .map_err(status_of)?;
+            .await?;
         let Some(stored) = found.into_iter().next() else {
-            return Err(Status::permission_denied(format!(
-                "unknown join token: node `{}` issued no token with this secret; ask its operator for one (`tiersync pki join-token --code {code}`)",
-                self.node.code()
-            )));
+            return Err(JoinRefusal::UnknownToken {
+                node: self.node.code().clone(),
+                code: code.clone(),
+            });
         };
-        let token = wire::JoinToken::decode(&stored.payload[..])
-            .map_err(|e| Status::internal(format!("the stored join token does not decode: {e}")))?;
+        let token = wire::JoinToken::decode(&stored.payload[..]).map_err(|e| {
+            JoinRefusal::Corrupt(format!("the stored join token does not decode: {e}"))
+        })?;
         if token.code != code.as_str() {
-            return Err(Status::permission_denied(format!(
-                "this join token was issued for node `{}`, not `{code}`",
-                token.code
-            )));
+            return Err(JoinRefusal::WrongCode {
+                issued_for: token.code,
+                code: code.clone(),
+            });
         }
         if token.used_at_ms != 0 {
-            return Err(Status::permission_denied(format!(
-                "this join token was already used (at {} ms since the epoch); a token joins one node once: ask for a new one",
-                token.used_at_ms
-            )));
+            return Err(JoinRefusal::TokenUsed {
+                at_ms: token.used_at_ms,
+            });
         }
         if now_ms() >= token.expires_at_ms {
-            return Err(Status::permission_denied(format!(
-                "this join token expired at {} ms since the epoch; ask for a new one",
-                token.expires_at_ms
-            )));
+            return Err(JoinRefusal::TokenExpired {
+                at_ms: token.expires_at_ms,
+            });
         }
         Ok((stored, token))
     }
@@ -300,7 +341,7 @@ impl JoinService {
         &self,
         request_id: &[u8],
         city: &DivisionCode,
-    ) -> Result<wire::CertificateIssued, Status> {
+    ) -> Result<wire::CertificateIssued, JoinRefusal> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut head = self.node.subscribe_head();
         loop {
@@ -309,21 +350,20 @@ impl JoinService {
                 .node
                 .reads(Reader::Node)
                 .lookup(KIND_CERT_ISSUED, KEY_REQUEST_ID, &hex::encode(request_id))
-                .await
-                .map_err(status_of)?;
+                .await?;
             if let Some(answer) = answers.into_iter().next() {
                 return wire::CertificateIssued::decode(&answer.payload[..]).map_err(|e| {
-                    Status::internal(format!("the city's answer does not decode: {e}"))
+                    JoinRefusal::Corrupt(format!("the city's answer does not decode: {e}"))
                 });
             }
             match tokio::time::timeout_at(deadline, head.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(Status::unavailable("the node is shutting down")),
+                Ok(Err(_)) => return Err(JoinRefusal::ShuttingDown),
                 Err(_) => {
-                    return Err(Status::unavailable(format!(
-                        "the city `{city}` holds the deployment CA and has not answered within {} s (is the path to it up?); the token stays valid: run `tiersync join` again",
-                        self.wait.as_secs()
-                    )));
+                    return Err(JoinRefusal::CityUnreachable {
+                        city: city.clone(),
+                        secs: self.wait.as_secs(),
+                    });
                 }
             }
         }
@@ -336,20 +376,26 @@ impl wire::join_server::Join for JoinService {
         &self,
         request: Request<wire::JoinRequest>,
     ) -> Result<Response<wire::JoinResponse>, Status> {
-        let req = request.into_inner();
-        let code = DivisionCode::parse(&req.code)
-            .map_err(|e| Status::invalid_argument(format!("code: {e}")))?;
-        crate::sync::server::admit_child(self.node.code(), &code)?;
+        Ok(Response::new(self.answer(request.into_inner()).await?))
+    }
+}
+
+impl JoinService {
+    /// A join: checks the token, has the city issue the certificates, and
+    /// marks the token used.
+    async fn answer(&self, req: wire::JoinRequest) -> Result<wire::JoinResponse, JoinRefusal> {
+        let bad = |field: &'static str, reason: String| JoinRefusal::BadRequest { field, reason };
+        let code = DivisionCode::parse(&req.code).map_err(|e| bad("code", e.to_string()))?;
+        admit_child(self.node.code(), &code)?;
         let (token_record, token) = self.check_token(&code, &req.secret).await?;
         // Fail fast on a request the city would refuse anyway.
-        rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).map_err(|e| {
-            Status::invalid_argument(format!("csr_pem is not a valid certificate request: {e}"))
-        })?;
+        rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem)
+            .map_err(|e| bad("csr_pem", format!("not a valid certificate request: {e}")))?;
 
         let city = city_of(self.node.code());
         let request_id = RecordId::new().as_bytes().to_vec();
         tiersync_trust::VerifyingKey::from_public_key_pem(&req.origin_public_key_pem)
-            .map_err(|e| Status::invalid_argument(format!("origin_public_key_pem: {e}")))?;
+            .map_err(|e| bad("origin_public_key_pem", e.to_string()))?;
         let cert_request = wire::CertificateRequest {
             subject: code.to_string(),
             csr_pem: req.csr_pem,
@@ -366,23 +412,22 @@ impl wire::join_server::Join for JoinService {
                 0,
                 AuditNote::write("node", false),
             )
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .await?;
         info!(child = %code, %city, "certificate request routed to the city");
         // At the city the request is addressed to this node itself: its
         // handler answers it now.
         self.node
             .after_commit(&[(stored.seq, stored.record)])
             .await
-            .map_err(store_status)?;
+            .map_err(NodeError::from)?;
 
         let answer = self.wait_for_answer(&request_id, &city).await?;
         if !answer.accepted {
             warn!(child = %code, reason = %answer.reason, "the city refused the certificate");
-            return Err(Status::failed_precondition(format!(
-                "the city `{city}` refused to issue the certificate: {}",
-                answer.reason
-            )));
+            return Err(JoinRefusal::CityRefused {
+                city,
+                reason: answer.reason,
+            });
         }
 
         // Single use: written over the version read above, so a second join
@@ -407,14 +452,12 @@ impl wire::join_server::Join for JoinService {
         {
             Ok(_) => {}
             Err(NodeError::Store(StoreError::VersionConflict { .. })) => {
-                return Err(Status::permission_denied(
-                    "this join token was used by another join at the same moment; ask for a new one",
-                ));
+                return Err(JoinRefusal::TokenRace);
             }
-            Err(e) => return Err(Status::internal(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         info!(child = %code, "node joined");
-        Ok(Response::new(wire::JoinResponse {
+        Ok(wire::JoinResponse {
             cert_pem: answer.cert_pem,
             ca_pem: self.ca_pem.clone(),
             deployment_key: self.deployment_key_hex.clone(),
@@ -424,7 +467,7 @@ impl wire::join_server::Join for JoinService {
             trust_chain: Some(wire::RootChain {
                 links: self.node.keyring().chain(),
             }),
-        }))
+        })
     }
 }
 

@@ -554,22 +554,25 @@ pub fn code_from_cert(der: &CertificateDer<'_>) -> Result<DivisionCode, TlsError
     }
 }
 
+/// Why a caller has no node identity (answered `unauthenticated`).
+#[derive(Debug, thiserror::Error)]
+pub enum NoPeerIdentity {
+    #[error(
+        "no verified client certificate on this connection: tiersync peers must connect over mutual TLS"
+    )]
+    NoCertificate,
+    #[error("the client presented an empty certificate chain")]
+    EmptyChain,
+    #[error("the client certificate does not identify a tiersync node: {0}")]
+    NotANode(TlsError),
+}
+
 /// The division code of the client that sent `request`, from its verified
 /// certificate.
-pub fn peer_code<T>(request: &tonic::Request<T>) -> Result<DivisionCode, tonic::Status> {
-    let certs = request.peer_certs().ok_or_else(|| {
-        tonic::Status::unauthenticated(
-            "no verified client certificate on this connection: tiersync peers must connect over mutual TLS",
-        )
-    })?;
-    let leaf = certs.first().ok_or_else(|| {
-        tonic::Status::unauthenticated("the client presented an empty certificate chain")
-    })?;
-    code_from_cert(leaf).map_err(|e| {
-        tonic::Status::unauthenticated(format!(
-            "the client certificate does not identify a tiersync node: {e}"
-        ))
-    })
+pub fn peer_code<T>(request: &tonic::Request<T>) -> Result<DivisionCode, NoPeerIdentity> {
+    let certs = request.peer_certs().ok_or(NoPeerIdentity::NoCertificate)?;
+    let leaf = certs.first().ok_or(NoPeerIdentity::EmptyChain)?;
+    code_from_cert(leaf).map_err(NoPeerIdentity::NotANode)
 }
 
 #[cfg(test)]
@@ -629,7 +632,7 @@ mod tests {
                 record
                     .lock()
                     .unwrap()
-                    .push(peer_code(&request).map_err(|s| s.message().to_owned()));
+                    .push(peer_code(&request).map_err(|e| e.to_string()));
                 Ok(request)
             };
             let (tx, rx) = oneshot::channel::<()>();
@@ -1046,7 +1049,7 @@ mod tests {
 
     #[tokio::test]
     async fn peer_code_without_tls_is_unauthenticated() {
-        let status = peer_code(&tonic::Request::new(())).unwrap_err();
+        let status = tonic::Status::from(peer_code(&tonic::Request::new(())).unwrap_err());
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(
             status

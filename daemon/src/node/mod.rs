@@ -66,6 +66,9 @@ pub enum NodeError {
     Invalid { field: &'static str, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This node could not sign its own write (its key is unusable).
+    #[error("cannot sign: {0}")]
+    Signing(#[from] crate::identity::origin::OriginError),
     #[error("record {0} not found")]
     NotFound(String),
 }

@@ -197,14 +197,7 @@ impl Node {
         audit: AuditNote,
     ) -> Result<Stored, NodeError> {
         record.version = expected_version + 1;
-        let record = self
-            .signer
-            .sign(record)
-            .await
-            .map_err(|e| NodeError::Invalid {
-                field: "record",
-                reason: e.to_string(),
-            })?;
+        let record = self.signer.sign(record).await?;
         let stored = self
             .writes
             .put(LocalWrite {

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use tiersync_proto::types::{DivisionCode, Tier};
+use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire::{self, sync_server::Sync};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use super::LinkError;
 use super::session;
+use crate::identity::tls::{NoPeerIdentity, peer_code};
 use crate::node::Node;
-use crate::route::Toward;
+use crate::route::{NotAChild, Toward, admit_child};
 use crate::sync::links::LinkState;
 
 pub struct SyncService {
@@ -38,21 +39,25 @@ impl SyncService {
     }
 }
 
-/// Checks that `peer` may open a link to `me`.
-pub fn admit_child(me: &DivisionCode, peer: &DivisionCode) -> Result<(), Status> {
-    if peer.parent().as_ref() == Some(me) {
-        return Ok(());
-    }
-    let child_tier = Tier::ALL.into_iter().rev().find(|t| *t < me.tier());
-    Err(Status::permission_denied(match child_tier {
-        None => format!(
-            "node `{me}` is a community and has no children; `{peer}` must dial its own parent"
-        ),
-        Some(t) => format!(
-            "node `{peer}` is not a child of `{me}`: a child's code is `{me}` followed by {} more digits",
-            t.code_len() - me.as_str().len()
-        ),
-    }))
+/// Why the parent refuses a link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkRefused {
+    #[error(transparent)]
+    NoIdentity(#[from] NoPeerIdentity),
+    #[error(transparent)]
+    NotAChild(#[from] NotAChild),
+    #[error("{0}")]
+    Revoked(String),
+    /// The first frame was not a usable hello.
+    #[error("{0}")]
+    BadHello(LinkError),
+    #[error("hello names node `{named}` but the client certificate is for `{peer}`")]
+    HelloMismatch { named: String, peer: DivisionCode },
+    /// Our cursor into the child's log could not be read.
+    #[error("{0}")]
+    Unavailable(LinkError),
+    #[error("closed")]
+    Closed,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<wire::LinkFrame, Status>> + Send>>;
@@ -65,33 +70,34 @@ impl Sync for SyncService {
         &self,
         request: Request<Streaming<wire::LinkFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let peer = crate::identity::tls::peer_code(&request)?;
+        let peer = peer_code(&request).map_err(LinkRefused::from)?;
         let node = self.node.clone();
-        if let Err(status) = admit_child(node.code(), &peer) {
+        if let Err(refused) = admit_child(node.code(), &peer) {
             warn!(peer = %peer, "link refused: not a child of this node");
-            return Err(status);
+            return Err(LinkRefused::from(refused).into());
         }
         if let Some(reason) = node.revoked_now(&peer) {
             warn!(peer = %peer, %reason, "link refused: the child is revoked");
-            return Err(Status::permission_denied(reason));
+            return Err(LinkRefused::Revoked(reason).into());
         }
         let mut inbound = request.into_inner();
         let peer_hello = session::read_hello(&mut inbound, peer.as_str())
             .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(LinkRefused::BadHello)?;
         if peer_hello.node != peer.as_str() {
-            return Err(Status::permission_denied(format!(
-                "hello names node `{}` but the client certificate is for `{peer}`",
-                peer_hello.node
-            )));
+            return Err(LinkRefused::HelloMismatch {
+                named: peer_hello.node,
+                peer,
+            }
+            .into());
         }
         let (applied, applied_epoch) = session::our_cursor(&node, &peer, Some(&peer_hello.epoch))
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(LinkRefused::Unavailable)?;
         let (tx, rx) = mpsc::channel::<wire::LinkFrame>(node.tuning().window * 2 + 4);
         tx.send(session::hello(&node, applied, &applied_epoch))
             .await
-            .map_err(|_| Status::cancelled("closed"))?;
+            .map_err(|_| LinkRefused::Closed)?;
 
         let cancel = self.cancel.child_token();
         if let Some(previous) = self
@@ -143,7 +149,7 @@ mod tests {
     fn only_direct_children_are_admitted() {
         let c = |s: &str| DivisionCode::parse(s).unwrap();
         assert!(admit_child(&c("511102004"), &c("511102004001")).is_ok());
-        let err = admit_child(&c("511102004"), &c("511102005001")).unwrap_err();
+        let err = Status::from(admit_child(&c("511102004"), &c("511102005001")).unwrap_err());
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert_eq!(
             err.message(),
