@@ -202,7 +202,7 @@ impl LocalApi for LocalApiService {
                 .iter()
                 .map(|l| l.to_wire())
                 .collect(),
-            trust: Some(node.keyring().trust_status(crate::clock::now_ms())),
+            trust: Some(node.keyring().trust_status(node.clock().now_ms())),
         }))
     }
 
@@ -269,7 +269,7 @@ impl LocalApi for LocalApiService {
             .await
             .map_err(status_of)?;
         Ok(Response::new(
-            self.node.keyring().trust_status(crate::clock::now_ms()),
+            self.node.keyring().trust_status(self.node.clock().now_ms()),
         ))
     }
 
@@ -288,7 +288,7 @@ impl LocalApi for LocalApiService {
             .await
             .map_err(status_of)?;
         Ok(Response::new(
-            self.node.keyring().trust_status(crate::clock::now_ms()),
+            self.node.keyring().trust_status(self.node.clock().now_ms()),
         ))
     }
 
@@ -297,7 +297,7 @@ impl LocalApi for LocalApiService {
         _request: Request<wire::TrustStatusRequest>,
     ) -> Result<Response<wire::TrustListStatus>, Status> {
         Ok(Response::new(
-            self.node.keyring().trust_status(crate::clock::now_ms()),
+            self.node.keyring().trust_status(self.node.clock().now_ms()),
         ))
     }
 

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::LocalApiService;
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{NodeConfig, Storage};
 use crate::identity::join::CertificateIssuer;
 use crate::identity::join::JoinService;
@@ -61,6 +62,12 @@ impl App {
     /// Builds every part of a node from its config and starts it. Listeners
     /// bind before this returns, so a `:0` port is known to the caller.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+        App::start_with(config, SystemClock::shared()).await
+    }
+
+    /// [`App::start`] with the clock the node's time rules read (tests move
+    /// a [`crate::clock::ManualClock`] by hand).
+    pub async fn start_with(config: NodeConfig, clock: SharedClock) -> anyhow::Result<RunningNode> {
         let Material {
             tls,
             digest_key,
@@ -132,6 +139,7 @@ impl App {
             config.sync.clone(),
             root,
             identity,
+            clock,
         )
         .await?;
         node.publish_own_key().await?;
@@ -304,7 +312,7 @@ async fn trust_worker(node: Arc<Node>, cancel: CancellationToken) {
             && let Some(list) = node.keyring().trust_list()
         {
             let half = (list.next_update_ms - list.issued_at_ms) / 2;
-            if crate::clock::now_ms() >= list.issued_at_ms + half
+            if node.clock().now_ms() >= list.issued_at_ms + half
                 && let Err(error) = node.publish_trust_list(None).await
             {
                 tracing::error!(%error, "cannot publish a fresh trust list");

@@ -22,6 +22,7 @@ use tiersync_proto::wire;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, RunningNode};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{NodeConfig, RawConfig};
 use crate::node::{PutInput, Reader};
 
@@ -37,6 +38,8 @@ pub const OTHER_COMMUNITY: &str = "511102006001";
 pub struct Deployment {
     pub dir: PathBuf,
     pub names: BTreeMap<DivisionCode, String>,
+    /// The clock every node started from here reads.
+    pub clock: SharedClock,
 }
 
 impl Deployment {
@@ -51,6 +54,7 @@ impl Deployment {
         Ok(Deployment {
             dir: dir.to_owned(),
             names,
+            clock: SystemClock::shared(),
         })
     }
 
@@ -116,7 +120,7 @@ impl Deployment {
             .validate(&self.dir)
             .map_err(|issues| anyhow::anyhow!("demo config {code}: {issues:?}"))?;
         tune(&mut config);
-        let node = App::start(config).await?;
+        let node = App::start_with(config, self.clock.clone()).await?;
         let mut fixed = text.clone();
         for (key, addr) in [
             ("peer", node.peer_addr),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tiersync::clock::ManualClock;
 use tiersync::config::NodeConfig;
 use tiersync::identity::join::JoinToken;
 use tiersync::identity::joining::{JoinOptions, join};
@@ -133,7 +134,14 @@ async fn a_new_community_joins_with_one_token_and_syncs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_bound_to_code_expiry_issuer_and_ca() {
-    let cluster = Cluster::with(UPPER).await;
+    // The nodes' clock moves only when told: a token expires without the
+    // test waiting for it.
+    let clock = ManualClock::starting_now();
+    let mut cluster = Cluster::new();
+    cluster.deployment.clock = clock.shared();
+    for code in UPPER {
+        cluster.start(code).await;
+    }
     let street: Arc<Node> = cluster.node("511102004");
     let addr = street_addr(&cluster);
     let scratch = cluster.dir().join("scratch");
@@ -172,7 +180,7 @@ async fn tokens_are_bound_to_code_expiry_issuer_and_ca() {
 
     // Expired.
     let short = token_for(&cluster, &street, "511102004002", Duration::from_secs(1)).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let error = join_err(&addr, &short, &scratch).await;
     assert!(error.contains("expired"), "{error}");
 

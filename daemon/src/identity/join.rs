@@ -37,7 +37,6 @@ use tiersync_proto::wire;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::clock::now_ms;
 use crate::kinds::*;
 use crate::node::routed::{Answer, Answered, Exchange};
 use crate::node::{Node, NodeError, Reader, city_of};
@@ -236,7 +235,7 @@ impl Node {
                 reason: e.to_string(),
             })?;
         let secret: [u8; SECRET_LEN] = rand::random();
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let expires_at_ms = now + ttl.as_millis() as i64;
         let token = wire::JoinToken {
             code: code.to_string(),
@@ -328,7 +327,7 @@ impl JoinService {
                 at_ms: token.used_at_ms,
             });
         }
-        if now_ms() >= token.expires_at_ms {
+        if self.node.clock().now_ms() >= token.expires_at_ms {
             return Err(JoinRefusal::TokenExpired {
                 at_ms: token.expires_at_ms,
             });
@@ -433,7 +432,7 @@ impl JoinService {
         // Single use: written over the version read above, so a second join
         // racing on the same token fails here and gets nothing.
         let used = wire::JoinToken {
-            used_at_ms: now_ms(),
+            used_at_ms: self.node.clock().now_ms(),
             request_id: request_id.clone(),
             ..token
         };

@@ -39,6 +39,7 @@ use tiersync_proto::types::{DigestKey, DivisionCode, Hlc, ResidentId, Schemas};
 use tiersync_proto::wire;
 use tokio::sync::watch;
 
+use crate::clock::{Clock, SharedClock};
 use crate::config::SyncTuning;
 use crate::identity::keyring::Keyring;
 use crate::identity::origin::{GroupSigner, Identity, RootIssuer, TrustRoot};
@@ -97,6 +98,8 @@ pub struct Node {
     keyring: Arc<Keyring>,
     /// What applied records of certain kinds call for (set once at build).
     handlers: OnceLock<Vec<Arc<dyn KindHandler>>>,
+    /// Time for the rules that depend on it (expiry, freshness, stalls).
+    clock: SharedClock,
 }
 
 impl Node {
@@ -110,6 +113,7 @@ impl Node {
         tuning: SyncTuning,
         root: TrustRoot,
         identity: Identity,
+        clock: SharedClock,
     ) -> Result<Arc<Node>, StoreError> {
         let identity = Arc::new(identity);
         let writes_to = store.clone();
@@ -123,7 +127,7 @@ impl Node {
             schemas: Schemas::global(),
             digest_key,
             metrics,
-            links: LinkTable::default(),
+            links: LinkTable::new(clock.clone()),
             tuning,
             head: watch::Sender::new(head),
             root_issuer: RwLock::new(None),
@@ -132,6 +136,7 @@ impl Node {
             identity,
             keyring: Arc::new(Keyring::new(root)),
             handlers: OnceLock::new(),
+            clock,
         }))
     }
 
@@ -168,6 +173,11 @@ impl Node {
     /// This node's signing key and origin certificate.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The clock the node's rules read.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// The canonical kinds this build knows.

@@ -244,6 +244,7 @@ mod tests {
             SyncTuning::default(),
             root,
             identity,
+            crate::clock::SystemClock::shared(),
         )
         .await
         .unwrap();

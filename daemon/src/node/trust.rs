@@ -11,7 +11,6 @@ use tiersync_proto::wire;
 use tracing::{info, warn};
 
 use super::{Node, NodeError, city_of, owner_code};
-use crate::clock::now_ms;
 use crate::identity::keyring::CheckedTrustList;
 use crate::identity::origin::{RootIssuer, TRUST_LIST_VALIDITY};
 use crate::kinds::{KEY_NODE, KEY_TRUST_LIST, KIND_NODE_KEY, KIND_TRUST_LIST};
@@ -59,7 +58,7 @@ impl Node {
     /// revokes it as of now.
     pub fn revoked_now(&self, peer: &DivisionCode) -> Option<String> {
         let revocation = self.keyring.revocation(peer.as_str())?;
-        (now_ms() >= revocation.effective_at_ms).then(|| {
+        (self.clock.now_ms() >= revocation.effective_at_ms).then(|| {
             format!(
                 "node `{peer}` is revoked in trust list {} ({}, from {} ms since the epoch)",
                 self.keyring.trust_list().map_or(0, |b| b.sequence),
@@ -84,7 +83,7 @@ impl Node {
     /// Sets the trust list gauges (staleness moves with the clock, so this
     /// also runs periodically).
     pub fn refresh_trust_metrics(&self) {
-        let status = self.keyring.trust_status(now_ms());
+        let status = self.keyring.trust_status(self.clock.now_ms());
         self.metrics.trust_list_sequence.set(status.sequence as i64);
         self.metrics.trust_list_stale.set(status.stale as i64);
         self.metrics
@@ -193,7 +192,7 @@ impl Node {
                 .map(|c| c.body),
             None => None,
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut revocations = previous
             .as_ref()
             .map(|b| b.revocations.clone())

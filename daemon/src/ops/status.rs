@@ -2,7 +2,6 @@
 //! page, `/status.json`, the `Status` API call and `tiersync status` show
 //! it. Metrics mirror the same fields.
 
-use crate::clock::now_ms;
 use crate::sync::links::direction;
 
 /// A snapshot of a node for the status page, `/status.json` and the CLI.
@@ -73,7 +72,7 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
         records: node.record_count().await?,
         quarantined: node.quarantined_count().await?,
         trust: {
-            let t = node.keyring().trust_status(now_ms());
+            let t = node.keyring().trust_status(node.clock().now_ms());
             TrustReport {
                 sequence: t.sequence,
                 next_update_ms: t.next_update_ms,

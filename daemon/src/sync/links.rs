@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tiersync_proto::wire;
 
-use crate::clock::now_ms;
+use crate::clock::SharedClock;
 use crate::route::Toward;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +50,9 @@ pub struct LinkInfo {
     pub records_in: u64,
     pub records_out: u64,
     pub rejected: u64,
-    /// When the cursor last moved (for stall detection).
-    pub last_progress: Instant,
+    /// When the cursor last moved, by the node's clock (for stall
+    /// detection).
+    pub last_progress_ms: i64,
 }
 
 impl LinkInfo {
@@ -86,13 +86,30 @@ pub fn direction(toward: Toward) -> &'static str {
 }
 
 /// Every link of this node, by peer code.
-#[derive(Debug, Default, Clone)]
-pub struct LinkTable(Arc<Mutex<BTreeMap<String, LinkInfo>>>);
+#[derive(Debug, Clone)]
+pub struct LinkTable {
+    links: Arc<Mutex<BTreeMap<String, LinkInfo>>>,
+    clock: SharedClock,
+}
 
 impl LinkTable {
+    /// A table whose times (state changes, progress) come from `clock`.
+    pub fn new(clock: SharedClock) -> LinkTable {
+        LinkTable {
+            links: Arc::default(),
+            clock,
+        }
+    }
+
+    /// Now, by the clock of this table.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Updates (creating if needed) the entry of `peer`.
     pub fn update<R>(&self, peer: &str, toward: Toward, f: impl FnOnce(&mut LinkInfo) -> R) -> R {
-        let mut links = self.0.lock().expect("link table lock");
+        let now = self.now_ms();
+        let mut links = self.links.lock().expect("link table lock");
         let info = links.entry(peer.to_owned()).or_insert_with(|| LinkInfo {
             peer: peer.to_owned(),
             toward,
@@ -101,27 +118,28 @@ impl LinkTable {
             peer_head: 0,
             peer_applied: 0,
             lag_seconds: 0.0,
-            since_ms: now_ms(),
+            since_ms: now,
             last_error: String::new(),
             records_in: 0,
             records_out: 0,
             rejected: 0,
-            last_progress: Instant::now(),
+            last_progress_ms: now,
         });
         f(info)
     }
 
     pub fn set_state(&self, peer: &str, toward: Toward, state: LinkState) {
+        let now = self.now_ms();
         self.update(peer, toward, |l| {
             if l.state != state {
                 l.state = state;
-                l.since_ms = now_ms();
+                l.since_ms = now;
             }
         });
     }
 
     pub fn snapshot(&self) -> Vec<LinkInfo> {
-        self.0
+        self.links
             .lock()
             .expect("link table lock")
             .values()
@@ -130,6 +148,10 @@ impl LinkTable {
     }
 
     pub fn get(&self, peer: &str) -> Option<LinkInfo> {
-        self.0.lock().expect("link table lock").get(peer).cloned()
+        self.links
+            .lock()
+            .expect("link table lock")
+            .get(peer)
+            .cloned()
     }
 }

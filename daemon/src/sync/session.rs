@@ -19,7 +19,7 @@
 //! decode is quarantined like any refused record, and the rest applies.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tiersync_proto::types::{DivisionCode, HlcTimestamp};
@@ -142,12 +142,13 @@ where
     };
     node.metrics().link_up.get_or_create(&labels).set(1);
     node.metrics().link_sessions.get_or_create(&labels).inc();
+    let now = node.clock().now_ms();
     node.links().update(peer.as_str(), toward, |l| {
         l.state = LinkState::Up;
-        l.since_ms = now_ms();
+        l.since_ms = now;
         l.last_error.clear();
         l.peer_applied = start;
-        l.last_progress = Instant::now();
+        l.last_progress_ms = now;
     });
     info!(peer = %peer, direction = direction(toward), from_seq = start, "link session up");
 
@@ -178,9 +179,10 @@ where
     node.metrics().link_up.get_or_create(&labels).set(0);
     node.metrics().link_stalled.get_or_create(&labels).set(0);
     let result = result.and(sent);
+    let now = node.clock().now_ms();
     node.links().update(peer.as_str(), toward, |l| {
         l.state = LinkState::Down;
-        l.since_ms = now_ms();
+        l.since_ms = now;
         if let Err(e) = &result {
             l.last_error = e.to_string();
         }
@@ -346,9 +348,10 @@ async fn finish_batch(
     } else {
         newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
     };
+    let now = node.clock().now_ms();
     node.links().update(peer.as_str(), toward, |l| {
         if through > l.applied_through {
-            l.last_progress = Instant::now();
+            l.last_progress_ms = now;
         }
         l.applied_through = through;
         l.peer_head = l.peer_head.max(head);
@@ -571,12 +574,13 @@ fn update_lag_metrics(node: &Node, peer: &DivisionCode, labels: &LinkLabels) {
 /// A link with lag that has not moved its cursor for `stall_after` is
 /// reported stalled, not silently waited on.
 fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLabels) {
-    let stall_after = node.tuning().stall_after;
+    let stall_after = node.tuning().stall_after.as_millis() as i64;
+    let now = node.clock().now_ms();
     let stalled = node.links().update(peer.as_str(), toward, |l| {
-        let stalled = l.lag_changes() > 0 && l.last_progress.elapsed() >= stall_after;
+        let stalled = l.lag_changes() > 0 && now - l.last_progress_ms >= stall_after;
         if stalled && l.state == LinkState::Up {
             l.state = LinkState::Stalled;
-            l.since_ms = now_ms();
+            l.since_ms = now;
             warn!(peer = %peer, lag = l.lag_changes(), "link stalled: behind and no progress");
         }
         stalled
