@@ -283,6 +283,13 @@ pub enum StoreError {
     /// The transaction this write shared with others failed.
     #[error("the write's transaction failed: {reason}")]
     Shared { reason: String },
+    /// The disk (or the database server's disk) has no room for the write.
+    /// Nothing of the write was stored; reads go on, and writes succeed
+    /// again by themselves once there is room.
+    #[error(
+        "store {store} is full ({detail}): the write was not stored; free space on its disk and writes resume by themselves"
+    )]
+    Full { store: String, detail: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -308,6 +315,10 @@ impl StoreError {
             StoreError::Fenced { ours, held } => StoreError::Fenced {
                 ours: *ours,
                 held: *held,
+            },
+            StoreError::Full { store, detail } => StoreError::Full {
+                store: store.clone(),
+                detail: detail.clone(),
             },
             other => StoreError::Shared {
                 reason: other.to_string(),
