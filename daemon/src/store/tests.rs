@@ -385,6 +385,9 @@ trait Engine: Send {
     async fn plant_key(&self, key_hash: i64, seq: i64);
     /// Changes the audit table of the last store behind its back.
     async fn tamper(&self, tamper: Tamper);
+    /// Stores `record` at `seq` behind the last store's back, as a commit
+    /// whose answer was lost leaves it.
+    async fn plant_record(&self, seq: i64, record: &wire::Record);
 }
 
 /// What a tampering test does to one audit row.
@@ -475,6 +478,21 @@ impl Engine for SqliteEngine {
         };
         assert_eq!(q.execute(pool).await.unwrap().rows_affected(), 1);
     }
+    async fn plant_record(&self, seq: i64, r: &wire::Record) {
+        sqlx::query(
+            "INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, 0, '', ?6)",
+        )
+        .bind(seq)
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(&r.owner.as_ref().unwrap().node)
+        .bind(r.version as i64)
+        .bind(r.encode_to_vec())
+        .execute(self.last.as_ref().unwrap().pool())
+        .await
+        .unwrap();
+    }
 }
 
 struct PgEngine {
@@ -548,6 +566,21 @@ impl Engine for PgEngine {
                 .bind(entry as i64),
         };
         assert_eq!(q.execute(pool).await.unwrap().rows_affected(), 1);
+    }
+    async fn plant_record(&self, seq: i64, r: &wire::Record) {
+        sqlx::query(
+            "INSERT INTO records (seq, id, kind, owner, version, updated_at, deleted, withdrawn, via, body) \
+             VALUES ($1, $2, $3, $4, $5, 0, false, false, '', $6)",
+        )
+        .bind(seq)
+        .bind(&r.id)
+        .bind(&r.kind)
+        .bind(&r.owner.as_ref().unwrap().node)
+        .bind(r.version as i64)
+        .bind(r.encode_to_vec())
+        .execute(self.last.as_ref().unwrap().pool())
+        .await
+        .unwrap();
     }
 }
 
@@ -932,6 +965,33 @@ async fn audit_verify_names_the_first_broken_entry(engine: &mut dyn Engine) {
     }
 }
 
+/// After a failed write the writer's next seq and audit chain follow what
+/// the store holds, not what the process last believed: a commit that
+/// failed may have committed all the same (its answer lost), and writing
+/// on at seqs it took would fail every write from then on.
+async fn a_failed_write_leaves_the_writer_following_the_store(engine: &mut dyn Engine) {
+    let store = engine.fresh().await;
+    let own = |n: u8| {
+        let mut r = record(n, 1, "511102004001");
+        r.owner.as_mut().unwrap().node = "511102".into();
+        r
+    };
+    store.put_local(own_write(own(1), 0)).await.unwrap();
+    // what a commit whose answer was lost leaves: a record at the next seq
+    engine.plant_record(2, &own(2)).await;
+    let err = store.put_local(own_write(own(3), 0)).await.unwrap_err();
+    assert!(!err.is_refusal(), "{err}");
+    let stored = store.put_local(own_write(own(3), 0)).await.unwrap();
+    assert_eq!(stored.seq, 3, "the write after the failure");
+    assert_eq!(store.head_seq().await.unwrap(), 3);
+    let more = store.put_local(own_write(own(4), 0)).await.unwrap();
+    assert_eq!(more.seq, 4);
+    assert!(matches!(
+        crate::audit::verify(&*store).await.unwrap(),
+        crate::audit::Verdict::Intact { entries: 3, .. }
+    ));
+}
+
 async fn suite(engine: &mut dyn Engine) {
     apply_is_idempotent_and_version_ordered(engine.fresh().await).await;
     withdrawal_supersedes_same_version(engine.fresh().await).await;
@@ -947,6 +1007,7 @@ async fn suite(engine: &mut dyn Engine) {
     a_renewed_epoch_survives_reopening_and_keeps_the_records(engine).await;
     audit_entries_commit_with_their_events(engine).await;
     audit_verify_names_the_first_broken_entry(engine).await;
+    a_failed_write_leaves_the_writer_following_the_store(engine).await;
 }
 
 #[tokio::test]
@@ -1181,10 +1242,20 @@ impl Drop for SmallDisk {
 }
 
 /// Test record `n` with a payload of about 60 KB, the size of a resident
-/// with a photo.
+/// with a photo, that does not compress (PostgreSQL would).
 fn bulky(n: u32) -> wire::Record {
     let mut r = numbered(n, 0);
-    r.payload = vec![n as u8; 60 << 10].into();
+    let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    r.payload = (0..60 << 10)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
     r
 }
 
@@ -1367,5 +1438,139 @@ async fn sqlite_full_disk_never_moves_a_cursor_past_what_committed() {
     );
     for error in &failures {
         assert!(matches!(error, StoreError::Full { .. }), "{error}");
+    }
+}
+
+/// A tablespace of the test server on a [`SmallDisk`], dropped when this
+/// is (after the schemas using it).
+struct SmallTablespace {
+    name: String,
+}
+
+impl SmallTablespace {
+    /// `None`, after printing why, where the server cannot put a tablespace
+    /// on `disk` (it runs on another machine, or not as a local user).
+    async fn create(test: &str, disk: &SmallDisk, name: &str) -> Option<SmallTablespace> {
+        let chown = std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(disk.path())
+            .status();
+        if !chown.is_ok_and(|s| s.success()) {
+            eprintln!("skipping {test}: no local `postgres` user to own a tablespace");
+            return None;
+        }
+        let url = super::postgres::scratch::base_url();
+        let mut conn = <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(
+            &super::postgres::connect_options(&url).unwrap(),
+        )
+        .await
+        .unwrap();
+        let create = format!(
+            "CREATE TABLESPACE {name} LOCATION '{}'",
+            disk.path().display()
+        );
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
+            eprintln!("skipping {test}: cannot create a tablespace on a tmpfs ({error})");
+            return None;
+        }
+        let _ = sqlx::Connection::close(conn).await;
+        Some(SmallTablespace {
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for SmallTablespace {
+    fn drop(&mut self) {
+        let drop = format!("DROP TABLESPACE IF EXISTS {}", self.name);
+        // Drop may run inside a runtime, which cannot block on another.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let url = super::postgres::scratch::base_url();
+                let options = super::postgres::connect_options(&url).unwrap();
+                if let Ok(mut conn) =
+                    <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(&options).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// PostgreSQL on a full disk (the store's tables in a tablespace on a
+/// small tmpfs): writes fail with the full-store error naming the database
+/// and none is acknowledged that is not stored; once there is room, writes
+/// resume without reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_full_disk_is_a_full_store_error_and_writes_resume() {
+    let test = "postgres_full_disk_is_a_full_store_error_and_writes_resume";
+    let Some(disk) = SmallDisk::mount(test, 8 << 10) else {
+        return;
+    };
+    let Some(schema) = ScratchSchema::create(test).await else {
+        return;
+    };
+    let name = format!("{}_space", schema.name());
+    let Some(_space) = SmallTablespace::create(test, &disk, &name).await else {
+        return;
+    };
+    // declared after the tablespace: dropped (with its tables) before it
+    let schema = schema;
+    let options = schema
+        .options()
+        .options([("default_tablespace", name.as_str())]);
+    let store: Arc<dyn Store> = Arc::new(PgStore::open(options, &code("511102")).await.unwrap());
+    let filler = disk.fill_leaving(1 << 10);
+
+    let mut acknowledged = Vec::new();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    while failures.len() < 3 {
+        assert!(n < 200, "the disk never filled");
+        n += 1;
+        match store.put_local(own_write(bulky(n), 0)).await {
+            Ok(stored) => acknowledged.push((n, stored.seq)),
+            Err(error) => failures.push((n, error)),
+        }
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let mut after_room = Vec::new();
+    for _ in 0..3 {
+        n += 1;
+        match store.put_local(own_write(bulky(n), 0)).await {
+            Ok(stored) => acknowledged.push((n, stored.seq)),
+            Err(error) => after_room.push((n, error.to_string())),
+        }
+    }
+    for &(n, seq) in &acknowledged {
+        let held = store.get(&bulky(n).id).await.unwrap();
+        assert_eq!(held.map(|h| h.seq), Some(seq), "acknowledged put {n}");
+    }
+    assert_eq!(store.count().await.unwrap(), acknowledged.len() as u64);
+    store.close().await;
+    assert!(acknowledged.len() >= 3, "the disk filled too early");
+    assert!(after_room.is_empty(), "{after_room:?}");
+    for (n, error) in &failures {
+        assert!(
+            matches!(error, StoreError::Full { .. }),
+            "put {n}: not a full-store error: {error}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("postgres://") && text.contains("is full"),
+            "put {n}: {text}"
+        );
     }
 }
