@@ -48,6 +48,8 @@ pub fn status_of(error: NodeError) -> Status {
             | StoreError::Migrate(_)
             | StoreError::Corrupt { .. }
             | StoreError::WrongNode { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Unusable { .. }
             | StoreError::Shared { .. } => {
                 tracing::error!(%error, "store failure serving the local API");
                 Status::internal(error.to_string())

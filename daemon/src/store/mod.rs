@@ -290,6 +290,13 @@ pub enum StoreError {
         "store {store} is full ({detail}): the write was not stored; free space on its disk and writes resume by themselves"
     )]
     Full { store: String, detail: String },
+    #[error(
+        "store {store} is in use by another tiersync process{holder}; stop that daemon first (two daemons on one store would hand out the same sequence numbers), or point storage.path at this node's own store"
+    )]
+    InUse { store: String, holder: String },
+    /// A store this node cannot (or must not) open as it is.
+    #[error("refusing to open store {store}: {problem}")]
+    Unusable { store: String, problem: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -19,7 +19,9 @@
 //! transaction that never committed, answered as stored and lost.)
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -61,6 +63,164 @@ pub struct SqliteStore {
     head: AtomicU64,
     checkpointer: Checkpointer,
     epoch: String,
+    /// The exclusive lock on `<store>.lock`, released by [`Store::close`]
+    /// (or when the store is dropped, or the process ends).
+    lock: std::sync::Mutex<Option<File>>,
+    /// Where the store is and whose, for its marker (see [`Marker`]).
+    path: PathBuf,
+    node: String,
+}
+
+/// A file beside the store: `<store file name>.<suffix>`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// What `<store>.id` says. It is written once a store has been created (and
+/// beside a store from before these markers when it is next opened), and
+/// says that this node's store exists: from then on a store file that is
+/// missing, empty, another store or damaged is refused instead of started
+/// as a brand-new empty node.
+struct Marker {
+    path: PathBuf,
+    node: String,
+    epoch: String,
+}
+
+impl Marker {
+    /// The marker beside the store at `path`, if there is one.
+    fn read(path: &Path, shown: &str) -> Result<Option<Marker>> {
+        let marker = beside(path, "id");
+        let text = match std::fs::read_to_string(&marker) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Unusable {
+                    store: shown.to_owned(),
+                    problem: format!("cannot read {}: {e}", marker.display()),
+                });
+            }
+        };
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Some(Marker {
+            node: field("node"),
+            epoch: field("epoch"),
+            path: marker,
+        }))
+    }
+
+    /// Writes the marker of the store at `path` (whole or not at all).
+    fn write(path: &Path, node: &str, epoch: &str) -> std::io::Result<()> {
+        let marker = beside(path, "id");
+        let temporary = beside(path, "id.new");
+        let mut file = File::create(&temporary)?;
+        write!(
+            file,
+            "# tiersync: this node's store was created beside this file. While this file\n\
+             # exists, tiersync refuses to start on a store there that is missing, empty,\n\
+             # damaged or another store. Delete it only to start this node on a new,\n\
+             # empty store.\n\
+             node = {node}\n\
+             epoch = {epoch}\n"
+        )?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &marker)?;
+        if let Some(dir) = marker.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// What to do when the store it vouches for is gone.
+    fn advice(&self) -> String {
+        format!(
+            "Restore this node's store from a backup (and run `tiersync new-epoch` before starting it), or, to start this node on a new, empty store, delete {}: the new store gets a new epoch, so the nodes it links with start over with it",
+            self.path.display()
+        )
+    }
+}
+
+/// Whether SQLite found the file not a database or damaged
+/// (`SQLITE_NOTADB`, `SQLITE_CORRUPT`).
+fn is_damage(error: &StoreError) -> bool {
+    match error {
+        StoreError::Db(sqlx::Error::Database(db)) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 11 | 26)),
+        _ => false,
+    }
+}
+
+/// Refuses a store file that is missing or empty although `marker` says
+/// the store was created (SQLite would start either as a new database).
+fn check_present(path: &Path, shown: &str, marker: &Marker) -> Result<()> {
+    let found = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "the file is missing",
+        Ok(meta) if meta.len() == 0 => "the file is empty (0 bytes)",
+        _ => return Ok(()),
+    };
+    Err(StoreError::Unusable {
+        store: shown.to_owned(),
+        problem: format!(
+            "{found}, but {} says the store of node `{}` (epoch {}) was created there, so its records are gone from this disk; not starting as a new, empty node. {}",
+            marker.path.display(),
+            marker.node,
+            marker.epoch,
+            marker.advice()
+        ),
+    })
+}
+
+/// Takes the exclusive lock that makes a daemon the only one on the store
+/// at `path`: an advisory lock (`flock`) on `<store>.lock`, which also
+/// holds the holder's pid for the message another gets. SQLite's own
+/// locks let two processes share a file, and two daemons of one node then
+/// handed out the same sequence numbers.
+fn lock_store(path: &Path, shown: &str) -> Result<File> {
+    let lock = beside(path, "lock");
+    let unusable = |problem: String| StoreError::Unusable {
+        store: shown.to_owned(),
+        problem,
+    };
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| unusable(format!("cannot open its lock file {}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StoreError::InUse {
+                store: shown.to_owned(),
+                holder: match text.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                },
+            });
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(unusable(format!("cannot lock {}: {e}", lock.display())));
+        }
+    }
+    // Only for the message above: a full disk must not keep a node down.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 /// About how much a store writes to its WAL between checkpoints.
@@ -226,8 +386,24 @@ fn is_full(error: &StoreError) -> Option<String> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store of node `node` at `path`.
+    /// Opens (creating if needed) the store of node `node` at `path`;
+    /// refuses while another process (or another open store in this one)
+    /// has it open.
     pub async fn open(path: &Path, node: &DivisionCode) -> Result<SqliteStore> {
+        let shown = path.display().to_string();
+        let lock = lock_store(path, &shown)?;
+        let marker = Marker::read(path, &shown)?;
+        if let Some(marker) = &marker {
+            check_present(path, &shown, marker)?;
+        }
+        let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let damaged = |problem: String| StoreError::Unusable {
+            store: shown.clone(),
+            problem: format!(
+                "it is damaged ({problem}); not starting on it. Restore this node's store from a backup (and run `tiersync new-epoch` before starting it), or move the file aside and delete {} to start this node on a new, empty store",
+                beside(path, "id").display()
+            ),
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -261,6 +437,34 @@ impl SqliteStore {
             // copying every page through read(2) into each connection's
             // cache: measured as the largest cost of a catch-up.
             .pragma("mmap_size", "1073741824");
+        // The writer's connection first: it checks the file before anything
+        // else reads or writes it.
+        let mut conn = match options.connect().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = StoreError::from(e);
+                return Err(if existed && is_damage(&e) {
+                    damaged(e.to_string())
+                } else {
+                    e
+                });
+            }
+        };
+        // A quick integrity check at every start (page structure, not index
+        // contents): flipped bytes in a page otherwise surface only later,
+        // as reads failing with "malformed".
+        let check: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(5)")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(StoreError::from)
+        {
+            Ok(check) => check,
+            Err(e) if is_damage(&e) => vec![e.to_string()],
+            Err(e) => return Err(e),
+        };
+        if check != ["ok"] {
+            return Err(damaged(format!("PRAGMA quick_check: {}", check.join("; "))));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -269,7 +473,6 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         let checkpointer = Checkpointer::start(options.connect().await?);
 
-        let mut conn = options.connect().await?;
         begin(&mut conn).await?;
         let stored_node: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'node'")
@@ -285,6 +488,18 @@ impl SqliteStore {
             }
             Some(_) => {}
             None => {
+                if let Some(marker) = &marker {
+                    return Err(StoreError::Unusable {
+                        store: shown,
+                        problem: format!(
+                            "the file holds no store (a new, empty database), but {} says the store of node `{}` (epoch {}) was created there; not starting as a new, empty node. {}",
+                            marker.path.display(),
+                            marker.node,
+                            marker.epoch,
+                            marker.advice()
+                        ),
+                    });
+                }
                 let epoch = hex::encode(rand::random::<[u8; 16]>());
                 sqlx::query("INSERT INTO meta (key, value) VALUES ('node', ?1), ('epoch', ?2)")
                     .bind(node.as_str())
@@ -296,12 +511,31 @@ impl SqliteStore {
         let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
             .fetch_one(&mut conn)
             .await?;
+        if let Some(marker) = &marker
+            && marker.epoch != epoch
+        {
+            return Err(StoreError::Unusable {
+                store: shown,
+                problem: format!(
+                    "it is the store of epoch {epoch}, but {} says the store created there has epoch {}: this file is not the store this node last ran on (replaced, or restored from a backup older than a `tiersync new-epoch`?). Put this node's own store back; or, to run on this file, delete {} and run `tiersync new-epoch` before starting",
+                    marker.path.display(),
+                    marker.epoch,
+                    marker.path.display()
+                ),
+            });
+        }
         let (head, last) = committed_state(&mut conn).await?;
         commit(&mut conn).await?;
+        if marker.is_none()
+            && let Err(error) = Marker::write(path, node.as_str(), &epoch)
+        {
+            // Not fatal (the disk may be full): the next start writes it.
+            warn!(store = %shown, %error, "cannot write the store's marker");
+        }
         Ok(SqliteStore {
             pool,
             options,
-            shown: path.display().to_string(),
+            shown,
             writer: Mutex::new(Writer {
                 conn: Some(conn),
                 closed: false,
@@ -311,6 +545,9 @@ impl SqliteStore {
             head: AtomicU64::new(head),
             checkpointer,
             epoch,
+            lock: std::sync::Mutex::new(Some(lock)),
+            path: path.to_owned(),
+            node: node.to_string(),
         })
     }
 
@@ -606,6 +843,10 @@ impl AuditSource for SqliteStore {
 /// Opens the SQLite store at `path` read-only, for reading its audit log
 /// while its daemon runs (WAL lets both proceed).
 pub async fn open_read_only(path: &Path) -> Result<SqlitePool> {
+    let shown = path.display().to_string();
+    if let Some(marker) = Marker::read(path, &shown)? {
+        check_present(path, &shown, &marker)?;
+    }
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
@@ -902,6 +1143,14 @@ impl Store for SqliteStore {
         }
         .await;
         self.settle(&mut writer, conn, outcome).await?;
+        let path = &self.path;
+        Marker::write(path, &self.node, &epoch).map_err(|e| StoreError::Unusable {
+            store: self.shown.clone(),
+            problem: format!(
+                "its new epoch {epoch} is stored, but {} could not be updated ({e}); delete it before starting the node",
+                beside(path, "id").display()
+            ),
+        })?;
         Ok(epoch)
     }
 
@@ -914,5 +1163,12 @@ impl Store for SqliteStore {
         }
         drop(writer);
         self.pool.close().await;
+        // last: another daemon may open the store now
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }
