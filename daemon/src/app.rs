@@ -537,6 +537,16 @@ impl RunningNode {
         self.tasks.abort_all();
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        // A crash leaves nothing holding the store (nor its lock, which a
+        // restart takes): wait for what lets go of it once the node is gone.
+        let store = self.node.store_release();
+        drop(self);
+        for _ in 0..500 {
+            if store.released() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops accepting, drains within [`GRACE`], aborts the rest, closes the

@@ -40,11 +40,19 @@ impl From<StoreError> for Status {
             // a standby took over: this process stops; the client retries
             // against the active daemon
             StoreError::Fenced { .. } => Status::unavailable(error.to_string()),
+            // the disk is full: nothing was stored; the client retries once
+            // the operator has made room
+            StoreError::Full { .. } => {
+                tracing::warn!(%error, "write refused: the store is full");
+                Status::resource_exhausted(error.to_string())
+            }
             StoreError::Db(_)
             | StoreError::BadUrl { .. }
             | StoreError::Migrate(_)
             | StoreError::Corrupt { .. }
             | StoreError::WrongNode { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Unusable { .. }
             | StoreError::Shared { .. } => {
                 tracing::error!(%error, "store failure serving an RPC");
                 Status::internal(error.to_string())

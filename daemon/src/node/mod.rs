@@ -224,6 +224,22 @@ impl Node {
     pub async fn close(&self) {
         self.store.close().await;
     }
+
+    /// Tells when nothing holds this node's store any more (after a stop
+    /// without closing it, as a crash would leave it).
+    pub fn store_release(&self) -> StoreRelease {
+        StoreRelease(Arc::downgrade(&self.store))
+    }
+}
+
+/// See [`Node::store_release`].
+#[derive(Debug)]
+pub struct StoreRelease(std::sync::Weak<dyn Store>);
+
+impl StoreRelease {
+    pub fn released(&self) -> bool {
+        self.0.strong_count() == 0
+    }
 }
 
 /// The scope a record gets when the writer names none: shared up to the

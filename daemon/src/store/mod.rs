@@ -284,6 +284,20 @@ pub enum StoreError {
     /// The transaction this write shared with others failed.
     #[error("the write's transaction failed: {reason}")]
     Shared { reason: String },
+    /// The disk (or the database server's disk) has no room for the write.
+    /// Nothing of the write was stored; reads go on, and writes succeed
+    /// again by themselves once there is room.
+    #[error(
+        "store {store} is full ({detail}): the write was not stored; free space on its disk and writes resume by themselves"
+    )]
+    Full { store: String, detail: String },
+    #[error(
+        "store {store} is in use by another tiersync process{holder}; stop that daemon first (two daemons on one store would hand out the same sequence numbers), or point storage.path at this node's own store"
+    )]
+    InUse { store: String, holder: String },
+    /// A store this node cannot (or must not) open as it is.
+    #[error("refusing to open store {store}: {problem}")]
+    Unusable { store: String, problem: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -309,6 +323,10 @@ impl StoreError {
             StoreError::Fenced { ours, held } => StoreError::Fenced {
                 ours: *ours,
                 held: *held,
+            },
+            StoreError::Full { store, detail } => StoreError::Full {
+                store: store.clone(),
+                detail: detail.clone(),
             },
             other => StoreError::Shared {
                 reason: other.to_string(),

@@ -98,6 +98,8 @@ fn session_options(options: PgConnectOptions) -> PgConnectOptions {
 
 pub struct PgStore {
     pool: PgPool,
+    /// The database, as errors name it (no password).
+    shown: String,
     writer: Mutex<Writer>,
     /// The newest committed seq, readable without waiting for a write.
     head: AtomicU64,
@@ -109,6 +111,13 @@ struct Writer {
     next_seq: u64,
     /// The audit chain's head, advanced only once a transaction commits.
     audit: ChainHead,
+    /// A write failed since `next_seq` and `audit` were last known right:
+    /// the next write re-reads them ([`PgStore::resync`]). A failed commit
+    /// is rolled back by the server (and sqlx rolls back a dropped
+    /// transaction before its connection is used again), but a commit whose
+    /// answer was lost (connection or server gone) may have committed, and
+    /// reusing its seqs would fail every later write.
+    stale: bool,
 }
 
 impl PgStore {
@@ -174,9 +183,11 @@ impl PgStore {
                 .await?;
         Ok(PgStore {
             pool,
+            shown,
             writer: Mutex::new(Writer {
                 next_seq: head as u64 + 1,
                 audit: ChainHead::after(last),
+                stale: false,
             }),
             head: AtomicU64::new(head as u64),
             epoch,
@@ -197,6 +208,48 @@ impl PgStore {
     /// Direct pool access for tests that tamper behind the daemon's back.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Re-reads the next seq, the head and the audit chain's head if a
+    /// write failed since they were last known (see [`Writer::stale`]).
+    /// Only this process writes (the lease and the fence), and it holds
+    /// the writer's lock, so what it reads stays true until its next write.
+    async fn resync(&self, writer: &mut Writer) -> Result<()> {
+        if !writer.stale {
+            return Ok(());
+        }
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
+            .fetch_one(&self.pool)
+            .await?;
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT entry, hash FROM audit ORDER BY entry DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        writer.next_seq = head as u64 + 1;
+        writer.audit = ChainHead::after(last);
+        self.head.store(head as u64, Ordering::Release);
+        writer.stale = false;
+        Ok(())
+    }
+
+    /// The outcome of a write transaction: a failure marks the writer's
+    /// state for re-reading, and a full disk becomes [`StoreError::Full`].
+    fn settle<T>(&self, writer: &mut Writer, outcome: Result<T>) -> Result<T> {
+        outcome.map_err(|error| {
+            writer.stale = true;
+            match &error {
+                // SQLSTATE 53100 disk_full
+                StoreError::Db(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some("53100") =>
+                {
+                    StoreError::Full {
+                        store: self.shown.clone(),
+                        detail: db.message().to_owned(),
+                    }
+                }
+                _ => error,
+            }
+        })
     }
 
     /// Begins a write transaction after checking the fencing token.
@@ -629,22 +682,28 @@ impl Store for PgStore {
         let incoming = newest_per_id(batch.records, &mut report);
         let ids: Vec<Vec<u8>> = incoming.iter().map(|r| r.record.id.clone()).collect();
         let mut writer = self.writer.lock().await;
-        let (mut tx, held) = self.write_tx_held(&ids).await?;
-        let plan = plan_apply(incoming, &held, writer.next_seq, &mut report);
-        let stale_keys = stored_keys(&mut tx, &plan.replaced).await?;
-        write_records(
-            &mut tx,
-            &plan.writes,
-            &batch.via,
-            &stale_keys,
-            batch.cursor.as_ref(),
-        )
-        .await?;
-        quarantine(&mut tx, &batch.via, &report.refused).await?;
-        let events = apply_events(&batch.via, &report.refused, batch.audit);
-        let (entries, audit_head) = writer.audit.chain(events, now_ms());
-        insert_audit(&mut tx, &entries).await?;
-        tx.commit().await?;
+        self.resync(&mut writer).await?;
+        let outcome = async {
+            let (mut tx, held) = self.write_tx_held(&ids).await?;
+            let plan = plan_apply(incoming, &held, writer.next_seq, &mut report);
+            let stale_keys = stored_keys(&mut tx, &plan.replaced).await?;
+            write_records(
+                &mut tx,
+                &plan.writes,
+                &batch.via,
+                &stale_keys,
+                batch.cursor.as_ref(),
+            )
+            .await?;
+            quarantine(&mut tx, &batch.via, &report.refused).await?;
+            let events = apply_events(&batch.via, &report.refused, batch.audit);
+            let (entries, audit_head) = writer.audit.chain(events, now_ms());
+            insert_audit(&mut tx, &entries).await?;
+            tx.commit().await?;
+            Ok((plan, audit_head))
+        }
+        .await;
+        let (plan, audit_head) = self.settle(&mut writer, outcome)?;
         writer.next_seq = plan.next_seq;
         self.head.store(plan.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
@@ -658,33 +717,47 @@ impl Store for PgStore {
 
     async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>> {
         let mut writer = self.writer.lock().await;
+        self.resync(&mut writer).await?;
         let ids: Vec<Vec<u8>> = writes.iter().map(|w| w.record.id.clone()).collect();
-        let (mut tx, mut held) = self.write_tx_held(&ids).await?;
-        let mut staged = StagedWrites::new(writer.next_seq, writes.len());
-        for write in writes {
-            // `held` and the transaction both include the writes staged
-            // before this one.
-            let outcome = stage_local(&mut tx, &mut held, staged.next_seq, write).await;
-            staged.take(outcome)?;
+        let outcome = async {
+            let (mut tx, mut held) = self.write_tx_held(&ids).await?;
+            let mut staged = StagedWrites::new(writer.next_seq, writes.len());
+            for write in writes {
+                // `held` and the transaction both include the writes staged
+                // before this one.
+                let outcome = stage_local(&mut tx, &mut held, staged.next_seq, write).await;
+                staged.take(outcome)?;
+            }
+            if staged.events.is_empty() {
+                // every write refused: the dropped transaction rolls back
+                return Ok((staged.outcomes, None));
+            }
+            let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
+            insert_audit(&mut tx, &entries).await?;
+            tx.commit().await?;
+            Ok((staged.outcomes, Some((staged.next_seq, audit_head))))
         }
-        if staged.events.is_empty() {
-            return Ok(staged.outcomes);
+        .await;
+        let (outcomes, committed) = self.settle(&mut writer, outcome)?;
+        if let Some((next_seq, audit_head)) = committed {
+            writer.next_seq = next_seq;
+            self.head.store(next_seq - 1, Ordering::Release);
+            writer.audit = audit_head;
         }
-        let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
-        insert_audit(&mut tx, &entries).await?;
-        tx.commit().await?;
-        writer.next_seq = staged.next_seq;
-        self.head.store(staged.next_seq - 1, Ordering::Release);
-        writer.audit = audit_head;
-        Ok(staged.outcomes)
+        Ok(outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
         let mut writer = self.writer.lock().await;
+        self.resync(&mut writer).await?;
         let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
-        let mut tx = self.write_tx().await?;
-        insert_audit(&mut tx, &entries).await?;
-        tx.commit().await?;
+        let outcome = async {
+            let mut tx = self.write_tx().await?;
+            insert_audit(&mut tx, &entries).await?;
+            Ok(tx.commit().await?)
+        }
+        .await;
+        self.settle(&mut writer, outcome)?;
         writer.audit = audit_head;
         Ok(entries.remove(0))
     }
@@ -712,13 +785,17 @@ impl Store for PgStore {
     }
 
     async fn quarantine_resolve(&self, qid: u64) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE quarantine SET resolved = true WHERE qid = $1")
-            .bind(qid as i64)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let outcome = async {
+            let mut tx = self.write_tx().await?;
+            sqlx::query("UPDATE quarantine SET resolved = true WHERE qid = $1")
+                .bind(qid as i64)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx.commit().await?)
+        }
+        .await;
+        let mut writer = self.writer.lock().await;
+        self.settle(&mut writer, outcome)
     }
 
     async fn quarantine_count(&self) -> Result<u64> {
@@ -729,14 +806,18 @@ impl Store for PgStore {
     }
 
     async fn renew_epoch(&self) -> Result<String> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.write_tx().await?;
+        let mut writer = self.writer.lock().await;
         let epoch = hex::encode(rand::random::<[u8; 16]>());
-        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'epoch'")
-            .bind(&epoch)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let outcome = async {
+            let mut tx = self.write_tx().await?;
+            sqlx::query("UPDATE meta SET value = $1 WHERE key = 'epoch'")
+                .bind(&epoch)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx.commit().await?)
+        }
+        .await;
+        self.settle(&mut writer, outcome)?;
         Ok(epoch)
     }
 

@@ -3,22 +3,32 @@
 //!
 //! Writes are serialised through one mutex that also owns the next sequence
 //! number, so sequence numbers are assigned and become visible strictly in
-//! order; reads use the pool's other connections concurrently (WAL).
+//! order; reads use the pool's connections concurrently (WAL).
 //! `synchronous = FULL`: an acknowledged batch or local write survives power
 //! loss, at the cost of one WAL fsync per transaction (batches amortise it).
+//!
+//! Every write transaction runs on the writer's own connection (not one of
+//! the pool's), `BEGIN IMMEDIATE` to `COMMIT`, and any error inside one
+//! closes that connection: closing rolls back whatever the failure left
+//! open and releases SQLite's write lock, and the next write opens a fresh
+//! connection and re-reads the next seq and the audit chain's head from the
+//! file. A failed write therefore never leaves a connection half inside a
+//! transaction. (It did: with pooled connections and sqlx's transactions,
+//! a `SQLITE_FULL` that rolled a transaction back left sqlx counting one
+//! open, so its later "commits" were `RELEASE SAVEPOINT`s inside a
+//! transaction that never committed, answered as stored and lost.)
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{
-    ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
-    Transaction,
-};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 use tokio::sync::{Mutex, Notify};
@@ -44,11 +54,173 @@ fn full(rows: usize) -> bool {
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// What every connection is opened with; the writer reopens with it.
+    options: SqliteConnectOptions,
+    /// The store's file, as errors name it.
+    shown: String,
     writer: Mutex<Writer>,
     /// The newest committed seq, readable without waiting for a write.
     head: AtomicU64,
     checkpointer: Checkpointer,
     epoch: String,
+    /// The exclusive lock on `<store>.lock`, released by [`Store::close`]
+    /// (or when the store is dropped, or the process ends).
+    lock: std::sync::Mutex<Option<File>>,
+    /// Where the store is and whose, for its marker (see [`Marker`]).
+    path: PathBuf,
+    node: String,
+}
+
+/// A file beside the store: `<store file name>.<suffix>`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// What `<store>.id` says. It is written once a store has been created (and
+/// beside a store from before these markers when it is next opened), and
+/// says that this node's store exists: from then on a store file that is
+/// missing, empty, another store or damaged is refused instead of started
+/// as a brand-new empty node.
+struct Marker {
+    path: PathBuf,
+    node: String,
+    epoch: String,
+}
+
+impl Marker {
+    /// The marker beside the store at `path`, if there is one.
+    fn read(path: &Path, shown: &str) -> Result<Option<Marker>> {
+        let marker = beside(path, "id");
+        let text = match std::fs::read_to_string(&marker) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Unusable {
+                    store: shown.to_owned(),
+                    problem: format!("cannot read {}: {e}", marker.display()),
+                });
+            }
+        };
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Some(Marker {
+            node: field("node"),
+            epoch: field("epoch"),
+            path: marker,
+        }))
+    }
+
+    /// Writes the marker of the store at `path` (whole or not at all).
+    fn write(path: &Path, node: &str, epoch: &str) -> std::io::Result<()> {
+        let marker = beside(path, "id");
+        let temporary = beside(path, "id.new");
+        let mut file = File::create(&temporary)?;
+        write!(
+            file,
+            "# tiersync: this node's store was created beside this file. While this file\n\
+             # exists, tiersync refuses to start on a store there that is missing, empty,\n\
+             # damaged or another store. Delete it only to start this node on a new,\n\
+             # empty store.\n\
+             node = {node}\n\
+             epoch = {epoch}\n"
+        )?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &marker)?;
+        if let Some(dir) = marker.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// What to do when the store it vouches for is gone.
+    fn advice(&self) -> String {
+        format!(
+            "Restore this node's store from a backup (and run `tiersync new-epoch` before starting it), or, to start this node on a new, empty store, delete {}: the new store gets a new epoch, so the nodes it links with start over with it",
+            self.path.display()
+        )
+    }
+}
+
+/// Whether SQLite found the file not a database or damaged
+/// (`SQLITE_NOTADB`, `SQLITE_CORRUPT`).
+fn is_damage(error: &StoreError) -> bool {
+    match error {
+        StoreError::Db(sqlx::Error::Database(db)) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 11 | 26)),
+        _ => false,
+    }
+}
+
+/// Refuses a store file that is missing or empty although `marker` says
+/// the store was created (SQLite would start either as a new database).
+fn check_present(path: &Path, shown: &str, marker: &Marker) -> Result<()> {
+    let found = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "the file is missing",
+        Ok(meta) if meta.len() == 0 => "the file is empty (0 bytes)",
+        _ => return Ok(()),
+    };
+    Err(StoreError::Unusable {
+        store: shown.to_owned(),
+        problem: format!(
+            "{found}, but {} says the store of node `{}` (epoch {}) was created there, so its records are gone from this disk; not starting as a new, empty node. {}",
+            marker.path.display(),
+            marker.node,
+            marker.epoch,
+            marker.advice()
+        ),
+    })
+}
+
+/// Takes the exclusive lock that makes a daemon the only one on the store
+/// at `path`: an advisory lock (`flock`) on `<store>.lock`, which also
+/// holds the holder's pid for the message another gets. SQLite's own
+/// locks let two processes share a file, and two daemons of one node then
+/// handed out the same sequence numbers.
+fn lock_store(path: &Path, shown: &str) -> Result<File> {
+    let lock = beside(path, "lock");
+    let unusable = |problem: String| StoreError::Unusable {
+        store: shown.to_owned(),
+        problem,
+    };
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| unusable(format!("cannot open its lock file {}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StoreError::InUse {
+                store: shown.to_owned(),
+                holder: match text.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                },
+            });
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(unusable(format!("cannot lock {}: {e}", lock.display())));
+        }
+    }
+    // Only for the message above: a full disk must not keep a node down.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
 }
 
 /// About how much a store writes to its WAL between checkpoints.
@@ -154,14 +326,84 @@ fn wal_bytes<'a>(records: impl IntoIterator<Item = &'a wire::Record>) -> u64 {
 }
 
 struct Writer {
+    /// The connection every write transaction runs on. Taken out for each
+    /// transaction and put back only when it ended cleanly: after a failure
+    /// (or a cancelled write) it is gone, and the next write opens another
+    /// and re-reads `next_seq` and `audit` (see [`SqliteStore::writer_conn`]).
+    conn: Option<SqliteConnection>,
+    /// Set by [`Store::close`]: no connection is opened any more.
+    closed: bool,
     next_seq: u64,
     /// The audit chain's head, advanced only once a transaction commits.
     audit: ChainHead,
 }
 
+/// The newest seq and the last audit entry `(entry, hash)` the file holds.
+async fn committed_state(conn: &mut SqliteConnection) -> Result<(u64, Option<(i64, Vec<u8>)>)> {
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
+        .fetch_one(&mut *conn)
+        .await?;
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT entry, hash FROM audit ORDER BY entry DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok((head as u64, last))
+}
+
+/// Starts a write transaction, taking SQLite's write lock at once (waiting
+/// up to the busy timeout for it) rather than at the first write.
+async fn begin(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Commits the transaction [`begin`] started. A plain `COMMIT`: it fails
+/// unless that very transaction is still open, so success means committed.
+async fn commit(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn rollback(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Whether SQLite said the disk (or the database's size limit) is full.
+fn is_full(error: &StoreError) -> Option<String> {
+    match error {
+        // SQLITE_FULL (13) has no extended codes of its own
+        StoreError::Db(sqlx::Error::Database(db))
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 13) =>
+        {
+            Some(db.message().to_owned())
+        }
+        _ => None,
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the store of node `node` at `path`.
+    /// Opens (creating if needed) the store of node `node` at `path`;
+    /// refuses while another process (or another open store in this one)
+    /// has it open.
     pub async fn open(path: &Path, node: &DivisionCode) -> Result<SqliteStore> {
+        let shown = path.display().to_string();
+        let lock = lock_store(path, &shown)?;
+        let marker = Marker::read(path, &shown)?;
+        if let Some(marker) = &marker {
+            check_present(path, &shown, marker)?;
+        }
+        let existed = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let damaged = |problem: String| StoreError::Unusable {
+            store: shown.clone(),
+            problem: format!(
+                "it is damaged ({problem}); not starting on it. Restore this node's store from a backup (and run `tiersync new-epoch` before starting it), or move the file aside and delete {} to start this node on a new, empty store",
+                beside(path, "id").display()
+            ),
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -195,6 +437,34 @@ impl SqliteStore {
             // copying every page through read(2) into each connection's
             // cache: measured as the largest cost of a catch-up.
             .pragma("mmap_size", "1073741824");
+        // The writer's connection first: it checks the file before anything
+        // else reads or writes it.
+        let mut conn = match options.connect().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = StoreError::from(e);
+                return Err(if existed && is_damage(&e) {
+                    damaged(e.to_string())
+                } else {
+                    e
+                });
+            }
+        };
+        // A quick integrity check at every start (page structure, not index
+        // contents): flipped bytes in a page otherwise surface only later,
+        // as reads failing with "malformed".
+        let check: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(5)")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(StoreError::from)
+        {
+            Ok(check) => check,
+            Err(e) if is_damage(&e) => vec![e.to_string()],
+            Err(e) => return Err(e),
+        };
+        if check != ["ok"] {
+            return Err(damaged(format!("PRAGMA quick_check: {}", check.join("; "))));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -203,10 +473,10 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         let checkpointer = Checkpointer::start(options.connect().await?);
 
-        let mut tx = pool.begin().await?;
+        begin(&mut conn).await?;
         let stored_node: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'node'")
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut conn)
                 .await?;
         match stored_node {
             Some(stored) if stored != node.as_str() => {
@@ -218,35 +488,118 @@ impl SqliteStore {
             }
             Some(_) => {}
             None => {
+                if let Some(marker) = &marker {
+                    return Err(StoreError::Unusable {
+                        store: shown,
+                        problem: format!(
+                            "the file holds no store (a new, empty database), but {} says the store of node `{}` (epoch {}) was created there; not starting as a new, empty node. {}",
+                            marker.path.display(),
+                            marker.node,
+                            marker.epoch,
+                            marker.advice()
+                        ),
+                    });
+                }
                 let epoch = hex::encode(rand::random::<[u8; 16]>());
                 sqlx::query("INSERT INTO meta (key, value) VALUES ('node', ?1), ('epoch', ?2)")
                     .bind(node.as_str())
                     .bind(epoch)
-                    .execute(&mut *tx)
+                    .execute(&mut conn)
                     .await?;
             }
         }
         let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut conn)
             .await?;
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM records")
-            .fetch_one(&mut *tx)
-            .await?;
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT entry, hash FROM audit ORDER BY entry DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        if let Some(marker) = &marker
+            && marker.epoch != epoch
+        {
+            return Err(StoreError::Unusable {
+                store: shown,
+                problem: format!(
+                    "it is the store of epoch {epoch}, but {} says the store created there has epoch {}: this file is not the store this node last ran on (replaced, or restored from a backup older than a `tiersync new-epoch`?). Put this node's own store back; or, to run on this file, delete {} and run `tiersync new-epoch` before starting",
+                    marker.path.display(),
+                    marker.epoch,
+                    marker.path.display()
+                ),
+            });
+        }
+        let (head, last) = committed_state(&mut conn).await?;
+        commit(&mut conn).await?;
+        if marker.is_none()
+            && let Err(error) = Marker::write(path, node.as_str(), &epoch)
+        {
+            // Not fatal (the disk may be full): the next start writes it.
+            warn!(store = %shown, %error, "cannot write the store's marker");
+        }
         Ok(SqliteStore {
             pool,
+            options,
+            shown,
             writer: Mutex::new(Writer {
-                next_seq: head as u64 + 1,
+                conn: Some(conn),
+                closed: false,
+                next_seq: head + 1,
                 audit: ChainHead::after(last),
             }),
-            head: AtomicU64::new(head as u64),
+            head: AtomicU64::new(head),
             checkpointer,
             epoch,
+            lock: std::sync::Mutex::new(Some(lock)),
+            path: path.to_owned(),
+            node: node.to_string(),
         })
+    }
+
+    /// The writer's connection, taken out of `writer` for one transaction:
+    /// the one the last write left, or (after a failure) a new one, with
+    /// the next seq, the head and the audit chain's head re-read from what
+    /// the file holds. A commit that failed may in rare IO cases have
+    /// committed all the same; what is in memory follows the file.
+    async fn writer_conn(&self, writer: &mut Writer) -> Result<SqliteConnection> {
+        if let Some(conn) = writer.conn.take() {
+            return Ok(conn);
+        }
+        if writer.closed {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        let mut conn = self.options.connect().await?;
+        let (head, last) = committed_state(&mut conn).await?;
+        writer.next_seq = head + 1;
+        writer.audit = ChainHead::after(last);
+        self.head.store(head, Ordering::Release);
+        Ok(conn)
+    }
+
+    /// Ends a write on the writer's connection: gives it back to `writer`
+    /// if the write succeeded (its transaction committed or rolled back);
+    /// otherwise closes it, which rolls back whatever the failure left open
+    /// and releases the write lock, and returns the error, a full disk as
+    /// [`StoreError::Full`].
+    async fn settle<T>(
+        &self,
+        writer: &mut Writer,
+        conn: SqliteConnection,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(value) => {
+                writer.conn = Some(conn);
+                Ok(value)
+            }
+            Err(error) => {
+                if let Err(close) = conn.close().await {
+                    warn!(store = %self.shown, error = %close, "closing the writer's connection after a failed write");
+                }
+                Err(match is_full(&error) {
+                    Some(detail) => StoreError::Full {
+                        store: self.shown.clone(),
+                        detail,
+                    },
+                    None => error,
+                })
+            }
+        }
     }
 
     /// Direct pool access for tests that tamper behind the daemon's back.
@@ -259,7 +612,7 @@ impl SqliteStore {
 /// `stale_keys` are the index entries (hash, old seq) of the versions being
 /// replaced, removed first.
 async fn write_records(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     rows: &[(u64, &Encoded)],
     via: &str,
     stale_keys: &[(i64, i64)],
@@ -274,7 +627,7 @@ async fn write_records(
         q.push(")")
             .build()
             .persistent(full(chunk.len()))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     for chunk in rows.chunks(CHUNK) {
@@ -301,7 +654,7 @@ async fn write_records(
         );
         q.build()
             .persistent(full(chunk.len()))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     let keys: Vec<(i64, i64)> = rows
@@ -317,7 +670,7 @@ async fn write_records(
         });
         q.build()
             .persistent(full(chunk.len()))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())
@@ -325,7 +678,7 @@ async fn write_records(
 
 /// The natural keys of the stored versions of `ids` (records about to be
 /// replaced).
-async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Result<Vec<(i64, i64)>> {
+async fn stored_keys(tx: &mut SqliteConnection, ids: &[Vec<u8>]) -> Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
     for chunk in ids.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, body FROM records WHERE id IN (");
@@ -337,7 +690,7 @@ async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Resul
         for row in q
             .build()
             .persistent(full(chunk.len()))
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await?
         {
             let seq: i64 = row.get(0);
@@ -352,11 +705,7 @@ async fn stored_keys(tx: &mut Transaction<'_, Sqlite>, ids: &[Vec<u8>]) -> Resul
     Ok(out)
 }
 
-async fn quarantine(
-    tx: &mut Transaction<'_, Sqlite>,
-    peer: &str,
-    refused: &[Refusal],
-) -> Result<()> {
+async fn quarantine(tx: &mut SqliteConnection, peer: &str, refused: &[Refusal]) -> Result<()> {
     let at = now_ms();
     for chunk in refused.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -373,7 +722,7 @@ async fn quarantine(
         });
         q.build()
             .persistent(full(chunk.len()))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())
@@ -383,14 +732,14 @@ async fn quarantine(
 /// Checks one own write against what `tx` holds (including the writes staged
 /// before it) and writes it at `seq`; a refusal writes nothing.
 async fn stage_local(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     seq: u64,
     write: LocalWrite,
 ) -> Result<(Stored, AuditEvent)> {
     let mut record = write.record;
     let current: Option<i64> = sqlx::query_scalar("SELECT version FROM records WHERE id = ?1")
         .bind(&record.id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
     record.version = check_expected(
         &record.id,
@@ -406,7 +755,7 @@ async fn stage_local(
             )
             .bind(key_hash(&record.kind, &key.name, &key.value))
             .bind(&record.id)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await?;
             for row in &rows {
                 candidates.push(stored_row(row)?);
@@ -436,7 +785,7 @@ async fn stage_local(
     ))
 }
 
-async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entries: &[AuditEntry]) -> Result<()> {
+async fn insert_audit(tx: &mut SqliteConnection, entries: &[AuditEntry]) -> Result<()> {
     for chunk in entries.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO audit (entry, at_ms, actor, action, kind, record_id, detail, prev_hash, hash) ",
@@ -454,7 +803,7 @@ async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, entries: &[AuditEntry]) 
         });
         q.build()
             .persistent(full(chunk.len()))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
     Ok(())
@@ -494,6 +843,10 @@ impl AuditSource for SqliteStore {
 /// Opens the SQLite store at `path` read-only, for reading its audit log
 /// while its daemon runs (WAL lets both proceed).
 pub async fn open_read_only(path: &Path) -> Result<SqlitePool> {
+    let shown = path.display().to_string();
+    if let Some(marker) = Marker::read(path, &shown)? {
+        check_present(path, &shown, &marker)?;
+    }
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
@@ -620,95 +973,115 @@ impl Store for SqliteStore {
         let incoming = newest_per_id(batch.records, &mut report);
 
         let mut writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut held: HashMap<Vec<u8>, (u64, bool)> = HashMap::new();
-        for chunk in incoming.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT id, version, withdrawn FROM records WHERE id IN (",
-            );
-            let mut sep = q.separated(", ");
-            for r in chunk {
-                sep.push_bind(r.record.id.as_slice());
+        let mut conn = self.writer_conn(&mut writer).await?;
+        let outcome = async {
+            begin(&mut conn).await?;
+            let mut held: HashMap<Vec<u8>, (u64, bool)> = HashMap::new();
+            for chunk in incoming.chunks(CHUNK) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT id, version, withdrawn FROM records WHERE id IN (",
+                );
+                let mut sep = q.separated(", ");
+                for r in chunk {
+                    sep.push_bind(r.record.id.as_slice());
+                }
+                q.push(")");
+                for row in q
+                    .build()
+                    .persistent(full(chunk.len()))
+                    .fetch_all(&mut conn)
+                    .await?
+                {
+                    held.insert(row.get(0), (row.get::<i64, _>(1) as u64, row.get(2)));
+                }
             }
-            q.push(")");
-            for row in q
-                .build()
-                .persistent(full(chunk.len()))
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                held.insert(row.get(0), (row.get::<i64, _>(1) as u64, row.get(2)));
+            let plan = plan_apply(incoming, &held, writer.next_seq, &mut report);
+            let rows: Vec<(u64, &Encoded)> = plan.writes.iter().map(|(s, r)| (*s, r)).collect();
+            let stale_keys = stored_keys(&mut conn, &plan.replaced).await?;
+            write_records(&mut conn, &rows, &batch.via, &stale_keys).await?;
+            quarantine(&mut conn, &batch.via, &report.refused).await?;
+            let events = apply_events(&batch.via, &report.refused, batch.audit);
+            let (entries, audit_head) = writer.audit.chain(events, now_ms());
+            insert_audit(&mut conn, &entries).await?;
+            if let Some((peer, cursor)) = &batch.cursor {
+                sqlx::query(
+                    "INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (peer) DO UPDATE SET applied_through = excluded.applied_through, \
+                     peer_epoch = excluded.peer_epoch, updated_at_ms = excluded.updated_at_ms",
+                )
+                .bind(peer.as_str())
+                .bind(cursor.applied_through as i64)
+                .bind(&cursor.peer_epoch)
+                .bind(now_ms())
+                .execute(&mut conn)
+                .await?;
             }
+            commit(&mut conn).await?;
+            Ok((plan, audit_head))
         }
-        let ApplyPlan {
-            writes: to_write,
-            replaced,
-            next_seq: seq,
-        } = plan_apply(incoming, &held, writer.next_seq, &mut report);
-        let rows: Vec<(u64, &Encoded)> = to_write.iter().map(|(s, r)| (*s, r)).collect();
-        let stale_keys = stored_keys(&mut tx, &replaced).await?;
-        write_records(&mut tx, &rows, &batch.via, &stale_keys).await?;
-        quarantine(&mut tx, &batch.via, &report.refused).await?;
-        let events = apply_events(&batch.via, &report.refused, batch.audit);
-        let (entries, audit_head) = writer.audit.chain(events, now_ms());
-        insert_audit(&mut tx, &entries).await?;
-        if let Some((peer, cursor)) = &batch.cursor {
-            sqlx::query(
-                "INSERT INTO cursors (peer, applied_through, peer_epoch, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (peer) DO UPDATE SET applied_through = excluded.applied_through, \
-                 peer_epoch = excluded.peer_epoch, updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(peer.as_str())
-            .bind(cursor.applied_through as i64)
-            .bind(&cursor.peer_epoch)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        .await;
+        let (plan, audit_head) = self.settle(&mut writer, conn, outcome).await?;
         self.checkpointer
-            .committed(wal_bytes(to_write.iter().map(|(_, r)| &r.record)));
-        writer.next_seq = seq;
-        self.head.store(seq - 1, Ordering::Release);
+            .committed(wal_bytes(plan.writes.iter().map(|(_, r)| &r.record)));
+        writer.next_seq = plan.next_seq;
+        self.head.store(plan.next_seq - 1, Ordering::Release);
         writer.audit = audit_head;
-        report.applied = to_write.into_iter().map(|(s, r)| (s, r.record)).collect();
+        report.applied = plan
+            .writes
+            .into_iter()
+            .map(|(s, r)| (s, r.record))
+            .collect();
         Ok(report)
     }
 
     async fn put_local_many(&self, writes: Vec<LocalWrite>) -> Result<Vec<Result<Stored>>> {
         let mut writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut staged = StagedWrites::new(writer.next_seq, writes.len());
-        for write in writes {
-            // Each write sees the ones staged before it in this transaction.
-            let outcome = stage_local(&mut tx, staged.next_seq, write).await;
-            staged.take(outcome)?;
+        let mut conn = self.writer_conn(&mut writer).await?;
+        let outcome = async {
+            begin(&mut conn).await?;
+            let mut staged = StagedWrites::new(writer.next_seq, writes.len());
+            for write in writes {
+                // Each write sees the ones staged before it in this transaction.
+                let outcome = stage_local(&mut conn, staged.next_seq, write).await;
+                staged.take(outcome)?;
+            }
+            if staged.events.is_empty() {
+                // every write refused: nothing to commit
+                rollback(&mut conn).await?;
+                return Ok((staged.outcomes, None));
+            }
+            let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
+            insert_audit(&mut conn, &entries).await?;
+            commit(&mut conn).await?;
+            Ok((staged.outcomes, Some((staged.next_seq, audit_head))))
         }
-        if staged.events.is_empty() {
-            return Ok(staged.outcomes);
+        .await;
+        let (outcomes, committed) = self.settle(&mut writer, conn, outcome).await?;
+        if let Some((next_seq, audit_head)) = committed {
+            self.checkpointer.committed(wal_bytes(
+                outcomes
+                    .iter()
+                    .filter_map(|o| o.as_ref().ok())
+                    .map(|s| &s.record),
+            ));
+            writer.next_seq = next_seq;
+            self.head.store(next_seq - 1, Ordering::Release);
+            writer.audit = audit_head;
         }
-        let (entries, audit_head) = writer.audit.chain(staged.events, now_ms());
-        insert_audit(&mut tx, &entries).await?;
-        tx.commit().await?;
-        self.checkpointer.committed(wal_bytes(
-            staged
-                .outcomes
-                .iter()
-                .filter_map(|o| o.as_ref().ok())
-                .map(|s| &s.record),
-        ));
-        writer.next_seq = staged.next_seq;
-        self.head.store(staged.next_seq - 1, Ordering::Release);
-        writer.audit = audit_head;
-        Ok(staged.outcomes)
+        Ok(outcomes)
     }
 
     async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
         let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
         let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
-        let mut tx = self.pool.begin().await?;
-        insert_audit(&mut tx, &entries).await?;
-        tx.commit().await?;
+        let outcome = async {
+            begin(&mut conn).await?;
+            insert_audit(&mut conn, &entries).await?;
+            commit(&mut conn).await
+        }
+        .await;
+        self.settle(&mut writer, conn, outcome).await?;
         writer.audit = audit_head;
         Ok(entries.remove(0))
     }
@@ -735,11 +1108,18 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine_resolve(&self, qid: u64) -> Result<()> {
-        sqlx::query("UPDATE quarantine SET resolved = 1 WHERE qid = ?1")
-            .bind(qid as i64)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
+        let outcome = async {
+            begin(&mut conn).await?;
+            sqlx::query("UPDATE quarantine SET resolved = 1 WHERE qid = ?1")
+                .bind(qid as i64)
+                .execute(&mut conn)
+                .await?;
+            commit(&mut conn).await
+        }
+        .await;
+        self.settle(&mut writer, conn, outcome).await
     }
 
     async fn quarantine_count(&self) -> Result<u64> {
@@ -750,17 +1130,45 @@ impl Store for SqliteStore {
     }
 
     async fn renew_epoch(&self) -> Result<String> {
-        let _writer = self.writer.lock().await;
+        let mut writer = self.writer.lock().await;
+        let mut conn = self.writer_conn(&mut writer).await?;
         let epoch = hex::encode(rand::random::<[u8; 16]>());
-        sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'epoch'")
-            .bind(&epoch)
-            .execute(&self.pool)
-            .await?;
+        let outcome = async {
+            begin(&mut conn).await?;
+            sqlx::query("UPDATE meta SET value = ?1 WHERE key = 'epoch'")
+                .bind(&epoch)
+                .execute(&mut conn)
+                .await?;
+            commit(&mut conn).await
+        }
+        .await;
+        self.settle(&mut writer, conn, outcome).await?;
+        let path = &self.path;
+        Marker::write(path, &self.node, &epoch).map_err(|e| StoreError::Unusable {
+            store: self.shown.clone(),
+            problem: format!(
+                "its new epoch {epoch} is stored, but {} could not be updated ({e}); delete it before starting the node",
+                beside(path, "id").display()
+            ),
+        })?;
         Ok(epoch)
     }
 
     async fn close(&self) {
         self.checkpointer.shut_down().await;
+        let mut writer = self.writer.lock().await;
+        writer.closed = true;
+        if let Some(conn) = writer.conn.take() {
+            let _ = conn.close().await;
+        }
+        drop(writer);
         self.pool.close().await;
+        // last: another daemon may open the store now
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }
