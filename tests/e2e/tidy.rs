@@ -220,3 +220,25 @@ fn no_module_cycle_in_the_daemon() {
         );
     }
 }
+#[test]
+fn no_daemon_file_is_over_700_lines_of_non_test_code() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines = non_test(&text).lines().count();
+        // Behavioural test suites (`tests.rs`) are test code throughout.
+        if lines > 700 && f.file_name().is_some_and(|n| n != "tests.rs") {
+            long.push(format!(
+                "{} ({lines})",
+                f.strip_prefix(&src).unwrap().display()
+            ));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files over 700 lines of non-test code (split them by what they own): {long:?}"
+    );
+}
