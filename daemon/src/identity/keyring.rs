@@ -20,6 +20,24 @@ use super::origin::{TrustRoot, root_message, signed_bytes, trust_list_message};
 /// Start of the refusal reason for a record whose owner's key is unknown
 /// here; such records are replayed when the key arrives.
 pub const UNKNOWN_SIGNER: &str = "no signing key known for origin";
+
+/// Why a record's owner signature could not be checked or did not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverifiable {
+    /// The owner's key has not arrived here yet.
+    UnknownSigner { owner: String },
+    /// The proof or signature is wrong, or the owner is revoked.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Unverifiable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverifiable::UnknownSigner { owner } => write!(f, "{UNKNOWN_SIGNER} `{owner}` yet"),
+            Unverifiable::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
 /// Origin batches whose signature stays verified in memory.
 const VERIFIED_BATCHES: usize = 16_384;
 
@@ -244,7 +262,7 @@ impl Keyring {
 
     /// Checks the owner's signature on each record; one result per record,
     /// in order. The error names the reason; callers add the record.
-    pub fn verify(&self, records: &[&wire::Record]) -> Vec<Result<(), String>> {
+    pub fn verify(&self, records: &[&wire::Record]) -> Vec<Result<(), Unverifiable>> {
         struct Prepared {
             proof: RecordProof,
             leaf: Vec<u8>,
@@ -259,47 +277,49 @@ impl Keyring {
         // A batch's records arrive together: their proofs' shared fields
         // (and DER signature) are read once per run.
         let mut decoder = tiersync_trust::ProofDecoder::new();
-        let prepared: Vec<Result<Prepared, String>> = records
+        let prepared: Vec<Result<Prepared, Unverifiable>> = records
             .iter()
             .map(|r| {
                 let owner = r.owner.as_ref().map(|o| o.node.as_str()).unwrap_or("");
                 if r.proof.is_empty() {
-                    return Err(format!(
+                    return Err(Unverifiable::Invalid(format!(
                         "unsigned: it carries no proof from its owner `{owner}`"
-                    ));
+                    )));
                 }
                 let proof = decoder
                     .decode(&r.proof)
-                    .map_err(|e| format!("its proof does not decode: {e}"))?;
+                    .map_err(|e| Unverifiable::Invalid(format!("its proof does not decode: {e}")))?;
                 if proof.signer != owner {
-                    return Err(format!(
+                    return Err(Unverifiable::Invalid(format!(
                         "it is signed by `{}`, not by its owner `{owner}`",
                         proof.signer
-                    ));
+                    )));
                 }
                 let Some(known) = keys.get(owner) else {
-                    return Err(format!("{UNKNOWN_SIGNER} `{owner}` yet"));
+                    return Err(Unverifiable::UnknownSigner {
+                        owner: owner.to_owned(),
+                    });
                 };
                 let key = known
                     .iter()
                     .find(|k| k.key_id() == proof.key_id)
                     .ok_or_else(|| {
-                        format!(
+                        Unverifiable::Invalid(format!(
                             "it names key {} of `{owner}`, which no origin certificate of `{owner}` certifies",
                             proof.key_id.to_hex()
-                        )
+                        ))
                     })?
                     .clone();
                 if let Some(revoked) = revocations.get(owner) {
                     let signed_at = tiersync_proto::types::HlcTimestamp::from_u64(r.updated_at).millis() as i64;
                     if signed_at >= revoked.effective_at_ms {
-                        return Err(format!(
+                        return Err(Unverifiable::Invalid(format!(
                             "origin `{owner}` is revoked ({}) from {} ms since the epoch, and this record was signed at {signed_at}",
                             revoked.reason, revoked.effective_at_ms
-                        ));
+                        )));
                     }
                 }
-                let leaf = signed_bytes(r)?;
+                let leaf = signed_bytes(r).map_err(Unverifiable::Invalid)?;
                 Ok(Prepared { proof, leaf, key })
             })
             .collect();
@@ -321,7 +341,7 @@ impl Keyring {
                 Ok(_) => checked
                     .next()
                     .expect("one result per item")
-                    .map_err(|e| format!("signature: {e}")),
+                    .map_err(|e| Unverifiable::Invalid(format!("signature: {e}"))),
             })
             .collect()
     }

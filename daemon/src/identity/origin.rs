@@ -649,7 +649,7 @@ mod tests {
         let got = keyring.verify(&[r]).pop().unwrap();
         match (got, expected) {
             (Ok(()), Ok(())) => {}
-            (Err(e), Err(want)) => assert!(e.contains(want), "`{e}` lacks `{want}`"),
+            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "`{e}` lacks `{want}`"),
             (got, want) => panic!("got {got:?}, expected {want:?}"),
         }
     }

@@ -17,10 +17,12 @@ use tracing::warn;
 
 use super::trust::trust_list_summary;
 use super::{MAX_PAYLOAD_BYTES, Node, owner_code, owner_of};
-use crate::identity::keyring::Keyring;
+use crate::identity::keyring::{Keyring, Unverifiable};
 use crate::kinds::*;
 use crate::route::{self, Scope, Toward};
-use crate::store::{ApplyBatch, ApplyReport, AuditEvent, Cursor, Encoded, Refusal, StoreError};
+use crate::store::{
+    ApplyBatch, ApplyReport, AuditEvent, Cursor, Encoded, Refusal, RefusalCause, StoreError,
+};
 
 /// A batch from a peer that passed [`Node::screen_from_peer`] and
 /// [`ScreenedBatch::verify`], ready for [`Node::commit_from_peer`].
@@ -121,6 +123,17 @@ impl ScreenedBatch {
     }
 }
 
+/// A record the arrival checks refuse: why, as the node acts on it, and
+/// the reason as people read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected(pub RefusalCause, pub String);
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
 /// Records whose trust lists and owners' keys were taken in, in arrival
 /// order, waiting for their signature checks ([`Unverified::check`]).
 struct Unverified {
@@ -140,7 +153,7 @@ impl Unverified {
     fn check(
         self,
         refused: &mut Vec<Refusal>,
-        screen: impl Fn(&wire::Record) -> Result<(), String>,
+        screen: impl Fn(&wire::Record) -> Result<(), Rejected>,
     ) -> Vec<Encoded> {
         let Unverified {
             records,
@@ -156,14 +169,22 @@ impl Unverified {
             let r = &encoded.record;
             let bad_key = bad_keys.remove(&i);
             if bad_key.is_none()
-                && let Err(reason) = screen(r)
+                && let Err(Rejected(cause, reason)) = screen(r)
             {
-                refused.push(Refusal::of_encoded(&encoded, reason));
+                refused.push(Refusal::of_encoded(&encoded, cause, reason));
                 continue;
             }
-            match bad_key.map(Err).unwrap_or(signature) {
+            let verdict = match (bad_key, signature) {
+                (Some(reason), _) => Err((RefusalCause::KeyMaterial, reason)),
+                (None, Ok(())) => Ok(()),
+                (None, Err(e @ Unverifiable::UnknownSigner { .. })) => {
+                    Err((RefusalCause::UnknownSigner, e.to_string()))
+                }
+                (None, Err(e)) => Err((RefusalCause::Signature, e.to_string())),
+            };
+            match verdict {
                 Ok(()) => kept.push(encoded),
-                Err(reason) => {
+                Err((cause, reason)) => {
                     let id = RecordId::from_bytes(&r.id)
                         .map(|i| i.to_string())
                         .unwrap_or_else(|_| hex::encode(&r.id));
@@ -172,7 +193,7 @@ impl Unverified {
                         r.kind,
                         owner_of(r)
                     );
-                    refused.push(Refusal::of_encoded(&encoded, reason));
+                    refused.push(Refusal::of_encoded(&encoded, cause, reason));
                 }
             }
         }
@@ -194,50 +215,54 @@ impl Node {
         r: &wire::Record,
         peer: &DivisionCode,
         from: Toward,
-    ) -> Result<(), String> {
-        let id = RecordId::from_bytes(&r.id).map_err(|e| format!("invalid id: {e}"))?;
-        let what = |reason: String| {
-            format!(
-                "record {id} ({}): {reason}",
-                if r.kind.is_empty() {
-                    "no kind"
-                } else {
-                    &r.kind
-                }
-            )
+    ) -> Result<(), Rejected> {
+        use RefusalCause::{Envelope, Payload, Route};
+        let id = RecordId::from_bytes(&r.id)
+            .map_err(|e| Rejected(Envelope, format!("invalid id: {e}")))?;
+        let what = |cause: RefusalCause| {
+            let kind = if r.kind.is_empty() {
+                "no kind"
+            } else {
+                &r.kind
+            };
+            move |reason: String| Rejected(cause, format!("record {id} ({kind}): {reason}"))
         };
         if !valid_kind_name(&r.kind) {
-            return Err(what(format!(
+            return Err(what(Envelope)(format!(
                 "kind `{}` is not a protobuf message name such as `civil.v1.Resident`",
                 r.kind
             )));
         }
-        let owner = owner_code(r).map_err(&what)?;
+        let owner = owner_code(r).map_err(what(Envelope))?;
         if r.version == 0 {
-            return Err(what("version 0; versions start at 1".into()));
+            return Err(what(Envelope)("version 0; versions start at 1".into()));
         }
-        let scope = Scope::from_wire(&owner, r.scope.as_ref()).map_err(|e| what(e.to_string()))?;
+        let scope = Scope::from_wire(&owner, r.scope.as_ref())
+            .map_err(|e| what(Envelope)(e.to_string()))?;
         let reach = Scope::from_wire(&owner, r.reach.as_ref().or(r.scope.as_ref()))
-            .map_err(|e| what(format!("reach: {e}")))?;
+            .map_err(|e| what(Envelope)(format!("reach: {e}")))?;
         if !scope.within(&reach) {
-            return Err(what("reach does not cover the scope".into()));
+            return Err(what(Envelope)("reach does not cover the scope".into()));
         }
         route::check_arrival(&reach, &owner, &self.code, peer, from)
-            .map_err(|e| what(e.to_string()))?;
+            .map_err(|e| what(Route)(e.to_string()))?;
         if r.withdrawn && !r.deleted {
-            return Err(what("a withdrawal must also be a tombstone".into()));
+            return Err(what(Envelope)(
+                "a withdrawal must also be a tombstone".into(),
+            ));
         }
         if r.deleted && !r.payload.is_empty() {
-            return Err(what("a tombstone carries no payload".into()));
+            return Err(what(Envelope)("a tombstone carries no payload".into()));
         }
         if r.payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(what(format!(
+            return Err(what(Envelope)(format!(
                 "payload of {} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
                 r.payload.len()
             )));
         }
         if !r.deleted && self.schemas.is_canonical(&r.kind) {
-            self.check_payload(&r.kind, &r.payload).map_err(what)?;
+            self.check_payload(&r.kind, &r.payload)
+                .map_err(what(Payload))?;
         }
         if let Err(e) = self.hlc.observe(HlcTimestamp::from_u64(r.updated_at)) {
             warn!(record = %id, %owner, error = %e, "record clock ahead of ours; not adopted");
@@ -308,9 +333,9 @@ impl Node {
                 }
             };
             if is_key_material(&r.record)
-                && let Err(reason) = self.check_incoming(&r.record, peer, from)
+                && let Err(Rejected(cause, reason)) = self.check_incoming(&r.record, peer, from)
             {
-                refused.push(Refusal::of_encoded(&r, reason));
+                refused.push(Refusal::of_encoded(&r, cause, reason));
                 continue;
             }
             records.push(r);

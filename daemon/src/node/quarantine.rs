@@ -9,9 +9,8 @@ use tiersync_proto::types::DivisionCode;
 use tracing::{info, warn};
 
 use super::{Node, NodeError};
-use crate::identity::keyring::UNKNOWN_SIGNER;
 use crate::route::Toward;
-use crate::store::{ApplyBatch, Encoded, QuarantineRow, StoreError};
+use crate::store::{ApplyBatch, Encoded, QuarantineRow, RefusalCause, StoreError};
 
 /// What replaying a quarantined record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +32,7 @@ impl Node {
             .quarantine_list(10_000)
             .await?
             .into_iter()
-            .filter(|q| owners.contains(&q.origin) && q.reason.contains(UNKNOWN_SIGNER))
+            .filter(|q| owners.contains(&q.origin) && q.cause == RefusalCause::UnknownSigner)
             .map(|q| q.qid)
             .collect();
         for qid in waiting {
@@ -78,8 +77,8 @@ impl Node {
         } else {
             Toward::Child
         };
-        if let Err(reason) = self.check_incoming(&encoded.record, &peer, from) {
-            return Ok(refuse(reason));
+        if let Err(rejected) = self.check_incoming(&encoded.record, &peer, from) {
+            return Ok(refuse(rejected.to_string()));
         }
         let mut refused = Vec::new();
         let mut learned = BTreeSet::new();

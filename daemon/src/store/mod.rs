@@ -92,30 +92,103 @@ pub struct StoredBody {
     pub body: Bytes,
 }
 
+/// Why a record was refused on arrival, as the node's rules act on it
+/// (the reason text says the rest). Stored with each quarantine row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCause {
+    /// The bytes are not a record at all.
+    Undecodable,
+    /// The envelope is malformed: id, kind name, owner, version, scope,
+    /// tombstone flags, payload size.
+    Envelope,
+    /// The record may not be here, or may not have come over this link.
+    Route,
+    /// The payload is not a valid record of its kind.
+    Payload,
+    /// A trust list or `NodeKey` that does not check out.
+    KeyMaterial,
+    /// Its owner's key is not known here yet: replayed when it arrives.
+    UnknownSigner,
+    /// Its proof or signature does not verify, or its owner is revoked.
+    Signature,
+    /// A version at or below the one held.
+    Stale,
+    /// A row written before causes were stored, or by a newer build.
+    Unknown,
+}
+
+impl RefusalCause {
+    pub const ALL: [RefusalCause; 9] = [
+        RefusalCause::Undecodable,
+        RefusalCause::Envelope,
+        RefusalCause::Route,
+        RefusalCause::Payload,
+        RefusalCause::KeyMaterial,
+        RefusalCause::UnknownSigner,
+        RefusalCause::Signature,
+        RefusalCause::Stale,
+        RefusalCause::Unknown,
+    ];
+
+    /// The name stored in the quarantine table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCause::Undecodable => "undecodable",
+            RefusalCause::Envelope => "envelope",
+            RefusalCause::Route => "route",
+            RefusalCause::Payload => "payload",
+            RefusalCause::KeyMaterial => "key-material",
+            RefusalCause::UnknownSigner => "unknown-signer",
+            RefusalCause::Signature => "signature",
+            RefusalCause::Stale => "stale",
+            RefusalCause::Unknown => "unknown",
+        }
+    }
+
+    /// The cause a stored name stands for (`Unknown` for any other).
+    pub fn from_stored(name: &str) -> RefusalCause {
+        RefusalCause::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .unwrap_or(RefusalCause::Unknown)
+    }
+}
+
+impl std::fmt::Display for RefusalCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A record refused on arrival, to be quarantined with its reason.
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub record_id: Vec<u8>,
     pub kind: String,
     pub origin: String,
+    pub cause: RefusalCause,
     pub reason: String,
     /// The record as received (encoded), so it can be replayed.
     pub body: Vec<u8>,
 }
 
 impl Refusal {
-    pub fn of(record: &wire::Record, reason: impl Into<String>) -> Refusal {
+    pub fn of(record: &wire::Record, cause: RefusalCause, reason: impl Into<String>) -> Refusal {
         Refusal {
             body: prost::Message::encode_to_vec(record),
-            ..Refusal::of_fields(record, reason)
+            ..Refusal::of_fields(record, cause, reason)
         }
     }
 
     /// [`Refusal::of`] a record that arrived encoded, keeping its bytes.
-    pub fn of_encoded(encoded: &Encoded, reason: impl Into<String>) -> Refusal {
+    pub fn of_encoded(
+        encoded: &Encoded,
+        cause: RefusalCause,
+        reason: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             body: encoded.body.to_vec(),
-            ..Refusal::of_fields(&encoded.record, reason)
+            ..Refusal::of_fields(&encoded.record, cause, reason)
         }
     }
 
@@ -125,12 +198,13 @@ impl Refusal {
             record_id: Vec::new(),
             kind: String::new(),
             origin: String::new(),
+            cause: RefusalCause::Undecodable,
             reason: reason.into(),
             body: bytes.to_vec(),
         }
     }
 
-    fn of_fields(record: &wire::Record, reason: impl Into<String>) -> Refusal {
+    fn of_fields(record: &wire::Record, cause: RefusalCause, reason: impl Into<String>) -> Refusal {
         Refusal {
             record_id: record.id.clone(),
             kind: record.kind.clone(),
@@ -139,6 +213,7 @@ impl Refusal {
                 .as_ref()
                 .map(|o| o.node.clone())
                 .unwrap_or_default(),
+            cause,
             reason: reason.into(),
             body: Vec::new(),
         }
@@ -228,6 +303,7 @@ pub struct QuarantineRow {
     pub record_id: Vec<u8>,
     pub kind: String,
     pub origin: String,
+    pub cause: RefusalCause,
     pub reason: String,
     pub body: Vec<u8>,
     pub at_ms: i64,

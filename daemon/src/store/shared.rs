@@ -92,7 +92,7 @@ where
 }
 
 /// Decodes a quarantine row `(qid, peer, record_id, kind, origin, reason,
-/// body, at_ms)`.
+/// body, at_ms, cause)`.
 pub(crate) fn quarantine_row<R>(r: &R) -> Result<QuarantineRow>
 where
     R: sqlx::Row,
@@ -110,6 +110,7 @@ where
         reason: r.try_get(5)?,
         body: r.try_get(6)?,
         at_ms: r.try_get(7)?,
+        cause: RefusalCause::from_stored(&r.try_get::<String, _>(8)?),
     })
 }
 
@@ -199,7 +200,9 @@ pub(crate) fn plan_apply(
                     if r.withdrawn { " (withdrawal)" } else { "" },
                     if w { " (withdrawal)" } else { "" },
                 );
-                report.refused.push(Refusal::of_encoded(&encoded, reason));
+                report
+                    .refused
+                    .push(Refusal::of_encoded(&encoded, RefusalCause::Stale, reason));
             }
             found => {
                 if found.is_some() {

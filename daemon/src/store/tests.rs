@@ -703,7 +703,8 @@ async fn quarantine_lists_and_resolves(engine: &mut dyn Engine) {
     let store = engine.fresh().await;
     let bad = record(9, 1, "511102004009");
     let mut b = batch(vec![record(1, 1, "511102004001")], 1);
-    b.refused.push(Refusal::of(&bad, "forged origin"));
+    b.refused
+        .push(Refusal::of(&bad, RefusalCause::Route, "forged origin"));
     let report = store.apply(b).await.unwrap();
     assert_eq!((report.applied.len(), report.refused.len()), (1, 1));
     let rows = store.quarantine_list(10).await.unwrap();
@@ -713,6 +714,12 @@ async fn quarantine_lists_and_resolves(engine: &mut dyn Engine) {
         (row.peer.as_str(), row.reason.as_str(), row.origin.as_str()),
         ("511102004001", "forged origin", "511102004009")
     );
+    // the cause is stored as the rules act on it, not only as text
+    assert_eq!(row.cause, RefusalCause::Route);
+    for cause in RefusalCause::ALL {
+        assert_eq!(RefusalCause::from_stored(cause.as_str()), cause);
+    }
+    assert_eq!(RefusalCause::from_stored("nonsense"), RefusalCause::Unknown);
     assert_eq!(row.record_id, bad.id);
     assert_eq!(
         wire::Record::decode(row.body.as_slice()).unwrap().id,
@@ -788,8 +795,11 @@ async fn audit_entries_commit_with_their_events(engine: &mut dyn Engine) {
     );
     // a stale version and a validation refusal, plus an event of the batch
     let mut b = batch(vec![record(2, 1, "511102004001")], 2);
-    b.refused
-        .push(Refusal::of(&record(3, 1, "511102004003"), "forged origin"));
+    b.refused.push(Refusal::of(
+        &record(3, 1, "511102004003"),
+        RefusalCause::Route,
+        "forged origin",
+    ));
     b.audit.push(AuditEvent {
         actor: "node".into(),
         action: "trust".into(),

@@ -545,7 +545,7 @@ impl Store for PgStore {
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {
         let rows = sqlx::query(
-            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine \
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms, cause FROM quarantine \
              WHERE NOT resolved ORDER BY qid LIMIT $1",
         )
         .bind(if limit == 0 { 100 } else { limit } as i64)
@@ -556,7 +556,7 @@ impl Store for PgStore {
 
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>> {
         let row = sqlx::query(
-            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine \
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms, cause FROM quarantine \
              WHERE qid = $1 AND NOT resolved",
         )
         .bind(qid as i64)

@@ -216,10 +216,11 @@ pub(super) async fn quarantine(
     let origins: Vec<String> = refused.iter().map(|r| r.origin.clone()).collect();
     let reasons: Vec<String> = refused.iter().map(|r| r.reason.clone()).collect();
     let bodies: Vec<Vec<u8>> = refused.iter().map(|r| r.body.clone()).collect();
+    let causes: Vec<&str> = refused.iter().map(|r| r.cause.as_str()).collect();
     sqlx::query(
-        "INSERT INTO quarantine (peer, record_id, kind, origin, reason, body, at_ms) \
-         SELECT $1, i, k, o, r, b, $7 FROM UNNEST($2::bytea[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
-         AS t(i, k, o, r, b)",
+        "INSERT INTO quarantine (peer, record_id, kind, origin, reason, body, at_ms, cause) \
+         SELECT $1, i, k, o, r, b, $7, c FROM UNNEST($2::bytea[], $3::text[], $4::text[], $5::text[], $6::bytea[], $8::text[]) \
+         AS t(i, k, o, r, b, c)",
     )
     .bind(peer)
     .bind(ids)
@@ -228,6 +229,7 @@ pub(super) async fn quarantine(
     .bind(reasons)
     .bind(bodies)
     .bind(now_ms())
+    .bind(causes)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -578,7 +578,7 @@ impl Store for SqliteStore {
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {
         let rows = sqlx::query(
-            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine \
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms, cause FROM quarantine \
              WHERE resolved = 0 ORDER BY qid LIMIT ?1",
         )
         .bind(if limit == 0 { 100 } else { limit } as i64)
@@ -589,7 +589,7 @@ impl Store for SqliteStore {
 
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>> {
         let row = sqlx::query(
-            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms FROM quarantine WHERE qid = ?1 AND resolved = 0",
+            "SELECT qid, peer, record_id, kind, origin, reason, body, at_ms, cause FROM quarantine WHERE qid = ?1 AND resolved = 0",
         )
         .bind(qid as i64)
         .fetch_optional(&self.pool)

@@ -176,7 +176,7 @@ pub(super) async fn quarantine(
     let at = now_ms();
     for chunk in refused.chunks(CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO quarantine (peer, record_id, kind, origin, reason, body, at_ms) ",
+            "INSERT INTO quarantine (peer, record_id, kind, origin, reason, body, at_ms, cause) ",
         );
         q.push_values(chunk, |mut b, r| {
             b.push_bind(peer.to_owned())
@@ -185,7 +185,8 @@ pub(super) async fn quarantine(
                 .push_bind(r.origin.clone())
                 .push_bind(r.reason.clone())
                 .push_bind(r.body.clone())
-                .push_bind(at);
+                .push_bind(at)
+                .push_bind(r.cause.as_str());
         });
         q.build()
             .persistent(full(chunk.len()))
