@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, RunningNode};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{NodeConfig, RawConfig};
+use crate::kinds::{KIND_APPLICATION, KIND_NOTICE, KIND_RESIDENT};
 use crate::node::{PutInput, Reader};
 
 /// The demo's tree: city, county, two streets, communities under both.
@@ -387,7 +388,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
                     };
                     let r = c
                         .put(PutInput {
-                            kind: "civil.v1.Resident".into(),
+                            kind: KIND_RESIDENT.into(),
                             payload: resident.encode_to_vec(),
                             ..Default::default()
                         })
@@ -403,7 +404,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
                         };
                         let a = c
                             .put(PutInput {
-                                kind: "service.v1.Application".into(),
+                                kind: KIND_APPLICATION.into(),
                                 payload: app.encode_to_vec(),
                                 ..Default::default()
                             })
@@ -424,9 +425,10 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     put_at.extend(phase1.iter().cloned());
     let expected1 = phase1.len();
     wait_until("phase 1 at the city", Duration::from_secs(60), || async {
-        Ok(count_kind(&city, "civil.v1.Resident").await?
-            + count_kind(&city, "service.v1.Application").await?
-            >= expected1)
+        Ok(
+            count_kind(&city, KIND_RESIDENT).await? + count_kind(&city, KIND_APPLICATION).await?
+                >= expected1,
+        )
     })
     .await?;
     println!("   {expected1} records reached the city");
@@ -448,9 +450,10 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     street = Some(street_node);
     let expected_total = expected1 + buffered;
     wait_until("phase 2 at the city", Duration::from_secs(120), || async {
-        Ok(count_kind(&city, "civil.v1.Resident").await?
-            + count_kind(&city, "service.v1.Application").await?
-            >= expected_total)
+        Ok(
+            count_kind(&city, KIND_RESIDENT).await? + count_kind(&city, KIND_APPLICATION).await?
+                >= expected_total,
+        )
     })
     .await?;
     println!(
@@ -469,7 +472,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     let sent = county
         .node
         .put(PutInput {
-            kind: "gov.v1.Notice".into(),
+            kind: KIND_NOTICE.into(),
             payload: notice.encode_to_vec(),
             scope: Some(wire::Scope {
                 up_to: Tier::County.to_wire() as i32,
@@ -523,8 +526,8 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
                 missing += 1;
             }
         }
-        let held = count_kind(node, "civil.v1.Resident").await?
-            + count_kind(node, "service.v1.Application").await?;
+        let held =
+            count_kind(node, KIND_RESIDENT).await? + count_kind(node, KIND_APPLICATION).await?;
         report(
             format!(
                 "{label:<6} {}: {held} of {} records, {missing} missing, {} duplicated",
@@ -570,7 +573,7 @@ pub async fn run(dir: Option<PathBuf>, residents_per_community: usize) -> anyhow
     );
     report(
         format!("no resident reached the other branch ({OTHER_STREET})"),
-        count_kind(&other_street, "civil.v1.Resident").await? == 0,
+        count_kind(&other_street, KIND_RESIDENT).await? == 0,
     );
     let mut quarantined = 0;
     let (mut checked, mut sm2) = (0, 0);
