@@ -203,6 +203,12 @@ impl LocalApi for LocalApiService {
                 .map(|l| l.to_wire())
                 .collect(),
             trust: Some(node.keyring().trust_status(node.clock().now_ms())),
+            workers: node
+                .workers()
+                .snapshot()
+                .iter()
+                .map(crate::ops::status::worker_to_wire)
+                .collect(),
         }))
     }
 

@@ -5,7 +5,8 @@
 //! runs a node) → [`node`] (the rules every record passes) over [`store`]
 //! (SQLite) and [`route`] (sharing scope); [`sync`] (the parent/child link),
 //! [`tls`] and [`pki`] (mutual TLS, node certificates), [`api`] (local gRPC
-//! API), [`admin`] + [`metrics`] + [`status`] (operators), [`cli`], [`demo`].
+//! API), [`admin`] + [`metrics`] + [`status`] (operators), [`worker`] (the named
+//! long-running loops operators read), [`cli`], [`demo`].
 
 pub mod api;
 pub mod app;
@@ -22,5 +23,6 @@ pub mod ops;
 pub mod route;
 pub mod store;
 pub mod sync;
+pub mod worker;
 
 pub use app::{App, RunningNode};

@@ -188,3 +188,104 @@ async fn a_link_that_makes_no_progress_is_reported_stalled() {
     drop(child);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_listed_and_an_unreachable_parent_shows_retrying() {
+    let mut cluster = Cluster::with(&["5111", "511102"]).await;
+    let street = cluster.node("511102");
+    let worker = |name: &'static str| {
+        let street = street.clone();
+        move || street.workers().get(name)
+    };
+    eventually("the parent link up", || {
+        let w = worker("parent-link")();
+        async move { w.is_some_and(|w| w.state.as_str() == "up") }
+    })
+    .await;
+    let admin = cluster.running("511102").admin_addr.unwrap();
+    let (_, json) = tokio::task::spawn_blocking(move || get(admin, "/status.json"))
+        .await
+        .unwrap();
+    for name in [
+        "group-commit",
+        "group-signer",
+        "parent-link",
+        "trust",
+        "admin",
+    ] {
+        assert!(json.contains(&format!("\"name\": \"{name}\"")), "{json}");
+    }
+    let (_, page) = tokio::task::spawn_blocking(move || get(admin, "/"))
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<h2>workers</h2>") && page.contains("parent-link"),
+        "{page}"
+    );
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tiersync_worker_errors_total{worker=\"parent-link\"} 0")
+            && metrics.contains("tiersync_worker_queue_length{worker=\"group-commit\"}"),
+        "{metrics}"
+    );
+    // the city sees its child's session as a worker of its own
+    let city = cluster.node("5111");
+    eventually("the child link at the city", || {
+        let up = city
+            .workers()
+            .get("child-link:511102")
+            .is_some_and(|w| w.state.as_str() == "up");
+        async move { up }
+    })
+    .await;
+
+    let mut api = LocalApiClient::connect(format!(
+        "http://{}",
+        cluster.running("511102").api_addr.unwrap()
+    ))
+    .await
+    .unwrap();
+    let status = api
+        .status(wire::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status.workers.iter().map(|w| w.name.as_str()).collect();
+    assert!(
+        names.contains(&"group-commit") && names.contains(&"parent-link"),
+        "{names:?}"
+    );
+    let printed = tiersync::cli::format_status(&status);
+    assert!(
+        printed.contains("workers:") && printed.contains("parent-link"),
+        "{printed}"
+    );
+
+    // the parent goes away: the link retries, with the error it met
+    cluster.stop("5111").await;
+    eventually("the parent link retrying with its last error", || {
+        let w = worker("parent-link")();
+        async move {
+            w.is_some_and(|w| {
+                w.state.as_str() == "retrying" && w.errors > 0 && !w.last_error.is_empty()
+            })
+        }
+    })
+    .await;
+    let status = api
+        .status(wire::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let link = status
+        .workers
+        .iter()
+        .find(|w| w.name == "parent-link")
+        .unwrap();
+    // it may be between attempts or dialling again, but the error stays
+    assert!(link.errors > 0 && !link.last_error.is_empty(), "{link:?}");
+    assert!(link.last_error_ms > 0, "{link:?}");
+    cluster.shutdown().await;
+}

@@ -236,5 +236,29 @@ pub fn format_status(s: &wire::StatusResponse) -> String {
             if l.last_error.is_empty() { String::new() } else { format!("  last error: {}", l.last_error) }
         ));
     }
+    if !s.workers.is_empty() {
+        out.push_str("  workers:\n");
+    }
+    for w in &s.workers {
+        out.push_str(&format!(
+            "    {:<26} {:<8} since {} ms  iterations {:>8} errors {:>5}{}{}{}\n",
+            w.name,
+            w.state,
+            w.since_ms,
+            w.iterations,
+            w.errors,
+            w.queue.map(|q| format!("  queue {q}")).unwrap_or_default(),
+            if w.info.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", w.info)
+            },
+            if w.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("  last error at {} ms: {}", w.last_error_ms, w.last_error)
+            }
+        ));
+    }
     out
 }

@@ -543,11 +543,20 @@ impl GroupSigner {
     /// Most records under one signature.
     pub const MAX_GROUP: usize = 1000;
 
-    /// Starts the signing task; it ends when the signer is dropped.
-    pub fn start(identity: std::sync::Arc<Identity>) -> GroupSigner {
+    /// Starts the signing task; it ends when the signer is dropped. It
+    /// reports to `worker`: busy while a group lingers and is signed, its
+    /// queue the records waiting as of the last group taken or signed, an
+    /// error for each group that could not be signed.
+    pub fn start(
+        identity: std::sync::Arc<Identity>,
+        worker: crate::worker::WorkerHandle,
+    ) -> GroupSigner {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<SignRequest>(Self::MAX_GROUP * 2);
+        worker.set_queue(0);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                worker.busy();
+                worker.set_queue(1 + rx.len());
                 let mut group = vec![first];
                 let deadline = tokio::time::Instant::now() + Self::LINGER;
                 while group.len() < Self::MAX_GROUP {
@@ -571,17 +580,22 @@ impl GroupSigner {
                     }
                     Ok(Err(error)) => {
                         let reason = error.to_string();
+                        worker.error(&reason);
                         for reply in replies {
                             let _ = reply.send(Err(OriginError::Sign(reason.clone())));
                         }
                     }
                     Err(join) => {
+                        worker.error(&join);
                         for reply in replies {
                             let _ = reply.send(Err(OriginError::Sign(join.to_string())));
                         }
                     }
                 }
+                worker.set_queue(rx.len());
+                worker.idle();
             }
+            worker.stopped();
         });
         GroupSigner { tx }
     }

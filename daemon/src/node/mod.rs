@@ -47,6 +47,7 @@ use crate::ops::metrics::Metrics;
 use crate::route::Scope;
 use crate::store::{ApplyReport, GroupCommit, Store, StoreError};
 use crate::sync::links::LinkTable;
+use crate::worker::Workers;
 
 pub use arrival::{PreparedBatch, ScreenedBatch};
 pub use handlers::KindHandler;
@@ -100,6 +101,8 @@ pub struct Node {
     handlers: OnceLock<Vec<Arc<dyn KindHandler>>>,
     /// Time for the rules that depend on it (expiry, freshness, stalls).
     clock: SharedClock,
+    /// The node's named long-running loops, as operators see them.
+    workers: Workers,
 }
 
 impl Node {
@@ -119,6 +122,7 @@ impl Node {
         let writes_to = store.clone();
         let head = store.head_seq().await?;
         metrics.head_seq.set(head as i64);
+        let workers = Workers::new(clock.clone());
         Ok(Arc::new(Node {
             code,
             name,
@@ -131,12 +135,13 @@ impl Node {
             tuning,
             head: watch::Sender::new(head),
             root_issuer: RwLock::new(None),
-            signer: GroupSigner::start(identity.clone()),
-            writes: GroupCommit::start(writes_to),
+            signer: GroupSigner::start(identity.clone(), workers.register("group-signer")),
+            writes: GroupCommit::start_reporting(writes_to, workers.register("group-commit")),
             identity,
             keyring: Arc::new(Keyring::new(root)),
             handlers: OnceLock::new(),
             clock,
+            workers,
         }))
     }
 
@@ -178,6 +183,11 @@ impl Node {
     /// The clock the node's rules read.
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
+    }
+
+    /// The node's named long-running loops (see [`crate::worker`]).
+    pub fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     /// The canonical kinds this build knows.

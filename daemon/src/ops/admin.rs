@@ -5,7 +5,7 @@
 //! | `/metrics` | Prometheus text format (OpenMetrics) |
 //! | `/healthz` | 200 while the process serves requests (liveness) |
 //! | `/readyz`  | 200 once the store answers; 503 otherwise (readiness) |
-//! | `/`        | the status page: this node, its links, lag, errors |
+//! | `/`        | the status page: this node, its links, lag, errors, workers |
 //! | `/status.json` | the same as JSON, for scripts |
 //!
 //! A standby daemon (see `store::postgres::ActiveLease`) serves the same

@@ -4,15 +4,24 @@
 //! Labels stay bounded: `peer` is a *direct* peer (a node has one parent and
 //! at most a few dozen children), never a subtree code; `kind` is a canonical
 //! kind this build knows, or `other` for relayed kinds it does not, so a peer
-//! cannot blow up cardinality by inventing kinds.
+//! cannot blow up cardinality by inventing kinds; `worker` is a worker's
+//! name with `child-link:<code>` collapsed to `child-link`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use tiersync_proto::types::Schemas;
+
+use crate::worker::Workers;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkLabels {
@@ -199,6 +208,69 @@ impl Metrics {
     }
 }
 
+/// The worker families, read from the node's [`Workers`] at each scrape:
+/// `tiersync_worker_errors_total{worker}` and
+/// `tiersync_worker_queue_length{worker}`. The label is the worker's name
+/// with `child-link:<code>` collapsed to `child-link` (summed), so series
+/// stay bounded however many children come and go.
+#[derive(Debug)]
+pub struct WorkerMetrics(pub Workers);
+
+/// The `worker` label of a worker's name.
+pub fn worker_label(name: &str) -> &str {
+    match name.split_once(':') {
+        Some((kind, _)) => kind,
+        None => name,
+    }
+}
+
+impl Collector for WorkerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut errors = BTreeMap::<String, u64>::new();
+        let mut queues = BTreeMap::<String, u64>::new();
+        for w in self.0.snapshot() {
+            let label = worker_label(&w.name).to_owned();
+            *errors.entry(label.clone()).or_default() += w.errors;
+            if let Some(queue) = w.queue {
+                *queues.entry(label).or_default() += queue;
+            }
+        }
+        let family = encoder.encode_descriptor(
+            "worker_errors",
+            "Errors reported by a long-running worker (child-link sums every child's session)",
+            None,
+            MetricType::Counter,
+        );
+        let mut family = family?;
+        for (worker, n) in errors {
+            ConstCounter::new(n).encode(family.encode_family(&WorkerLabels { worker })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "worker_queue_length",
+            "Items waiting for a worker that has a queue (writes to commit, records to sign)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (worker, n) in queues {
+            ConstGauge::new(n as i64).encode(family.encode_family(&WorkerLabels { worker })?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// A worker's name, `child-link:<code>` collapsed to `child-link`.
+    pub worker: String,
+}
+
+/// Registers the worker families ([`WorkerMetrics`]) of `workers`.
+pub fn register_workers(registry: &mut Registry, workers: Workers) {
+    registry
+        .sub_registry_with_prefix("tiersync")
+        .register_collector(Box::new(WorkerMetrics(workers)));
+}
+
 /// Registers `tiersync_standby`: 1 while this daemon waits as the standby of
 /// a node whose active lease another daemon holds, 0 once it is active.
 pub fn register_standby(registry: &mut Registry, standby: bool) -> Gauge {
@@ -240,5 +312,27 @@ mod tests {
         assert_eq!(count("other"), 1);
         metrics.records_applied([], schemas);
         assert_eq!(count("civil.v1.Resident"), 3);
+    }
+
+    #[test]
+    fn worker_series_collapse_child_links() {
+        let workers = Workers::new(crate::clock::SystemClock::shared());
+        let mut registry = Registry::default();
+        register_workers(&mut registry, workers.clone());
+        let commit = workers.register("group-commit");
+        commit.set_queue(3);
+        workers.register("child-link:511102004001").error("reset");
+        workers.register("child-link:511102004002").error("reset");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for needle in [
+            "# HELP tiersync_worker_errors Errors reported",
+            "tiersync_worker_errors_total{worker=\"child-link\"} 2",
+            "tiersync_worker_errors_total{worker=\"group-commit\"} 0",
+            "tiersync_worker_queue_length{worker=\"group-commit\"} 3",
+        ] {
+            assert!(text.contains(needle), "lacks `{needle}`:\n{text}");
+        }
+        assert!(!text.contains("511102004001"), "{text}");
     }
 }

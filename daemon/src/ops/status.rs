@@ -1,8 +1,9 @@
-//! A node's status report: its store, trust list and links, as the status
+//! A node's status report: its store, trust list, links and workers, as the status
 //! page, `/status.json`, the `Status` API call and `tiersync status` show
 //! it. Metrics mirror the same fields.
 
 use crate::sync::links::direction;
+use crate::worker::WorkerStatus;
 
 /// A snapshot of a node for the status page, `/status.json` and the CLI.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -15,6 +16,8 @@ pub struct StatusReport {
     pub quarantined: u64,
     pub trust: TrustReport,
     pub links: Vec<LinkReport>,
+    /// The node's long-running loops (see [`crate::worker`]).
+    pub workers: Vec<WorkerStatus>,
 }
 
 /// The trust list a node holds.
@@ -99,7 +102,23 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
                 last_error: l.last_error,
             })
             .collect(),
+        workers: node.workers().snapshot(),
     })
+}
+
+/// A worker as the `Status` RPC carries it.
+pub fn worker_to_wire(w: &WorkerStatus) -> tiersync_proto::wire::WorkerStatus {
+    tiersync_proto::wire::WorkerStatus {
+        name: w.name.clone(),
+        state: w.state.as_str().into(),
+        since_ms: w.since_ms,
+        iterations: w.iterations,
+        errors: w.errors,
+        last_error: w.last_error.clone(),
+        last_error_ms: w.last_error_ms,
+        queue: w.queue,
+        info: w.info.clone(),
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -132,12 +151,29 @@ impl StatusReport {
                 err = escape(&l.last_error),
             ));
         }
+        let mut workers = String::new();
+        for w in &self.workers {
+            workers.push_str(&format!(
+                "<tr class=\"{state}\"><td>{name}</td><td>{state}</td><td>{since}</td><td>{iter}</td><td>{errors}</td><td>{err}</td><td>{err_at}</td><td>{queue}</td><td>{info}</td></tr>\n",
+                name = escape(&w.name),
+                state = w.state,
+                since = w.since_ms,
+                iter = w.iterations,
+                errors = w.errors,
+                err = escape(&w.last_error),
+                err_at = if w.last_error_ms == 0 { String::new() } else { w.last_error_ms.to_string() },
+                queue = w.queue.map(|q| q.to_string()).unwrap_or_default(),
+                info = escape(&w.info),
+            ));
+        }
         format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>tiersync {node}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
-p.stale{{color:#b00}}tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}</style></head>\
+p.stale{{color:#b00}}tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}\
+tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></head>\
 <body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p><p class=\"{trust_class}\">{trust}</p>\
 <table><tr><th>peer</th><th>direction</th><th>state</th><th>since (ms)</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
+<h2>workers</h2><table><tr><th>worker</th><th>state</th><th>since (ms)</th><th>iterations</th><th>errors</th><th>last error</th><th>last error at (ms)</th><th>queue</th><th>doing</th></tr>\n{workers}</table>\
 <p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/status.json\">status.json</a></p></body></html>\n",
             node = escape(&self.node),
             name = escape(self.name.as_deref().unwrap_or("")),

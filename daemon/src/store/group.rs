@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{LocalWrite, Result, Store, StoreError, Stored};
+use crate::worker::WorkerHandle;
 
 type Request = (LocalWrite, oneshot::Sender<Result<Stored>>);
 
@@ -28,11 +29,22 @@ impl GroupCommit {
     /// Most writes in one transaction.
     pub const MAX_GROUP: usize = 1000;
 
+    /// Starts the writer task, reporting to a worker handle of its own.
     pub fn start(store: Arc<dyn Store>) -> GroupCommit {
+        GroupCommit::start_reporting(store, WorkerHandle::detached("group-commit"))
+    }
+
+    /// Starts the writer task, reporting to `worker`: busy while it
+    /// commits, its queue the writes waiting as of the last group taken or
+    /// committed, an error for each group whose transaction failed.
+    pub fn start_reporting(store: Arc<dyn Store>, worker: WorkerHandle) -> GroupCommit {
         let (tx, mut rx) = mpsc::channel::<Request>(Self::MAX_GROUP * 2);
+        worker.set_queue(0);
         tokio::spawn(async move {
             let mut group = Vec::with_capacity(Self::MAX_GROUP);
             while rx.recv_many(&mut group, Self::MAX_GROUP).await > 0 {
+                worker.busy();
+                worker.set_queue(group.len() + rx.len());
                 let (writes, replies): (Vec<_>, Vec<_>) = group.drain(..).unzip();
                 match store.put_local_many(writes).await {
                     Ok(outcomes) => {
@@ -41,6 +53,7 @@ impl GroupCommit {
                         }
                     }
                     Err(failed) => {
+                        worker.error(&failed);
                         let mut replies = replies.into_iter();
                         let first = replies.next();
                         for reply in replies {
@@ -51,7 +64,10 @@ impl GroupCommit {
                         }
                     }
                 }
+                worker.set_queue(rx.len());
+                worker.idle();
             }
+            worker.stopped();
         });
         GroupCommit { tx }
     }

@@ -28,6 +28,7 @@ use crate::node::Node;
 use crate::ops::metrics::LinkLabels;
 use crate::route::Toward;
 use crate::sync::links::LinkState;
+use crate::worker::WorkerHandle;
 
 fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -58,26 +59,41 @@ pub async fn parent_link(
     // that never reaches its parent shows `link_up 0`, not nothing.
     node.metrics().link_up.get_or_create(&labels).set(0);
     node.metrics().link_errors.get_or_create(&labels).inc_by(0);
+    let worker = node.workers().register("parent-link");
     loop {
         node.links()
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
+        worker.busy();
+        worker.set_info(format!(
+            "connecting to {} at {}",
+            parent.code, parent.addresses[at]
+        ));
         let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = one_session(&node, &parent, &parent.addresses[at], &tls, &cancel) => r,
+            _ = cancel.cancelled() => {
+                worker.stopped();
+                return;
+            }
+            r = one_session(&node, &parent, &parent.addresses[at], &tls, &cancel, &worker) => r,
         };
         if cancel.is_cancelled() {
+            worker.stopped();
             return;
         }
         let address = &parent.addresses[at];
         let reached = match &result {
-            Ok(reached) => *reached,
+            Ok(reached) => {
+                worker.idle();
+                *reached
+            }
             Err((false, error @ LinkError::Connect { .. })) if parent.addresses.len() > 1 => {
                 failed += 1;
                 at = (at + 1) % parent.addresses.len();
                 info!(parent = %parent.code, %address, next = %parent.addresses[at], %error, "parent address unreachable; trying the next one");
                 if failed < parent.addresses.len() {
+                    worker.error(error);
                     continue;
                 }
+                worker.retrying(error);
                 node.links()
                     .update(parent.code.as_str(), Toward::Parent, |l| {
                         l.last_error = error.to_string()
@@ -87,6 +103,7 @@ pub async fn parent_link(
             }
             Err((reached, error)) => {
                 warn!(parent = %parent.code, %address, %error, "parent link down");
+                worker.retrying(error);
                 node.links()
                     .update(parent.code.as_str(), Toward::Parent, |l| {
                         l.last_error = error.to_string()
@@ -102,8 +119,12 @@ pub async fn parent_link(
         let delay = delays.next().unwrap_or(Duration::from_secs(60));
         node.links()
             .set_state(parent.code.as_str(), Toward::Parent, LinkState::Retrying);
+        worker.set_info(format!("next attempt in {} ms", delay.as_millis()));
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                worker.stopped();
+                return;
+            }
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -117,6 +138,7 @@ async fn one_session(
     address: &str,
     tls: &Arc<rustls::ClientConfig>,
     cancel: &CancellationToken,
+    worker: &WorkerHandle,
 ) -> Result<bool, (bool, LinkError)> {
     let channel = crate::identity::transport::connect(address, &parent.code, tls.clone())
         .await
@@ -164,6 +186,8 @@ async fn one_session(
     // from the start if its store was recreated; batches then record its
     // new epoch with our cursor.
     info!(parent = %parent.code, %address, "link to parent established");
+    worker.up();
+    worker.set_info(format!("session with {} at {address}", parent.code));
     session::run(
         node.clone(),
         parent.code.clone(),

@@ -111,6 +111,11 @@ impl Sync for SyncService {
         }
         node.links()
             .set_state(peer.as_str(), Toward::Child, LinkState::Up);
+        // Registered when the session starts, stopped when it ends; a
+        // reconnecting child takes over its entry.
+        let worker = node.workers().register(format!("child-link:{peer}"));
+        worker.up();
+        worker.set_info(format!("session with child {peer}"));
         tokio::spawn(async move {
             match session::run(
                 node.clone(),
@@ -123,7 +128,10 @@ impl Sync for SyncService {
             )
             .await
             {
-                Ok(()) | Err(LinkError::Closed) => info!(peer = %peer, "child session ended"),
+                Ok(()) | Err(LinkError::Closed) => {
+                    info!(peer = %peer, "child session ended");
+                    worker.stopped();
+                }
                 // The connection went away (child stopped, killed, network cut):
                 // routine for a link, not a fault of this node.
                 Err(LinkError::Peer(status))
@@ -132,9 +140,15 @@ impl Sync for SyncService {
                         tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
                     ) =>
                 {
-                    info!(peer = %peer, reason = %status.message(), "child disconnected")
+                    info!(peer = %peer, reason = %status.message(), "child disconnected");
+                    worker.set_info(format!("disconnected: {}", status.message()));
+                    worker.stopped();
                 }
-                Err(error) => warn!(peer = %peer, %error, "child session failed"),
+                Err(error) => {
+                    warn!(peer = %peer, %error, "child session failed");
+                    worker.error(&error);
+                    worker.stopped();
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))

@@ -780,6 +780,42 @@ pub struct StatusResponse {
     pub links: ::prost::alloc::vec::Vec<LinkStatus>,
     #[prost(message, optional, tag = "7")]
     pub trust: ::core::option::Option<TrustListStatus>,
+    /// The node's long-running loops, by name.
+    #[prost(message, repeated, tag = "8")]
+    pub workers: ::prost::alloc::vec::Vec<WorkerStatus>,
+}
+/// One long-running loop of a node (group commit, the signer, the parent
+/// link, a child's session, a server), as operators see it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkerStatus {
+    /// Stable name: group-commit, group-signer, parent-link, trust,
+    /// child-link:<code>, admin, peer-server, api-server.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// busy, idle, up, retrying, failed or stopped.
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+    /// When it entered `state`, ms since the Unix epoch (the node's clock).
+    #[prost(int64, tag = "3")]
+    pub since_ms: i64,
+    /// Units of work begun (commits, signatures, connection attempts).
+    #[prost(uint64, tag = "4")]
+    pub iterations: u64,
+    /// Errors reported, over every session of this name.
+    #[prost(uint64, tag = "5")]
+    pub errors: u64,
+    /// The last error; empty if none.
+    #[prost(string, tag = "6")]
+    pub last_error: ::prost::alloc::string::String,
+    /// When the last error happened, ms since the Unix epoch; 0 if none.
+    #[prost(int64, tag = "7")]
+    pub last_error_ms: i64,
+    /// Items waiting, for workers with a queue; unset for the others.
+    #[prost(uint64, optional, tag = "8")]
+    pub queue: ::core::option::Option<u64>,
+    /// What it is doing, in words (an address, a peer); may be empty.
+    #[prost(string, tag = "9")]
+    pub info: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListQuarantineRequest {
