@@ -123,6 +123,7 @@ impl Node {
         let head = store.head_seq().await?;
         metrics.head_seq.set(head as i64);
         let workers = Workers::new(clock.clone());
+        store.report_to(&workers);
         Ok(Arc::new(Node {
             code,
             name,

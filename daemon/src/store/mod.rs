@@ -493,6 +493,9 @@ pub trait Store: AuditSource + Send + Sync + 'static {
     async fn renew_epoch(&self) -> Result<String>;
     /// Flushes and closes; the store is closed last at shutdown.
     async fn close(&self);
+    /// Registers the store's own background loops (SQLite's WAL
+    /// checkpoint) as named workers, so operators see them with the rest.
+    fn report_to(&self, _workers: &crate::worker::Workers) {}
 }
 
 /// Ordering of versions held for one id: a withdrawal supersedes the full

@@ -1,7 +1,7 @@
 //! The background WAL checkpoint of a SQLite store.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::Notify;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::*;
+use crate::worker::WorkerHandle;
 
 /// About how much a store writes to its WAL between checkpoints.
 pub(super) const CHECKPOINT_BYTES: u64 = 48 << 20;
@@ -30,6 +31,8 @@ pub(super) struct Checkpointer {
     pub(super) wake: Arc<Notify>,
     pub(super) stop: CancellationToken,
     pub(super) task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the loop reports, once the node has registered it.
+    pub(super) worker: Arc<OnceLock<WorkerHandle>>,
 }
 
 impl Checkpointer {
@@ -37,17 +40,20 @@ impl Checkpointer {
         let pending = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
+        let worker = Arc::new(OnceLock::new());
         let task = tokio::spawn(checkpoint_loop(
             conn,
             pending.clone(),
             wake.clone(),
             stop.clone(),
+            worker.clone(),
         ));
         Checkpointer {
             pending,
             wake,
             stop,
             task: std::sync::Mutex::new(Some(task)),
+            worker,
         }
     }
 
@@ -83,6 +89,7 @@ pub(super) async fn checkpoint_loop(
     pending: Arc<AtomicU64>,
     wake: Arc<Notify>,
     stop: CancellationToken,
+    worker: Arc<OnceLock<WorkerHandle>>,
 ) {
     loop {
         tokio::select! {
@@ -90,13 +97,25 @@ pub(super) async fn checkpoint_loop(
             _ = wake.notified() => {}
         }
         pending.store(0, Ordering::Relaxed);
+        if let Some(w) = worker.get() {
+            w.busy();
+        }
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut conn)
             .await
         {
             // The writer's own checkpoint still bounds the WAL.
             warn!(%error, "background WAL checkpoint failed");
+            if let Some(w) = worker.get() {
+                w.error(&error);
+            }
         }
+        if let Some(w) = worker.get() {
+            w.idle();
+        }
+    }
+    if let Some(w) = worker.get() {
+        w.stopped();
     }
     let _ = conn.close().await;
 }

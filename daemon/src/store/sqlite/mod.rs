@@ -661,4 +661,10 @@ impl Store for SqliteStore {
                 .take(),
         );
     }
+
+    fn report_to(&self, workers: &crate::worker::Workers) {
+        let handle = workers.register("wal-checkpoint");
+        handle.idle();
+        let _ = self.checkpointer.worker.set(handle);
+    }
 }
