@@ -117,16 +117,21 @@ impl App {
                     .with_context(|| {
                         format!("cannot take the active lease in {}", config.storage)
                     })?;
-                let store = PgStore::open(options, &config.code)
+                let store = PgStore::open_leased(options, &config.code, &lease)
                     .await
                     .with_context(|| format!("cannot open store {}", config.storage))?;
-                (Arc::new(store), Some(lease))
+                let store = Arc::new(store);
+                lease.keep(store.clone());
+                (store, Some(lease))
             }
         };
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         crate::ops::metrics::register_standby(&mut registry, false);
+        if let Some(lease) = &lease {
+            crate::ops::metrics::register_lease(&mut registry, lease.view());
+        }
         metrics
             .quarantined
             .set(store.quarantine_count().await? as i64);
@@ -335,13 +340,14 @@ async fn wait_for_lease(
         config.code, config.storage
     );
     let never = CancellationToken::new();
-    let acquire = ActiveLease::acquire(options, &config.code, &never, || {
+    let view = crate::store::postgres::LeaseView::default();
+    let acquire = ActiveLease::acquire(options, &config.code, config.lease, &view, &never, || {
         info!(node = %config.code, storage = %config.storage, "standing by: another daemon of this node is active");
     });
     let lease = match admin {
         Some(listener) => tokio::select! {
             lease = acquire => lease?,
-            never = crate::ops::admin::serve_standby(listener, why) => match never {},
+            never = crate::ops::admin::serve_standby(listener, why, view.clone()) => match never {},
         },
         None => acquire.await?,
     };
@@ -525,7 +531,7 @@ impl RunningNode {
                 error!(node = %code, "lost the active lease; stopping so the standby can take over");
                 self.shutdown().await;
                 anyhow::bail!(
-                    "node `{code}` lost its active lease (the connection holding it to PostgreSQL failed); another daemon may be active now, so this one stopped; restart it to stand by"
+                    "node `{code}` lost its active lease (its session to PostgreSQL ended, or a standby took the lease over after it expired); another daemon may be active now, so this one stopped; restart it to stand by"
                 )
             }
         }
