@@ -39,7 +39,9 @@ impl From<StoreError> for Status {
             StoreError::VersionConflict { .. } => Status::failed_precondition(error.to_string()),
             // a standby took over: this process stops; the client retries
             // against the active daemon
-            StoreError::Fenced { .. } => Status::unavailable(error.to_string()),
+            StoreError::Fenced { .. } | StoreError::LeaseLost { .. } => {
+                Status::unavailable(error.to_string())
+            }
             // the disk is full: nothing was stored; the client retries once
             // the operator has made room
             StoreError::Full { .. } => {

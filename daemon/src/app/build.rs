@@ -90,10 +90,12 @@ pub async fn open_store(
             let lease = wait_for_lease(config, options.clone(), admin)
                 .await
                 .with_context(|| format!("cannot take the active lease in {}", config.storage))?;
-            let store = PgStore::open(options, &config.code)
+            let store = PgStore::open_leased(options, &config.code, &lease)
                 .await
                 .with_context(|| format!("cannot open store {}", config.storage))?;
-            Ok((Arc::new(store), Some(lease)))
+            let store = Arc::new(store);
+            lease.keep(store.clone());
+            Ok((store, Some(lease)))
         }
     }
 }
@@ -111,13 +113,14 @@ async fn wait_for_lease(
         config.code, config.storage
     );
     let never = CancellationToken::new();
-    let acquire = ActiveLease::acquire(options, &config.code, &never, || {
+    let view = crate::store::postgres::LeaseView::default();
+    let acquire = ActiveLease::acquire(options, &config.code, config.lease, &view, &never, || {
         info!(node = %config.code, storage = %config.storage, "standing by: another daemon of this node is active");
     });
     let lease = match admin {
         Some(listener) => tokio::select! {
             lease = acquire => lease?,
-            never = crate::ops::admin::serve_standby(listener, why) => match never {},
+            never = crate::ops::admin::serve_standby(listener, why, view.clone()) => match never {},
         },
         None => acquire.await?,
     };

@@ -84,6 +84,9 @@ impl App {
             &mut registry,
         )
         .await?;
+        if let Some(lease) = &lease {
+            crate::ops::metrics::register_lease(&mut registry, lease.view());
+        }
         let registry = Arc::new(registry);
 
         let cancel = CancellationToken::new();
@@ -143,7 +146,7 @@ impl RunningNode {
                 error!(node = %code, "lost the active lease; stopping so the standby can take over");
                 self.shutdown().await;
                 anyhow::bail!(
-                    "node `{code}` lost its active lease (the connection holding it to PostgreSQL failed); another daemon may be active now, so this one stopped; restart it to stand by"
+                    "node `{code}` lost its active lease (its session to PostgreSQL ended, or a standby took the lease over after it expired); another daemon may be active now, so this one stopped; restart it to stand by"
                 )
             }
         }

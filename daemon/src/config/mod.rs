@@ -171,6 +171,8 @@ pub struct NodeConfig {
     pub code: DivisionCode,
     pub name: Option<String>,
     pub storage: Storage,
+    /// PostgreSQL: the active daemon's lease renewal and expiry.
+    pub lease: crate::store::postgres::LeaseTiming,
     pub listen_peer: Option<SocketAddr>,
     pub listen_api: Option<SocketAddr>,
     pub listen_admin: Option<SocketAddr>,

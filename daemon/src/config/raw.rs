@@ -31,12 +31,17 @@ pub struct RawNode {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     /// `sqlite://PATH` or a plain path to the SQLite file, or a
     /// `postgres://USER@HOST:PORT/DB` URL.
     pub path: Option<String>,
+    /// PostgreSQL: how often the active daemon renews its lease.
+    pub lease_renew_ms: Option<u64>,
+    /// PostgreSQL: how long a renewal lasts; a standby takes over a lease
+    /// not renewed for this long.
+    pub lease_expiry_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,7 +129,7 @@ impl RawConfig {
             };
             match *var {
                 "TIERSYNC_STORAGE_PATH" => {
-                    self.storage.get_or_insert(RawStorage { path: None }).path = Some(value)
+                    self.storage.get_or_insert_with(RawStorage::default).path = Some(value)
                 }
                 "TIERSYNC_LISTEN_PEER" => self.listen.peer = Some(value),
                 "TIERSYNC_LISTEN_API" => self.listen.api = Some(value),

@@ -80,7 +80,29 @@ impl RawConfig {
             }
         }
 
-        let storage = match self.storage.and_then(|s| s.path) {
+        let raw_storage = self.storage.unwrap_or_default();
+        let lease = {
+            let defaults = crate::store::postgres::LeaseTiming::default();
+            let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+            let lease = crate::store::postgres::LeaseTiming {
+                renew: ms(raw_storage.lease_renew_ms, defaults.renew),
+                expiry: ms(raw_storage.lease_expiry_ms, defaults.expiry),
+            };
+            if lease.renew.is_zero() {
+                issue("storage.lease_renew_ms", "must be greater than 0".into());
+            } else if lease.expiry < lease.renew * 2 {
+                issue(
+                    "storage.lease_expiry_ms",
+                    format!(
+                        "{} ms is less than twice storage.lease_renew_ms ({} ms); renew well inside the expiry, e.g. every second with a 10 s expiry",
+                        lease.expiry.as_millis(),
+                        lease.renew.as_millis()
+                    ),
+                );
+            }
+            lease
+        };
+        let storage = match raw_storage.path {
             None => {
                 issue(
                     "storage.path",
@@ -359,6 +381,7 @@ impl RawConfig {
             code: code.expect("checked"),
             name: node.name,
             storage: storage.expect("checked"),
+            lease,
             listen_peer,
             listen_api,
             listen_admin,

@@ -113,6 +113,11 @@ impl Node {
         &self.store
     }
 
+    /// The active lease of this node's store, if it has one (PostgreSQL).
+    pub async fn lease(&self) -> Result<Option<crate::store::postgres::LeaseStatus>, StoreError> {
+        self.store.lease().await
+    }
+
     /// How many records this node holds, tombstones included.
     pub async fn record_count(&self) -> Result<u64, StoreError> {
         self.store.count().await

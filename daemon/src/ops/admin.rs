@@ -10,7 +10,8 @@
 //!
 //! A standby daemon (see `store::postgres::ActiveLease`) serves the same
 //! listener before it becomes active ([`serve_standby`]): `/healthz` 200,
-//! `/readyz` 503 saying `standby: ...`, `/metrics` with `tiersync_standby 1`.
+//! `/readyz` 503 saying `standby: ...`, `/metrics` with `tiersync_standby 1`
+//! and the active daemon's lease age.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -125,10 +126,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the admin listener of a standby daemon until the caller drops
-/// this future (it became active). `why` is the `/readyz` answer.
-pub async fn serve_standby(listener: &TcpListener, why: String) -> Infallible {
+/// this future (it became active). `why` is the `/readyz` answer; `lease`
+/// follows the active daemon's lease for `/metrics`.
+pub async fn serve_standby(
+    listener: &TcpListener,
+    why: String,
+    lease: crate::store::postgres::LeaseView,
+) -> Infallible {
     let mut registry = Registry::default();
     crate::ops::metrics::register_standby(&mut registry, true);
+    crate::ops::metrics::register_lease(&mut registry, lease);
     let registry = Arc::new(registry);
     let why = Arc::new(why);
     loop {

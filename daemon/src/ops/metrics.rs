@@ -8,9 +8,10 @@
 //! name with `child-link:<code>` collapsed to `child-link`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +22,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use tiersync_proto::types::Schemas;
 
+use crate::store::postgres::LeaseView;
 use crate::worker::Workers;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -282,6 +284,51 @@ pub fn register_standby(registry: &mut Registry, standby: bool) -> Gauge {
         gauge.clone(),
     );
     gauge
+}
+
+/// `tiersync_standby_lease_age_seconds` and
+/// `tiersync_standby_lease_expiry_seconds`: how long ago the node's active
+/// lease was last renewed, and how long a renewal lasts, as this daemon
+/// last saw them (its own renewals while active; the holder's row while
+/// standing by, so a standby shows a hung active daemon's lease ageing).
+/// Absent until a lease was seen.
+pub fn register_lease(registry: &mut Registry, view: LeaseView) {
+    let tiersync = registry.sub_registry_with_prefix("tiersync");
+    tiersync.register(
+        "standby_lease_age_seconds",
+        "Seconds since the node's active lease was last renewed, as this daemon last saw it",
+        LeaseGauge(view.clone(), LeaseView::age),
+    );
+    tiersync.register(
+        "standby_lease_expiry_seconds",
+        "How long a renewal of the node's active lease lasts; a standby takes over after it",
+        LeaseGauge(view, LeaseView::expiry),
+    );
+}
+
+/// A gauge read from the [`LeaseView`] when scraped, so the age keeps
+/// growing while nobody renews.
+struct LeaseGauge(LeaseView, fn(&LeaseView) -> Option<Duration>);
+
+impl std::fmt::Debug for LeaseGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LeaseGauge").field(&self.0).finish()
+    }
+}
+
+impl EncodeMetric for LeaseGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let seconds = (self.1)(&self.0).unwrap_or_default().as_secs_f64();
+        encoder.encode_gauge(&seconds)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+
+    fn is_empty(&self) -> bool {
+        (self.1)(&self.0).is_none()
+    }
 }
 
 #[cfg(test)]

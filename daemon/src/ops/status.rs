@@ -2,8 +2,27 @@
 //! page, `/status.json`, the `Status` API call and `tiersync status` show
 //! it. Metrics mirror the same fields.
 
+use crate::store::postgres::LeaseStatus;
 use crate::sync::links::direction;
 use crate::worker::WorkerStatus;
+
+/// One line on the lease for the status page.
+fn describe_lease(lease: &LeaseStatus) -> String {
+    format!(
+        "active lease: held by {who} ({holder}, {host}), renewed {age:.1} s ago, lasts {expiry:.1} s{expired}, fence {fence}",
+        who = if lease.this_daemon {
+            "this daemon"
+        } else {
+            "another daemon"
+        },
+        holder = lease.holder,
+        host = lease.host,
+        age = lease.age_seconds,
+        expiry = lease.expiry_seconds,
+        expired = if lease.expired { " EXPIRED" } else { "" },
+        fence = lease.fence,
+    )
+}
 
 /// A snapshot of a node for the status page, `/status.json` and the CLI.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -15,6 +34,8 @@ pub struct StatusReport {
     pub records: u64,
     pub quarantined: u64,
     pub trust: TrustReport,
+    /// The node's active lease (PostgreSQL only): holder, age, expiry.
+    pub lease: Option<LeaseStatus>,
     pub links: Vec<LinkReport>,
     /// The node's long-running loops (see [`crate::worker`]).
     pub workers: Vec<WorkerStatus>,
@@ -83,6 +104,7 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
                 revoked: t.revocations.into_iter().map(|r| r.node).collect(),
             }
         },
+        lease: node.lease().await?,
         links: node
             .links()
             .snapshot()
@@ -171,7 +193,7 @@ impl StatusReport {
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
 p.stale{{color:#b00}}tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}\
 tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></head>\
-<body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p><p class=\"{trust_class}\">{trust}</p>\
+<body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p><p class=\"{trust_class}\">{trust}</p>{lease}\
 <table><tr><th>peer</th><th>direction</th><th>state</th><th>since (ms)</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
 <h2>workers</h2><table><tr><th>worker</th><th>state</th><th>since (ms)</th><th>iterations</th><th>errors</th><th>last error</th><th>last error at (ms)</th><th>queue</th><th>doing</th></tr>\n{workers}</table>\
 <p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/status.json\">status.json</a></p></body></html>\n",
@@ -183,6 +205,14 @@ tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></hea
             q = self.quarantined,
             trust = escape(&self.trust.describe()),
             trust_class = if self.trust.stale { "stale" } else { "fresh" },
+            lease = match &self.lease {
+                Some(lease) => format!(
+                    "<p class=\"{}\">{}</p>",
+                    if lease.expired { "stale" } else { "fresh" },
+                    escape(&describe_lease(lease))
+                ),
+                None => String::new(),
+            },
         )
     }
 }

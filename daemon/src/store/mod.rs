@@ -355,6 +355,10 @@ pub enum StoreError {
         "another daemon took over this node's PostgreSQL store (fencing token {held}, ours {ours}); this process is no longer the active one and stops writing"
     )]
     Fenced { ours: i64, held: i64 },
+    #[error(
+        "this daemon ({holder}) no longer holds its node's active lease: {detail}; a standby may be active now, so this one stops writing"
+    )]
+    LeaseLost { holder: String, detail: String },
     #[error("storage.path `{url}` is not a usable PostgreSQL URL: {reason}")]
     BadUrl { url: String, reason: String },
     /// The transaction this write shared with others failed.
@@ -399,6 +403,10 @@ impl StoreError {
             StoreError::Fenced { ours, held } => StoreError::Fenced {
                 ours: *ours,
                 held: *held,
+            },
+            StoreError::LeaseLost { holder, detail } => StoreError::LeaseLost {
+                holder: holder.clone(),
+                detail: detail.clone(),
             },
             StoreError::Full { store, detail } => StoreError::Full {
                 store: store.clone(),
@@ -491,6 +499,11 @@ pub trait Store: AuditSource + Send + Sync + 'static {
     /// instead of skipping sequence numbers it hands out again. Takes effect
     /// when the store is next opened; callers close it afterwards.
     async fn renew_epoch(&self) -> Result<String>;
+    /// The active lease of a node whose daemons share one database (see
+    /// [`postgres::ActiveLease`]); `None` where there is none.
+    async fn lease(&self) -> Result<Option<postgres::LeaseStatus>> {
+        Ok(None)
+    }
     /// Flushes and closes; the store is closed last at shutdown.
     async fn close(&self);
     /// Registers the store's own background loops (SQLite's WAL

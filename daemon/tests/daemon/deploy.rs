@@ -230,6 +230,13 @@ fn exported_metric_names() -> BTreeSet<String> {
     };
     m.applied.get_or_create(&kind).inc();
     m.rejected.get_or_create(&kind).inc();
+    let lease = tiersync::store::postgres::LeaseView::default();
+    lease.saw(
+        "tiersync-0",
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(10),
+    );
+    tiersync::ops::metrics::register_lease(&mut registry, lease);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
     text.lines()

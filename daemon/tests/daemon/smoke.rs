@@ -5,8 +5,9 @@
 //! while the street is SIGKILLed wait in the community's log and arrive once
 //! the street is back. A county run as two processes on one PostgreSQL
 //! schema (an active daemon and its standby) survives SIGKILL of the active
-//! one, and the loss of the active one's database session (skipped, with
-//! the reason printed, where no PostgreSQL answers).
+//! one, a hang of the active one (SIGSTOP), and the loss of the active
+//! one's database session (skipped, with the reason printed, where no
+//! PostgreSQL answers).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -682,6 +683,163 @@ fn a_standby_county_takes_over_when_the_active_one_is_killed() {
     });
     assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ids);
     assert_eq!(resident_ids(&cluster.api("county-a")).len(), 35);
+    drop(cluster);
+    drop(schema);
+}
+
+/// Gives process `name`'s config a short lease (renewed every `renew_ms`,
+/// lasting `expiry_ms`).
+fn short_lease(cluster: &Cluster, name: &str, renew_ms: u64, expiry_ms: u64) {
+    let config = &cluster.nodes[name].config;
+    let text = std::fs::read_to_string(config).expect("read config");
+    let text = text.replacen(
+        "[listen]\n",
+        &format!("lease_renew_ms = {renew_ms}\nlease_expiry_ms = {expiry_ms}\n\n[listen]\n"),
+        1,
+    );
+    std::fs::write(config, text).expect("write config");
+}
+
+/// `kill -SIG pid`.
+fn signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The active county daemon hangs (SIGSTOP: it keeps its process, its
+/// sockets and its database sessions, as a daemon stuck on a disk or a
+/// deadlock would) with residents in flight. Its lease is not renewed, so
+/// the standby ends its sessions and takes over within the expiry and a
+/// second; the street relinks to it. Woken (SIGCONT), the old daemon finds
+/// its lease gone, exits non-zero and comes back as the standby; every
+/// resident reaches the county and the city exactly once.
+#[test]
+fn a_standby_county_takes_over_when_the_active_one_hangs() {
+    const TEST: &str = "a_standby_county_takes_over_when_the_active_one_hangs";
+    const EXPIRY: Duration = Duration::from_millis(2000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(schema) = runtime.block_on(tiersync::store::postgres::scratch::ScratchSchema::create(
+        TEST,
+    )) else {
+        return;
+    };
+    let url = schema.url();
+
+    let mut cluster = Cluster::new();
+    cluster.launch(CITY, None);
+    for name in ["county-a", "county-b"] {
+        cluster.configure_as(name, COUNTY, &[CITY], &url);
+        short_lease(&cluster, name, 250, EXPIRY.as_millis() as u64);
+    }
+    cluster.start("county-a").expect("county-a starts active");
+    cluster
+        .start_until("county-b", standing_by)
+        .expect("county-b starts as the standby");
+    let street_storage = format!("data/{STREET}.db");
+    cluster.configure_as(STREET, STREET, &["county-a", "county-b"], &street_storage);
+    cluster.start(STREET).expect("street starts");
+    cluster.launch(COMMUNITY, Some(STREET));
+    let (city_api, community_api) = (cluster.api(CITY), cluster.api(COMMUNITY));
+
+    // both daemons show the lease: the active its own, the standby the
+    // active's row
+    let status = http_get(cluster.admin("county-a"), "/status.json").expect("status.json");
+    let status: serde_json::Value = serde_json::from_str(&status.1).expect("status JSON");
+    assert_eq!(status["lease"]["this_daemon"], true, "{status}");
+    for name in ["county-a", "county-b"] {
+        let age = sample(
+            &metrics(cluster.admin(name)),
+            "tiersync_standby_lease_age_seconds",
+        )
+        .unwrap_or_else(|| panic!("{name} shows the lease age"));
+        assert!(age < EXPIRY.as_secs_f64(), "{name}: lease age {age}");
+    }
+
+    let mut ids: BTreeSet<String> = put_residents(&community_api, 0, 10).into_iter().collect();
+    eventually("10 residents at the city", SYNC_TIMEOUT, || {
+        (resident_ids(&city_api).len() >= 10).then_some(())
+    });
+    // more residents in flight while the active county hangs
+    ids.extend(put_residents(&community_api, 10, 20));
+    let pid = cluster.nodes["county-a"]
+        .child
+        .as_ref()
+        .expect("running")
+        .id();
+    signal("STOP", pid);
+    let hung = Instant::now();
+    eventually("county-b to become active", READY_TIMEOUT, || {
+        matches!(
+            http_get(cluster.admin("county-b"), "/readyz"),
+            Some((200, _))
+        )
+        .then_some(())
+    });
+    let took = hung.elapsed();
+    eprintln!(
+        "standby county ready {:.2} s after the active one hung (lease expiry {:.1} s)",
+        took.as_secs_f64(),
+        EXPIRY.as_secs_f64()
+    );
+    assert!(
+        took < EXPIRY + Duration::from_secs(1),
+        "takeover took {took:?}, more than the expiry and a second"
+    );
+    // The street relinks to county-b while county-a is still hung. Its
+    // session to the hung daemon ends only by HTTP/2 keepalive (20 s
+    // interval, 20 s timeout), and a dial to the hung daemon's address
+    // fails by the connect timeout (10 s): the kernel still accepts there.
+    ids.extend(put_residents(&community_api, 20, 30));
+    let county_b_api = cluster.api("county-b");
+    eventually("30 residents at county-b", Duration::from_secs(60), || {
+        (resident_ids(&county_b_api).len() >= 30).then_some(())
+    });
+    eprintln!(
+        "the street relinked to the standby {:.1} s after the active county hung",
+        hung.elapsed().as_secs_f64()
+    );
+
+    // woken, the old active finds its lease gone and stops with an error
+    signal("CONT", pid);
+    let status = eventually("county-a to stop", READY_TIMEOUT, || {
+        let child = cluster.nodes.get_mut("county-a")?.child.as_mut()?;
+        child.try_wait().expect("try_wait")
+    });
+    cluster.nodes.get_mut("county-a").expect("configured").child = None;
+    assert!(!status.success(), "losing the lease is an error exit");
+    let log = std::fs::read_to_string(&cluster.nodes["county-a"].log).expect("log");
+    assert!(log.contains("lost its active lease"), "{log}");
+    let log = std::fs::read_to_string(&cluster.nodes["county-b"].log).expect("log");
+    assert!(log.contains("ending its sessions and taking over"), "{log}");
+
+    ids.extend(put_residents(&community_api, 30, 35));
+    assert_eq!(ids.len(), 35, "every put made a new record");
+    for (what, api) in [("county", &county_b_api), ("city", &city_api)] {
+        let listed = eventually(&format!("35 residents at the {what}"), SYNC_TIMEOUT, || {
+            let listed = resident_ids(api);
+            (listed.len() >= 35).then_some(listed)
+        });
+        assert_eq!(
+            listed.len(),
+            35,
+            "no resident twice at the {what}: {listed:?}"
+        );
+        assert_eq!(listed.into_iter().collect::<BTreeSet<_>>(), ids, "{what}");
+    }
+    // restarted (as `Restart=always` would), it stands by
+    cluster
+        .start_until("county-a", standing_by)
+        .expect("county-a restarts as the standby");
+    let status = http_get(cluster.admin("county-b"), "/status.json").expect("status.json");
+    let status: serde_json::Value = serde_json::from_str(&status.1).expect("status JSON");
+    assert_eq!(status["lease"]["this_daemon"], true, "{status}");
+    assert_eq!(status["lease"]["expired"], false, "{status}");
     drop(cluster);
     drop(schema);
 }

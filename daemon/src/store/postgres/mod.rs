@@ -38,7 +38,8 @@ mod rows;
 #[cfg(any(test, feature = "testkit"))]
 pub mod scratch;
 
-pub use lease::{ActiveLease, LEASE_POLL};
+use lease::LeaseBinding;
+pub use lease::{ActiveLease, LEASE_POLL, LeaseStatus, LeaseTiming, LeaseView};
 use rows::*;
 
 use super::*;
@@ -95,11 +96,16 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
     })
 }
 
-/// What every store session sets (see the module doc).
+/// What every store session sets (see the module doc); the active
+/// daemon's sessions are named by its lease holder id.
 fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    let name = options
+        .get_application_name()
+        .unwrap_or("tiersync")
+        .to_owned();
     options
         .options([("max_parallel_workers_per_gather", "0")])
-        .application_name("tiersync")
+        .application_name(&name)
 }
 
 pub struct PgStore {
@@ -111,6 +117,8 @@ pub struct PgStore {
     head: AtomicU64,
     epoch: String,
     fence: i64,
+    /// The lease its writes are made under ([`PgStore::open_leased`]).
+    lease: Option<LeaseBinding>,
 }
 
 struct Writer {
@@ -198,6 +206,7 @@ impl PgStore {
             head: AtomicU64::new(head as u64),
             epoch,
             fence,
+            lease: None,
         })
     }
 
@@ -274,30 +283,55 @@ impl PgStore {
         HashMap<Vec<u8>, (u64, bool)>,
     )> {
         let mut tx = self.pool.begin().await?;
+        // `live`: whether our lease row is unexpired (NULL when the row
+        // names another holder, or the store is not leased)
+        let (node, holder) = LeaseBinding::key(&self.lease);
         let rows = sqlx::query(
-            "SELECT f.value, r.id, r.version, r.withdrawn \
+            "SELECT f.value, l.live, r.id, r.version, r.withdrawn \
              FROM (SELECT value FROM meta WHERE key = 'fence' FOR SHARE) f \
+             LEFT JOIN (SELECT expires_at > clock_timestamp() AS live FROM active_lease \
+                        WHERE node = $2 AND holder = $3) l ON true \
              LEFT JOIN records r ON r.id = ANY($1::bytea[])",
         )
         .bind(ids)
+        .bind(node)
+        .bind(holder)
         .fetch_all(&mut *tx)
         .await?;
-        let held_fence: i64 = match rows.first() {
-            Some(row) => row.try_get::<String, _>(0)?.parse().unwrap_or_default(),
-            None => -1,
+        let (held_fence, live): (i64, Option<bool>) = match rows.first() {
+            Some(row) => (
+                row.try_get::<String, _>(0)?.parse().unwrap_or_default(),
+                row.try_get(1)?,
+            ),
+            None => (-1, None),
         };
+        // a refused transaction is rolled back now, not when its
+        // connection is next used: it holds the fence row's share lock
         if held_fence != self.fence {
+            let _ = tx.rollback().await;
             return Err(StoreError::Fenced {
                 ours: self.fence,
                 held: held_fence,
             });
         }
+        if let Some(holder) = holder
+            && live != Some(true)
+        {
+            let _ = tx.rollback().await;
+            return Err(StoreError::LeaseLost {
+                holder: holder.to_owned(),
+                detail: match live {
+                    Some(_) => "it expired before this daemon renewed it".into(),
+                    None => "the lease row names another holder".into(),
+                },
+            });
+        }
         let mut held = HashMap::with_capacity(rows.len());
         for row in &rows {
-            if let Some(id) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+            if let Some(id) = row.try_get::<Option<Vec<u8>>, _>(2)? {
                 held.insert(
                     id,
-                    (row.try_get::<i64, _>(2)? as u64, row.try_get::<bool, _>(3)?),
+                    (row.try_get::<i64, _>(3)? as u64, row.try_get::<bool, _>(4)?),
                 );
             }
         }
@@ -600,6 +634,10 @@ impl Store for PgStore {
         .await;
         self.settle(&mut writer, outcome)?;
         Ok(epoch)
+    }
+
+    async fn lease(&self) -> Result<Option<LeaseStatus>> {
+        self.lease_status().await
     }
 
     async fn close(&self) {

@@ -23,25 +23,31 @@ pub struct ScratchSchema {
 
 impl ScratchSchema {
     /// Creates a schema on the test server; `None`, after printing
-    /// `skipping <test>: <reason>`, when no server answers.
+    /// `skipping <test>: <reason>`, when no server answers (a panic instead
+    /// when `CI` is set: CI never skips).
     pub async fn create(test: &str) -> Option<ScratchSchema> {
         let base = base_url();
         let connect = async {
             let options = PgConnectOptions::from_str(&base)?;
             PgConnection::connect_with(&options).await
         };
-        let mut conn = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => {
-                eprintln!(
-                    "skipping {test}: no PostgreSQL at {} ({error})",
+        let why = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 5 s".to_owned()),
+        };
+        let mut conn = match why {
+            Ok(conn) => conn,
+            // CI runs every test: a missing server there is a failure
+            Err(why) if std::env::var_os("CI").is_some() => {
+                panic!(
+                    "{test}: no PostgreSQL at {} ({why}), and CI is set",
                     super::mask_url(&base)
-                );
-                return None;
+                )
             }
-            Err(_) => {
+            Err(why) => {
                 eprintln!(
-                    "skipping {test}: no PostgreSQL at {} (no answer within 5 s)",
+                    "skipping {test}: no PostgreSQL at {} ({why})",
                     super::mask_url(&base)
                 );
                 return None;
