@@ -397,3 +397,25 @@ async fn a_hello_for_another_node_than_the_certificate_is_refused() {
     );
     cluster.shutdown().await;
 }
+
+/// A child that says hello and then nothing (a hung process keeps its
+/// socket open, and its kernel still answers keepalives) is dropped after
+/// three heartbeats of silence, with the reason in the link table, instead
+/// of holding the link until HTTP/2 keepalive gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_dropped_after_three_heartbeats() {
+    let cluster = Cluster::with(CHAIN).await;
+    let street = cluster.node("511102004");
+    let child = FakeChild::connect(&cluster, "511102004001", "511102004")
+        .await
+        .unwrap();
+    eventually("the street drops the silent child", || async {
+        street
+            .links()
+            .get("511102004001")
+            .is_some_and(|l| l.last_error.contains("sent nothing for"))
+    })
+    .await;
+    drop(child);
+    cluster.shutdown().await;
+}

@@ -103,6 +103,11 @@ pub async fn parent_link(
             }
             Err((reached, error)) => {
                 warn!(parent = %parent.code, %address, %error, "parent link down");
+                if matches!(error, LinkError::Silent { .. }) && parent.addresses.len() > 1 {
+                    // A hung parent still accepts connections and then
+                    // never answers: try its standby's address first.
+                    at = (at + 1) % parent.addresses.len();
+                }
                 worker.retrying(error);
                 node.links()
                     .update(parent.code.as_str(), Toward::Parent, |l| {

@@ -29,4 +29,9 @@ pub enum LinkError {
     Closed,
     #[error("{reason}; the link is closed")]
     Revoked { reason: String },
+    /// Nothing arrived from the peer for three heartbeats while this side
+    /// had nothing of its in hand: the peer is hung or gone (a paused
+    /// process keeps its sockets, and its kernel still answers keepalives).
+    #[error("peer `{peer}` sent nothing for {secs:.1} s (three heartbeats); it is hung or gone")]
+    Silent { peer: String, secs: f64 },
 }

@@ -477,11 +477,16 @@ where
     let from = toward;
     let mut stall_check = tokio::time::interval(node.tuning().heartbeat);
     let verifying = Arc::new(Semaphore::new(VERIFYING));
+    let silent_after = silent_after(node.tuning().heartbeat);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = stall_check.tick() => {
                 check_stall(node, peer, toward, &labels);
+                if let Some(secs) = silent(node, peer, toward, last_heard, silent_after, queue) {
+                    return Err(LinkError::Silent { peer: peer.to_string(), secs });
+                }
                 continue;
             }
             // The writer ends on its own only when it fails.
@@ -497,6 +502,7 @@ where
             Some(Err(status)) => return Err(LinkError::Peer(status)),
             Some(Ok(f)) => f,
         };
+        last_heard = tokio::time::Instant::now();
         match frame.body {
             Some(Body::Batch(batch)) => {
                 if from == Toward::Child
@@ -569,6 +575,39 @@ fn update_lag_metrics(node: &Node, peer: &DivisionCode, labels: &LinkLabels) {
             .get_or_create(labels)
             .set(l.lag_seconds);
     }
+}
+
+/// How long a peer may send nothing before the session counts it hung: three
+/// heartbeats (a caught-up sender sends one every heartbeat), at least 2 s.
+fn silent_after(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).max(Duration::from_secs(2))
+}
+
+/// Whether the peer has been silent for `silent_after`, and for how long:
+/// nothing heard from it, and nothing of its in hand here (no batch queued
+/// for our writer, and our cursor not moved meanwhile; a peer waiting for
+/// our acknowledgements is not silent, it is waiting for us).
+fn silent(
+    node: &Node,
+    peer: &DivisionCode,
+    toward: Toward,
+    last_heard: tokio::time::Instant,
+    silent_after: Duration,
+    queue: &mpsc::Sender<Queued>,
+) -> Option<f64> {
+    let heard = last_heard.elapsed();
+    if heard < silent_after || queue.capacity() < queue.max_capacity() {
+        return None;
+    }
+    let progressed_ms = node
+        .links()
+        .get(peer.as_str())
+        .map(|l| node.clock().now_ms() - l.last_progress_ms)?;
+    let since_progress = Duration::from_millis(progressed_ms.max(0) as u64);
+    (since_progress >= silent_after).then(|| {
+        warn!(peer = %peer, direction = direction(toward), silent_s = heard.as_secs_f64(), "peer silent; ending the session");
+        heard.as_secs_f64()
+    })
 }
 
 /// A link with lag that has not moved its cursor for `stall_after` is
