@@ -484,6 +484,39 @@ digest_key_file = "pki/deployment.key"
     }
 
     #[test]
+    fn lease_timing_defaults_and_its_limits() {
+        let c = validate(COMMUNITY).unwrap();
+        assert_eq!(
+            (c.lease.renew.as_millis(), c.lease.expiry.as_millis()),
+            (1000, 10_000)
+        );
+        let with = |renew: &str, expiry: &str| {
+            COMMUNITY.replace(
+                "path = \"node.db\"",
+                &format!(
+                    "path = \"node.db\"\nlease_renew_ms = {renew}\nlease_expiry_ms = {expiry}"
+                ),
+            )
+        };
+        let c = validate(&with("250", "2000")).unwrap();
+        assert_eq!(
+            (c.lease.renew.as_millis(), c.lease.expiry.as_millis()),
+            (250, 2000)
+        );
+        let errors = validate(&with("1000", "1500")).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("`storage.lease_expiry_ms`: 1500 ms is less than twice"),
+            "{errors:?}"
+        );
+        let errors = validate(&with("0", "1500")).unwrap_err();
+        assert_eq!(
+            errors,
+            vec!["`storage.lease_renew_ms`: must be greater than 0".to_owned()]
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = COMMUNITY
             .replace("tier = \"community\"", "tier = \"street\"")
