@@ -57,3 +57,19 @@ pub const KEY_REQUEST_ID: &str = "request_id";
 pub const KEY_NODE: &str = "node";
 /// A trust list: the city that signs it.
 pub const KEY_TRUST_LIST: &str = "trust_list";
+
+/// The natural keys records of `kind` carry, by name (the names a lookup
+/// may use). Canonical kinds not listed have none.
+pub fn natural_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        KIND_RESIDENT => &[KEY_ID_DIGEST],
+        KIND_AMENDMENT => &[KEY_TARGET_OWNER],
+        KIND_AMENDMENT_RESULT => &[KEY_AMENDMENT_ID],
+        KIND_JOIN_TOKEN => &[KEY_TOKEN_DIGEST],
+        KIND_CERT_REQUEST => &[KEY_ISSUER],
+        KIND_CERT_ISSUED => &[KEY_REQUEST_ID],
+        KIND_NODE_KEY => &[KEY_NODE],
+        KIND_TRUST_LIST => &[KEY_TRUST_LIST],
+        _ => &[],
+    }
+}

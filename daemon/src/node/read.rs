@@ -13,7 +13,7 @@ use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
 use super::{Node, NodeError};
-use crate::kinds::KIND_AMENDMENT;
+use crate::kinds::{KIND_AMENDMENT, natural_keys};
 use crate::route::Owners;
 use crate::store::audit::{AuditEntry, AuditSource};
 use crate::store::{AuditEvent, Cursor, LinkPage, ListQuery, StoreError};
@@ -130,8 +130,13 @@ impl Reads<'_> {
         Ok(self.node.store.get(id).await?.map(|s| self.show(s.record)))
     }
 
-    /// Records by kind and owner prefix, in id order.
+    /// Records by kind and owner prefix, in id order. An empty kind lists
+    /// every kind; a kind this build does not know is an error, not an
+    /// empty list.
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<wire::Record>, NodeError> {
+        if !query.kind.is_empty() {
+            self.known_kind(&query.kind)?;
+        }
         Ok(self
             .node
             .store
@@ -142,13 +147,33 @@ impl Reads<'_> {
             .collect())
     }
 
-    /// Live records of `kind` with the natural key `name` = `value`.
+    /// Live records of `kind` with the natural key `name` = `value`. A kind
+    /// this build does not know, or a key its records do not carry, is an
+    /// error, not an empty result.
     pub async fn lookup(
         &self,
         kind: &str,
         name: &str,
         value: &str,
     ) -> Result<Vec<wire::Record>, NodeError> {
+        self.known_kind(kind)?;
+        let keys = natural_keys(kind);
+        if !keys.contains(&name) {
+            return Err(NodeError::Invalid {
+                field: "key",
+                reason: if keys.is_empty() {
+                    format!("`{kind}` records carry no natural key to look up by")
+                } else {
+                    format!(
+                        "`{kind}` records carry no key `{name}`; look them up by {}",
+                        keys.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            });
+        }
         Ok(self
             .node
             .store
@@ -174,6 +199,17 @@ impl Reads<'_> {
             .into_iter()
             .map(|s| (s.seq, self.show(s.record)))
             .collect())
+    }
+
+    fn known_kind(&self, kind: &str) -> Result<(), NodeError> {
+        let schemas = self.node.schemas;
+        if schemas.is_canonical(kind) {
+            return Ok(());
+        }
+        Err(NodeError::UnknownKind {
+            kind: kind.to_owned(),
+            known: schemas.canonical_kinds(),
+        })
     }
 
     /// A record as this reader may see it: masked unless this node owns it.

@@ -9,7 +9,7 @@ use tiersync_proto::types::{DivisionCode, RecordId, ResidentId, Tier};
 use tiersync_proto::wire;
 
 use super::{MAX_PAYLOAD_BYTES, Node, NodeError, city_of, default_scope, owner_code};
-use crate::kinds::{INTERNAL_KINDS, KEY_ID_DIGEST, KIND_RESIDENT};
+use crate::kinds::{INTERNAL_KINDS, KEY_ID_DIGEST, KIND_HOUSEHOLD, KIND_RESIDENT};
 use crate::route::{self, Scope};
 use crate::store::{AuditNote, LocalWrite, Stored};
 
@@ -55,6 +55,7 @@ impl Node {
                     field: "payload",
                     reason: e.to_string(),
                 })?;
+            check_division_codes(&input.kind, &input.payload)?;
             if input.payload.len() > MAX_PAYLOAD_BYTES {
                 return Err(NodeError::Invalid {
                     field: "payload",
@@ -301,6 +302,35 @@ impl Node {
         );
         self.put_own(record, expected_version, false, audit).await
     }
+}
+
+/// The division codes a payload names are real codes: an address is a
+/// community's (12 digits), checked where a record is first accepted.
+fn check_division_codes(kind: &str, payload: &[u8]) -> Result<(), NodeError> {
+    let address_code = match kind {
+        KIND_RESIDENT => civil::v1::Resident::decode(payload).map(|r| r.address_code),
+        KIND_HOUSEHOLD => civil::v1::Household::decode(payload).map(|h| h.address_code),
+        _ => return Ok(()),
+    }
+    .map_err(|e| NodeError::Invalid {
+        field: "payload",
+        reason: e.to_string(),
+    })?;
+    if address_code.is_empty() {
+        return Ok(());
+    }
+    let invalid = |reason: String| NodeError::Invalid {
+        field: "address_code",
+        reason,
+    };
+    let code = DivisionCode::parse(&address_code).map_err(|e| invalid(e.to_string()))?;
+    if code.tier() != Tier::Community {
+        return Err(invalid(format!(
+            "`{code}` is a {} code; an address is a community's 12-digit code",
+            code.tier()
+        )));
+    }
+    Ok(())
 }
 
 /// The audit actor of a write through the local API: the record's
