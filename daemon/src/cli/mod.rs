@@ -121,8 +121,12 @@ pub enum Command {
         #[arg(long)]
         kind: String,
         /// The payload as JSON (protobuf JSON mapping of the kind).
-        #[arg(long)]
-        json: String,
+        #[arg(long, conflicts_with = "json_file")]
+        json: Option<String>,
+        /// The payload as JSON, read from FILE (`-`: standard input), for
+        /// records too large for a command-line argument.
+        #[arg(long, value_name = "FILE")]
+        json_file: Option<PathBuf>,
         /// Record id to change; omit to create.
         #[arg(long)]
         id: Option<String>,
@@ -346,6 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             kind,
             json,
+            json_file,
             id,
             expected_version,
             up_to,
@@ -353,6 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             delete,
             reason,
         } => {
+            let json = records::payload_json(json, json_file.as_deref(), delete)?;
             records::put(
                 api.api,
                 kind,

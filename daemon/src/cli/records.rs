@@ -4,6 +4,9 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
 
 use tiersync_proto::types::{RecordId, Schemas, Tier};
 use tiersync_proto::wire;
@@ -11,6 +14,30 @@ use tiersync_proto::wire;
 use super::{connect, status_error};
 
 /// `tiersync put`: creates or changes a record, or sends an amendment.
+/// The JSON of a put's payload: from `--json`, or from `--json-file`
+/// (`-` for standard input); none is needed to delete.
+pub(super) fn payload_json(
+    json: Option<String>,
+    file: Option<&Path>,
+    delete: bool,
+) -> anyhow::Result<String> {
+    match (json, file) {
+        (Some(json), _) => Ok(json),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the payload JSON from standard input")?;
+            Ok(text)
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the payload JSON from {}", path.display())),
+        (None, None) if delete => Ok(String::new()),
+        (None, None) => anyhow::bail!(
+            "give the payload with --json TEXT or --json-file FILE (`-` for standard input)"
+        ),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn put(
     api: SocketAddr,
