@@ -159,11 +159,19 @@ impl Schemas {
     pub fn payload_from_json(&self, kind: &str, json: &str) -> Result<Vec<u8>, SchemaError> {
         let desc = self.descriptor(kind)?.clone();
         let mut de = serde_json::Deserializer::from_str(json);
-        let message =
-            DynamicMessage::deserialize(desc, &mut de).map_err(|e| SchemaError::Json {
-                kind: kind.to_owned(),
-                reason: e.to_string(),
-            })?;
+        // The path of the field that failed, not only its line and column.
+        let mut track = serde_path_to_error::Track::new();
+        let message = DynamicMessage::deserialize(
+            desc,
+            serde_path_to_error::Deserializer::new(&mut de, &mut track),
+        )
+        .map_err(|e| SchemaError::Json {
+            kind: kind.to_owned(),
+            reason: match track.path().to_string().as_str() {
+                "." | "?" => e.to_string(),
+                path => format!("field `{path}`: {e}"),
+            },
+        })?;
         de.end().map_err(|e| SchemaError::Json {
             kind: kind.to_owned(),
             reason: e.to_string(),
@@ -358,6 +366,33 @@ mod tests {
 
     fn schemas() -> &'static Schemas {
         Schemas::global()
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let check = |json: &str, expected: &str| {
+            let e = schemas()
+                .payload_from_json("civil.v1.Resident", json)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(expected),
+                "`{e}` does not start with `{expected}`"
+            );
+        };
+        check(
+            r#"{"name": 5}"#,
+            "JSON is not a valid `civil.v1.Resident`: field `name`: invalid type: integer `5`",
+        );
+        check(
+            r#"{"name": "a", "categories": ["CATEGORY_ELDERLY", "NOPE"]}"#,
+            "JSON is not a valid `civil.v1.Resident`: field `categories[1]`: unrecognized enum value 'NOPE'",
+        );
+        // a syntax error has no field to name: its line and column say where
+        check(
+            r#"{"name": "a","#,
+            "JSON is not a valid `civil.v1.Resident`: EOF while parsing",
+        );
     }
 
     fn resident() -> Resident {
