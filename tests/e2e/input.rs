@@ -122,3 +122,60 @@ async fn a_list_or_lookup_that_cannot_match_is_an_error_not_an_empty_result() {
     assert!(none.records.is_empty());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_stays_deleted() {
+    let cluster = Cluster::with(&["5111"]).await;
+    let mut api = api(&cluster, "5111").await;
+    let resident = civil::v1::Resident {
+        name: "张三".into(),
+        id_number: "11010519491231002X".into(),
+        ..Default::default()
+    };
+    let put = |id: Vec<u8>, expected_version: u64, delete: bool| wire::PutRequest {
+        id,
+        kind: "civil.v1.Resident".into(),
+        payload: if delete {
+            Vec::new()
+        } else {
+            resident.encode_to_vec()
+        },
+        expected_version,
+        delete,
+        ..Default::default()
+    };
+    let created = api
+        .put(put(Vec::new(), 0, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let deleted = api
+        .put(put(created.id.clone(), 1, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(deleted.deleted && deleted.version == 2);
+    // neither an update nor a second delete brings it back or moves it on
+    for delete in [false, true] {
+        check(
+            api.put(put(created.id.clone(), 2, delete)).await,
+            tonic::Code::InvalidArgument,
+            "invalid id: record ",
+        );
+    }
+    let held = api
+        .get(wire::GetRequest { id: created.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(held.deleted && held.version == 2, "{held:?}");
+    // the same resident may be put again, as a new record
+    api.put(put(Vec::new(), 0, false)).await.unwrap();
+    cluster.shutdown().await;
+}

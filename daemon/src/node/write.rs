@@ -92,6 +92,19 @@ impl Node {
                     ),
                 });
             }
+            // A deletion is final: every node holding the record has a
+            // tombstone, and a revival would look like a new fact with an
+            // old id. A new record is the way back.
+            if existing.record.deleted {
+                return Err(NodeError::Invalid {
+                    field: "id",
+                    reason: format!(
+                        "record {} was deleted at version {}; a deleted record stays deleted: put a new record instead",
+                        crate::store::id_text(&existing.record.id),
+                        existing.record.version
+                    ),
+                });
+            }
         }
         let keys = if input.delete {
             Vec::new()
