@@ -48,6 +48,9 @@ impl Node {
                 known,
             });
         }
+        // A resident's payload is decoded once, here, for its address code
+        // and then its natural key.
+        let mut resident = None;
         if !input.delete {
             self.schemas
                 .validate_payload(&input.kind, &input.payload)
@@ -55,7 +58,7 @@ impl Node {
                     field: "payload",
                     reason: e.to_string(),
                 })?;
-            check_division_codes(&input.kind, &input.payload)?;
+            resident = check_division_codes(&input.kind, &input.payload)?;
             if input.payload.len() > MAX_PAYLOAD_BYTES {
                 return Err(NodeError::Invalid {
                     field: "payload",
@@ -109,7 +112,7 @@ impl Node {
         let keys = if input.delete {
             Vec::new()
         } else {
-            self.natural_keys(&input.kind, &input.payload)?
+            self.natural_keys(resident.as_ref())?
         };
         let scope = match &input.scope {
             Some(s) => Scope::from_wire(&self.code, Some(s)),
@@ -225,17 +228,17 @@ impl Node {
         Ok(stored)
     }
 
-    /// Natural keys the node derives from a payload: for a resident, the
-    /// keyed digest of a valid ID number (the raw number never leaves the
-    /// record's personal field).
-    fn natural_keys(&self, kind: &str, payload: &[u8]) -> Result<Vec<wire::NaturalKey>, NodeError> {
-        if kind != KIND_RESIDENT {
+    /// Natural keys the node derives from a payload: for a resident (the
+    /// payload as [`check_division_codes`] decoded it), the keyed digest of
+    /// a valid ID number (the raw number never leaves the record's personal
+    /// field). Other kinds have none.
+    fn natural_keys(
+        &self,
+        resident: Option<&civil::v1::Resident>,
+    ) -> Result<Vec<wire::NaturalKey>, NodeError> {
+        let Some(resident) = resident else {
             return Ok(Vec::new());
-        }
-        let resident = civil::v1::Resident::decode(payload).map_err(|e| NodeError::Invalid {
-            field: "payload",
-            reason: e.to_string(),
-        })?;
+        };
         if resident.id_number.is_empty() {
             return Err(NodeError::Invalid {
                 field: "id_number",
@@ -319,18 +322,30 @@ impl Node {
 
 /// The division codes a payload names are real codes: an address is a
 /// community's (12 digits), checked where a record is first accepted.
-fn check_division_codes(kind: &str, payload: &[u8]) -> Result<(), NodeError> {
-    let address_code = match kind {
-        KIND_RESIDENT => civil::v1::Resident::decode(payload).map(|r| r.address_code),
-        KIND_HOUSEHOLD => civil::v1::Household::decode(payload).map(|h| h.address_code),
-        _ => return Ok(()),
-    }
-    .map_err(|e| NodeError::Invalid {
+/// Returns a resident's payload decoded, for its natural key.
+fn check_division_codes(
+    kind: &str,
+    payload: &[u8],
+) -> Result<Option<civil::v1::Resident>, NodeError> {
+    let undecodable = |e: prost::DecodeError| NodeError::Invalid {
         field: "payload",
         reason: e.to_string(),
-    })?;
+    };
+    let (address_code, resident) = match kind {
+        KIND_RESIDENT => {
+            let r = civil::v1::Resident::decode(payload).map_err(undecodable)?;
+            (r.address_code.clone(), Some(r))
+        }
+        KIND_HOUSEHOLD => (
+            civil::v1::Household::decode(payload)
+                .map_err(undecodable)?
+                .address_code,
+            None,
+        ),
+        _ => return Ok(None),
+    };
     if address_code.is_empty() {
-        return Ok(());
+        return Ok(resident);
     }
     let invalid = |reason: String| NodeError::Invalid {
         field: "address_code",
@@ -343,7 +358,7 @@ fn check_division_codes(kind: &str, payload: &[u8]) -> Result<(), NodeError> {
             code.tier()
         )));
     }
-    Ok(())
+    Ok(resident)
 }
 
 /// The audit actor of a write through the local API: the record's
