@@ -108,24 +108,31 @@ impl LinkTable {
 
     /// Updates (creating if needed) the entry of `peer`.
     pub fn update<R>(&self, peer: &str, toward: Toward, f: impl FnOnce(&mut LinkInfo) -> R) -> R {
-        let now = self.now_ms();
         let mut links = self.links.lock().expect("link table lock");
-        let info = links.entry(peer.to_owned()).or_insert_with(|| LinkInfo {
-            peer: peer.to_owned(),
-            toward,
-            state: LinkState::Connecting,
-            applied_through: 0,
-            peer_head: 0,
-            peer_applied: 0,
-            lag_seconds: 0.0,
-            since_ms: now,
-            last_error: String::new(),
-            records_in: 0,
-            records_out: 0,
-            rejected: 0,
-            last_progress_ms: now,
-        });
-        f(info)
+        // Every batch updates its link: only a new entry needs the time and
+        // an owned key.
+        if !links.contains_key(peer) {
+            let now = self.now_ms();
+            links.insert(
+                peer.to_owned(),
+                LinkInfo {
+                    peer: peer.to_owned(),
+                    toward,
+                    state: LinkState::Connecting,
+                    applied_through: 0,
+                    peer_head: 0,
+                    peer_applied: 0,
+                    lag_seconds: 0.0,
+                    since_ms: now,
+                    last_error: String::new(),
+                    records_in: 0,
+                    records_out: 0,
+                    rejected: 0,
+                    last_progress_ms: now,
+                },
+            );
+        }
+        f(links.get_mut(peer).expect("present: inserted above"))
     }
 
     pub fn set_state(&self, peer: &str, toward: Toward, state: LinkState) {
