@@ -1,7 +1,8 @@
 //! Every record kind and natural-key name the daemon itself knows, in one
-//! place. Canonical kinds and their personal fields come from the `.proto`
-//! schemas ([`tiersync_proto::types::Schemas`]); this module names the ones
-//! the daemon's own rules refer to.
+//! place. Canonical kinds, their personal fields and their natural-key names
+//! come from the `.proto` schemas ([`tiersync_proto::types::Schemas`]); this
+//! module names the ones the daemon's own rules refer to, and a test holds
+//! the two together.
 
 // === canonical kinds with rules of their own ===
 
@@ -9,6 +10,10 @@ pub const KIND_RESIDENT: &str = "civil.v1.Resident";
 pub const KIND_HOUSEHOLD: &str = "civil.v1.Household";
 pub const KIND_APPLICATION: &str = "service.v1.Application";
 pub const KIND_NOTICE: &str = "gov.v1.Notice";
+/// The city's catalogue of departments.
+pub const KIND_DEPARTMENT: &str = "tiersync.v1.Department";
+/// A department's access, owned by the node that approved it.
+pub const KIND_GRANT: &str = "tiersync.v1.Grant";
 
 // === kinds the node itself writes ===
 
@@ -43,6 +48,12 @@ pub const INTERNAL_KINDS: &[&str] = &[
 
 /// A resident: the keyed digest of the ID number.
 pub const KEY_ID_DIGEST: &str = "id_digest";
+/// A household: the keyed digest of its head's ID number.
+pub const KEY_HEAD_ID_DIGEST: &str = "head_id_digest";
+/// An application: its case number (办件编号).
+pub const KEY_CASE_NUMBER: &str = "case_number";
+/// A catalogue department, and a grant: the department's code.
+pub const KEY_DEPARTMENT: &str = "department";
 /// An amendment: the node that owns its target.
 pub const KEY_TARGET_OWNER: &str = "target_owner";
 /// An amendment result: the amendment it answers.
@@ -59,17 +70,35 @@ pub const KEY_NODE: &str = "node";
 pub const KEY_TRUST_LIST: &str = "trust_list";
 
 /// The natural keys records of `kind` carry, by name (the names a lookup
-/// may use). Canonical kinds not listed have none.
-pub fn natural_keys(kind: &str) -> &'static [&'static str] {
-    match kind {
-        KIND_RESIDENT => &[KEY_ID_DIGEST],
-        KIND_AMENDMENT => &[KEY_TARGET_OWNER],
-        KIND_AMENDMENT_RESULT => &[KEY_AMENDMENT_ID],
-        KIND_JOIN_TOKEN => &[KEY_TOKEN_DIGEST],
-        KIND_CERT_REQUEST => &[KEY_ISSUER],
-        KIND_CERT_ISSUED => &[KEY_REQUEST_ID],
-        KIND_NODE_KEY => &[KEY_NODE],
-        KIND_TRUST_LIST => &[KEY_TRUST_LIST],
-        _ => &[],
+/// may use), as the schema declares them. Kinds with none, and kinds this
+/// build does not know, give an empty list.
+pub fn natural_keys(kind: &str) -> &'static [String] {
+    tiersync_proto::types::Schemas::global().natural_keys(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key each kind's rules derive is the one its schema declares.
+    #[test]
+    fn the_keys_the_daemon_derives_are_the_schemas() {
+        for (kind, key) in [
+            (KIND_RESIDENT, KEY_ID_DIGEST),
+            (KIND_HOUSEHOLD, KEY_HEAD_ID_DIGEST),
+            (KIND_APPLICATION, KEY_CASE_NUMBER),
+            (KIND_DEPARTMENT, KEY_DEPARTMENT),
+            (KIND_GRANT, KEY_DEPARTMENT),
+            (KIND_AMENDMENT, KEY_TARGET_OWNER),
+            (KIND_AMENDMENT_RESULT, KEY_AMENDMENT_ID),
+            (KIND_JOIN_TOKEN, KEY_TOKEN_DIGEST),
+            (KIND_CERT_REQUEST, KEY_ISSUER),
+            (KIND_CERT_ISSUED, KEY_REQUEST_ID),
+            (KIND_NODE_KEY, KEY_NODE),
+            (KIND_TRUST_LIST, KEY_TRUST_LIST),
+        ] {
+            assert_eq!(natural_keys(kind), [key], "{kind}");
+        }
+        assert!(natural_keys(KIND_NOTICE).is_empty());
     }
 }

@@ -17,6 +17,13 @@ pub mod pb {
             #![allow(clippy::all, missing_docs)]
             include!("gen/tiersync.v1.rs");
         }
+        /// The adapter API: department systems' door (adapter.proto).
+        pub mod adapter {
+            pub mod v1 {
+                #![allow(clippy::all, missing_docs)]
+                include!("gen/tiersync.adapter.v1.rs");
+            }
+        }
     }
     pub mod civil {
         pub mod v1 {

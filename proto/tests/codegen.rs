@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "tiersync/v1/api.proto",
     "tiersync/v1/join.proto",
     "tiersync/v1/trust.proto",
+    "tiersync/v1/department.proto",
+    "tiersync/adapter/v1/adapter.proto",
     "civil/v1/resident.proto",
     "service/v1/application.proto",
     "gov/v1/notice.proto",

@@ -158,7 +158,7 @@ impl Reads<'_> {
     ) -> Result<Vec<wire::Record>, NodeError> {
         self.known_kind(kind)?;
         let keys = natural_keys(kind);
-        if !keys.contains(&name) {
+        if !keys.iter().any(|k| k == name) {
             return Err(NodeError::Invalid {
                 field: "key",
                 reason: if keys.is_empty() {

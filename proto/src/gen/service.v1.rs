@@ -15,6 +15,11 @@ pub struct Application {
     pub submitted_at_ms: i64,
     #[prost(string, tag = "6")]
     pub details: ::prost::alloc::string::String,
+    /// The case number (办件编号) the service platform gave the application;
+    /// the application's natural key `case_number`, so the same case filed
+    /// twice is one record.
+    #[prost(string, tag = "7")]
+    pub case_number: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

@@ -2389,3 +2389,111 @@ pub mod join_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// One department of the deployment's catalogue (民政, 人社, 卫健, 公安, ...).
+/// Owned by the city and shared with every node; a deployment edits it like
+/// any city record (`tiersync put` at the city).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Department {
+    /// Stable code: lowercase ASCII letters, digits and hyphens, starting with
+    /// a letter, at most 32 characters, e.g. "civil-affairs". Certificates,
+    /// grants and record scopes name departments by this code.
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    /// Name for people, e.g. "民政局".
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// What the department does, for the operators who approve its grants.
+    #[prost(string, tag = "3")]
+    pub description: ::prost::alloc::string::String,
+}
+/// A department's access to records, applied for, approved and withdrawn at
+/// the approving node, which owns the record. It replicates down to every
+/// node of `division_prefix` (and up to the city, which sees every grant), so
+/// a withdrawal reaches the nodes that enforce it like any change.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Grant {
+    /// The department it grants to (a code from the catalogue).
+    #[prost(string, tag = "1")]
+    pub department: ::prost::alloc::string::String,
+    /// Record kinds it may read, e.g. "civil.v1.Resident".
+    #[prost(string, repeated, tag = "2")]
+    pub kinds: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Personal fields it may read in clear, as "<kind>.<field>", e.g.
+    /// "civil.v1.Resident.id_number". Every other personal field is masked.
+    #[prost(string, repeated, tag = "3")]
+    pub clear_fields: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The area: records owned by nodes inside this division's subtree. Lies
+    /// inside the approving node's own subtree.
+    #[prost(string, tag = "4")]
+    pub division_prefix: ::prost::alloc::string::String,
+    /// The purpose: the matter code (事项编码) of the government service the
+    /// reads are for. Every read names it.
+    #[prost(string, tag = "5")]
+    pub matter_code: ::prost::alloc::string::String,
+    /// The matter's name, for people.
+    #[prost(string, tag = "6")]
+    pub matter_name: ::prost::alloc::string::String,
+    /// The law or document that allows the access (设定依据).
+    #[prost(string, tag = "7")]
+    pub legal_basis: ::prost::alloc::string::String,
+    /// In effect from, ms since the Unix epoch.
+    #[prost(int64, tag = "8")]
+    pub valid_from_ms: i64,
+    /// In effect until (exclusive), ms since the Unix epoch.
+    #[prost(int64, tag = "9")]
+    pub valid_until_ms: i64,
+    #[prost(enumeration = "GrantState", tag = "10")]
+    pub state: i32,
+    /// Who applied, in words (office, person, reference number).
+    #[prost(string, tag = "11")]
+    pub requested_by: ::prost::alloc::string::String,
+    /// Who approved it, in words; set on approval.
+    #[prost(string, tag = "12")]
+    pub approved_by: ::prost::alloc::string::String,
+    /// Why it was withdrawn; set on withdrawal.
+    #[prost(string, tag = "13")]
+    pub withdrawn_reason: ::prost::alloc::string::String,
+    /// Whether the department may also submit records of `kinds` at nodes of
+    /// the area, as the collecting party (the node stays the owner).
+    #[prost(bool, tag = "14")]
+    pub may_submit: bool,
+}
+/// Where a grant stands. Expiry is not a state of its own: a grant past
+/// `valid_until_ms` is expired at every node by that node's clock, with no
+/// record having to travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum GrantState {
+    Unspecified = 0,
+    /// Applied for; grants nothing yet.
+    Requested = 1,
+    /// Approved by its owner: in effect from `valid_from_ms` until
+    /// `valid_until_ms`.
+    Approved = 2,
+    /// Withdrawn by its owner; final.
+    Withdrawn = 3,
+}
+impl GrantState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "GRANT_STATE_UNSPECIFIED",
+            Self::Requested => "GRANT_STATE_REQUESTED",
+            Self::Approved => "GRANT_STATE_APPROVED",
+            Self::Withdrawn => "GRANT_STATE_WITHDRAWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "GRANT_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "GRANT_STATE_REQUESTED" => Some(Self::Requested),
+            "GRANT_STATE_APPROVED" => Some(Self::Approved),
+            "GRANT_STATE_WITHDRAWN" => Some(Self::Withdrawn),
+            _ => None,
+        }
+    }
+}

@@ -22,6 +22,7 @@ use super::resident_id::{self, ResidentId};
 
 const PERSONAL: &str = "tiersync.v1.personal";
 const CANONICAL: &str = "tiersync.v1.canonical";
+const NATURAL_KEY: &str = "tiersync.v1.natural_key";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
@@ -54,6 +55,8 @@ pub struct Schemas {
     kinds: BTreeMap<String, MessageDescriptor>,
     /// Full names of every field marked personal, in any message.
     personal: HashSet<String>,
+    /// Natural-key names by canonical kind, in declaration order.
+    natural_keys: BTreeMap<String, Vec<String>>,
 }
 
 impl Schemas {
@@ -65,8 +68,9 @@ impl Schemas {
             .expect("the compiled-in descriptor set decodes");
         let personal_ext = extension(&pool, PERSONAL);
         let canonical_ext = extension(&pool, CANONICAL);
+        let natural_key_ext = extension(&pool, NATURAL_KEY);
 
-        let kinds = pool
+        let kinds: BTreeMap<String, MessageDescriptor> = pool
             .all_messages()
             .filter(|m| option_is_set(&m.options(), &canonical_ext))
             .map(|m| (m.full_name().to_owned(), m))
@@ -77,10 +81,29 @@ impl Schemas {
             .filter(|f| option_is_set(&f.options(), &personal_ext))
             .map(|f| f.full_name().to_owned())
             .collect();
+        let natural_keys = kinds
+            .iter()
+            .map(|(kind, m)| {
+                let options = m.options();
+                let names = if options.has_extension(&natural_key_ext) {
+                    match &*options.get_extension(&natural_key_ext) {
+                        Value::List(items) => items
+                            .iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect(),
+                        _ => Vec::new(),
+                    }
+                } else {
+                    Vec::new()
+                };
+                (kind.clone(), names)
+            })
+            .collect();
         Schemas {
             pool,
             kinds,
             personal,
+            natural_keys,
         }
     }
 
@@ -105,6 +128,19 @@ impl Schemas {
     /// The canonical kinds, sorted.
     pub fn canonical_kinds(&self) -> Vec<String> {
         self.kinds.keys().cloned().collect()
+    }
+
+    /// The natural keys records of `kind` carry, by name, as the schema
+    /// declares them (`(tiersync.v1.natural_key)`): the names a lookup may
+    /// use. Empty for a kind with none, or one this build does not know.
+    pub fn natural_keys(&self, kind: &str) -> &[String] {
+        self.natural_keys.get(kind).map_or(&[], Vec::as_slice)
+    }
+
+    /// True if the field with this full name (`<kind>.<field>`, e.g.
+    /// `civil.v1.Resident.id_number`) is marked personal.
+    pub fn is_personal_field(&self, full_name: &str) -> bool {
+        self.personal.contains(full_name)
     }
 
     /// Checks that `payload` decodes as `kind`, which must be canonical (a
@@ -149,8 +185,20 @@ impl Schemas {
     /// resident amendment's payload passes through as it is. Mask it with
     /// `mask(target_kind, payload)` before showing it.
     pub fn mask(&self, kind: &str, payload: &[u8]) -> Result<Vec<u8>, SchemaError> {
+        self.mask_except(kind, payload, &HashSet::new())
+    }
+
+    /// As [`Schemas::mask`], except that the personal fields named in
+    /// `clear` (full names, `<kind>.<field>`: what a department's grant
+    /// allows it to read in clear) are left as they are.
+    pub fn mask_except(
+        &self,
+        kind: &str,
+        payload: &[u8],
+        clear: &HashSet<String>,
+    ) -> Result<Vec<u8>, SchemaError> {
         let mut message = self.decode(kind, payload)?;
-        self.mask_message(&mut message);
+        self.mask_message(&mut message, clear);
         Ok(message.encode_to_vec())
     }
 
@@ -243,7 +291,7 @@ impl Schemas {
         self.personal.contains(field.full_name())
     }
 
-    fn mask_message(&self, message: &mut DynamicMessage) {
+    fn mask_message(&self, message: &mut DynamicMessage, clear: &HashSet<String>) {
         // Dropped: an unknown field may be a personal one added by a newer
         // schema.
         message.take_unknown_fields().for_each(drop);
@@ -255,24 +303,27 @@ impl Schemas {
                 continue;
             }
             if self.is_personal(&field) {
+                if clear.contains(field.full_name()) {
+                    continue;
+                }
                 if !mask_personal_strings(message.get_field_mut(&field)) {
                     message.clear_field(&field);
                 }
                 continue;
             }
             match message.get_field_mut(&field) {
-                Value::Message(nested) => self.mask_message(nested),
+                Value::Message(nested) => self.mask_message(nested, clear),
                 Value::List(items) => {
                     for item in items {
                         if let Value::Message(nested) = item {
-                            self.mask_message(nested);
+                            self.mask_message(nested, clear);
                         }
                     }
                 }
                 Value::Map(entries) => {
                     for value in entries.values_mut() {
                         if let Value::Message(nested) = value {
-                            self.mask_message(nested);
+                            self.mask_message(nested, clear);
                         }
                     }
                 }
@@ -409,6 +460,32 @@ mod tests {
     }
 
     #[test]
+    fn natural_keys_come_from_the_options() {
+        let s = schemas();
+        assert_eq!(s.natural_keys("civil.v1.Resident"), ["id_digest"]);
+        assert_eq!(s.natural_keys("civil.v1.Household"), ["head_id_digest"]);
+        assert_eq!(s.natural_keys("service.v1.Application"), ["case_number"]);
+        assert_eq!(s.natural_keys("tiersync.v1.Grant"), ["department"]);
+        assert!(s.natural_keys("gov.v1.Notice").is_empty());
+        assert!(s.natural_keys("civil.v1.Nope").is_empty());
+    }
+
+    #[test]
+    fn fields_a_grant_names_stay_in_clear() {
+        let s = schemas();
+        let clear: HashSet<String> = ["civil.v1.Resident.id_number".to_owned()].into();
+        let masked = s
+            .mask_except("civil.v1.Resident", &resident().encode_to_vec(), &clear)
+            .unwrap();
+        let r = Resident::decode(&masked[..]).unwrap();
+        assert_eq!(r.id_number, "51110219800102123x");
+        assert_eq!(r.name, "张**");
+        assert_eq!(r.phone, "1**********");
+        assert!(s.is_personal_field("civil.v1.Resident.id_number"));
+        assert!(!s.is_personal_field("civil.v1.Resident.notes"));
+    }
+
+    #[test]
     fn canonical_kinds_come_from_the_options() {
         let s = schemas();
         assert!(s.is_canonical("civil.v1.Resident"));
@@ -426,6 +503,8 @@ mod tests {
                 "tiersync.v1.AmendmentResult",
                 "tiersync.v1.CertificateIssued",
                 "tiersync.v1.CertificateRequest",
+                "tiersync.v1.Department",
+                "tiersync.v1.Grant",
                 "tiersync.v1.JoinToken",
                 "tiersync.v1.NodeKey",
                 "tiersync.v1.TrustList",
@@ -443,7 +522,10 @@ mod tests {
             "civil.v1.Resident",
             &["name", "id_number", "address", "phone"],
         );
-        check("civil.v1.Household", &["head_name", "address"]);
+        check(
+            "civil.v1.Household",
+            &["head_name", "address", "head_id_number"],
+        );
         check("service.v1.Application", &["applicant_name"]);
         check("gov.v1.Notice", &[]);
         check("tiersync.v1.Amendment", &[]);
@@ -473,7 +555,7 @@ mod tests {
         };
         let known = "civil.v1.Household, civil.v1.Resident, gov.v1.Notice, \
                      service.v1.Application, tiersync.v1.Amendment, tiersync.v1.AmendmentResult, \
-                     tiersync.v1.CertificateIssued, tiersync.v1.CertificateRequest, tiersync.v1.JoinToken, \
+                     tiersync.v1.CertificateIssued, tiersync.v1.CertificateRequest, tiersync.v1.Department, tiersync.v1.Grant, tiersync.v1.JoinToken, \
                      tiersync.v1.NodeKey, tiersync.v1.TrustList";
         let s = schemas();
         check(
@@ -509,7 +591,7 @@ mod tests {
         );
         check(
             s.field_str("civil.v1.Household", b"", "head").map(drop),
-            "`civil.v1.Household` has no field `head`; its fields are: head_name, address_code, address, members",
+            "`civil.v1.Household` has no field `head`; its fields are: head_name, address_code, address, members, head_id_number",
         );
         check(
             s.field_str("civil.v1.Household", b"", "members").map(drop),
@@ -570,6 +652,7 @@ mod tests {
             address_code: "511102004001".into(),
             address: "春华路1号".into(),
             members: 4,
+            head_id_number: String::new(),
         };
         let masked = s
             .mask("civil.v1.Household", &household.encode_to_vec())
@@ -590,6 +673,7 @@ mod tests {
             status: 1,
             submitted_at_ms: 1_704_067_200_000,
             details: "每月".into(),
+            case_number: "SC-2026-0001".into(),
         };
         let masked = s
             .mask("service.v1.Application", &application.encode_to_vec())
@@ -702,6 +786,7 @@ mod tests {
             .into_iter()
             .map(String::from)
             .collect(),
+            natural_keys: BTreeMap::new(),
             pool,
         };
 
