@@ -25,6 +25,7 @@ mod group;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+mod subscriptions;
 
 pub use group::GroupCommit;
 pub(crate) use shared::*;
@@ -36,6 +37,7 @@ use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
 pub use audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery, AuditSource};
+pub use subscriptions::Subscriptions;
 
 /// A record as held by this node.
 #[derive(Debug, Clone)]
@@ -422,7 +424,7 @@ impl StoreError {
 /// The storage interface of a node. See the module doc for the semantics
 /// every implementation keeps.
 #[async_trait]
-pub trait Store: AuditSource + Send + Sync + 'static {
+pub trait Store: AuditSource + Subscriptions + Send + Sync + 'static {
     /// Random id minted when the store was created; a peer that sees it
     /// change knows this log was recreated.
     fn epoch(&self) -> &str;
@@ -486,9 +488,17 @@ pub trait Store: AuditSource + Send + Sync + 'static {
             .pop()
             .expect("one outcome per write")
     }
-    /// Appends one audit entry in its own transaction (reads by a
-    /// department, for the adapters).
-    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry>;
+    /// Appends audit entries, in order, in one transaction of their own
+    /// (reads by departments: one entry per record shown).
+    async fn audit_append_many(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEntry>>;
+    /// Appends one audit entry in its own transaction.
+    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
+        Ok(self
+            .audit_append_many(vec![event])
+            .await?
+            .pop()
+            .expect("one entry per event"))
+    }
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>>;
     async fn quarantine_get(&self, qid: u64) -> Result<Option<QuarantineRow>>;
     async fn quarantine_resolve(&self, qid: u64) -> Result<()>;

@@ -37,6 +37,7 @@ mod lease;
 mod rows;
 #[cfg(any(test, feature = "testkit"))]
 pub mod scratch;
+mod subscriptions;
 
 use lease::LeaseBinding;
 pub use lease::{ActiveLease, LEASE_POLL, LeaseStatus, LeaseTiming, LeaseView};
@@ -562,10 +563,13 @@ impl Store for PgStore {
         Ok(outcomes)
     }
 
-    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
+    async fn audit_append_many(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEntry>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut writer = self.writer.lock().await;
         self.resync(&mut writer).await?;
-        let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
         let outcome = async {
             let mut tx = self.write_tx().await?;
             insert_audit(&mut tx, &entries).await?;
@@ -574,7 +578,7 @@ impl Store for PgStore {
         .await;
         self.settle(&mut writer, outcome)?;
         writer.audit = audit_head;
-        Ok(entries.remove(0))
+        Ok(entries)
     }
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {

@@ -35,6 +35,7 @@ use tracing::warn;
 mod checkpoint;
 mod files;
 mod rows;
+mod subscriptions;
 
 use checkpoint::{Checkpointer, wal_bytes};
 use files::*;
@@ -561,10 +562,13 @@ impl Store for SqliteStore {
         Ok(outcomes)
     }
 
-    async fn audit_append(&self, event: AuditEvent) -> Result<AuditEntry> {
+    async fn audit_append_many(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEntry>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut writer = self.writer.lock().await;
         let mut conn = self.writer_conn(&mut writer).await?;
-        let (mut entries, audit_head) = writer.audit.chain(vec![event], now_ms());
+        let (entries, audit_head) = writer.audit.chain(events, now_ms());
         let outcome = async {
             begin(&mut conn).await?;
             insert_audit(&mut conn, &entries).await?;
@@ -573,7 +577,7 @@ impl Store for SqliteStore {
         .await;
         self.settle(&mut writer, conn, outcome).await?;
         writer.audit = audit_head;
-        Ok(entries.remove(0))
+        Ok(entries)
     }
 
     async fn quarantine_list(&self, limit: u32) -> Result<Vec<QuarantineRow>> {
