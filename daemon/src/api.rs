@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tiersync_proto::types::{RecordId, ResidentId};
+use tiersync_proto::types::RecordId;
 use tiersync_proto::wire::{self, local_api_server::LocalApi};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::{status_of, store_status};
-use crate::kinds::{KEY_ID_DIGEST, KIND_RESIDENT};
 use crate::node::{Node, NodeError, PutInput, Reader};
 use crate::store::ListQuery;
 
@@ -169,13 +168,10 @@ impl LocalApi for LocalApiService {
         request: Request<wire::LookupRequest>,
     ) -> Result<Response<wire::ListResponse>, Status> {
         let r = request.into_inner();
-        let (name, value) = if r.kind == KIND_RESIDENT && r.key == "id_number" {
-            let id = ResidentId::parse(&r.value)
-                .map_err(|e| Status::invalid_argument(format!("invalid id_number: {e}")))?;
-            (KEY_ID_DIGEST.to_owned(), self.node.id_digest(&id))
-        } else {
-            (r.key, r.value)
-        };
+        let (name, value) = self
+            .node
+            .lookup_key(&r.kind, &r.key, &r.value)
+            .map_err(status_of)?;
         let records = self
             .node
             .reads(Reader::Operator)

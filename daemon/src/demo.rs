@@ -71,7 +71,7 @@ impl Deployment {
         crate::identity::pki::issue_origin_into_dir(&self.dir.join("pki"), &dc)?;
         let name = self.names.get(&dc).cloned().unwrap_or_default();
         let mut text = format!(
-            "version = 1\n\n[node]\ncode = \"{code}\"\ntier = \"{tier}\"\nname = \"{name}\"\n\n[storage]\npath = \"{code}.db\"\n\n[listen]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+            "version = 1\n\n[node]\ncode = \"{code}\"\ntier = \"{tier}\"\nname = \"{name}\"\n\n[storage]\npath = \"{code}.db\"\n\n[listen]\napi = \"127.0.0.1:0\"\nadapter = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
             tier = dc.tier(),
         );
         if dc.tier() != Tier::Community {
@@ -126,6 +126,7 @@ impl Deployment {
         for (key, addr) in [
             ("peer", node.peer_addr),
             ("api", node.api_addr),
+            ("adapter", node.adapter_addr),
             ("admin", node.admin_addr),
         ] {
             if let Some(addr) = addr {

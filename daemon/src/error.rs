@@ -20,6 +20,7 @@ impl From<NodeError> for Status {
                 Status::invalid_argument(error.to_string())
             }
             NodeError::NotFound(_) => Status::not_found(error.to_string()),
+            NodeError::Denied(_) => Status::permission_denied(error.to_string()),
             NodeError::Signing(_) => {
                 tracing::error!(%error, "cannot sign a write");
                 Status::internal(error.to_string())

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod departments;
 pub mod divisions;
 pub mod error;
 pub mod identity;

@@ -80,26 +80,6 @@ async fn refusals_trust_changes_and_reads_are_audited() {
         "{adopted:?}"
     );
 
-    // a department's read, for the adapters
-    let err = street
-        .audit_read("", "civil.v1.Resident", &[], "x")
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("department"), "{err}");
-    let read = street
-        .audit_read(
-            "public-security",
-            "civil.v1.Resident",
-            &[7; 16],
-            "household check",
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (read.actor.as_str(), read.action.as_str()),
-        ("public-security", "read")
-    );
-
     for node in [&city, &street, &cluster.node("511102")] {
         match verify(node.audit_log()).await.unwrap() {
             Verdict::Intact { entries, .. } => assert!(entries > 0, "{}", node.code()),

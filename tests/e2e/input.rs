@@ -109,7 +109,12 @@ async fn a_list_or_lookup_that_cannot_match_is_an_error_not_an_empty_result() {
     check(
         api.lookup(lookup("civil.v1.Household", "head_name")).await,
         tonic::Code::InvalidArgument,
-        "invalid key: `civil.v1.Household` records carry no natural key to look up by",
+        "invalid key: `civil.v1.Household` records carry no key `head_name`; look them up by `head_id_digest`",
+    );
+    check(
+        api.lookup(lookup("gov.v1.Notice", "title")).await,
+        tonic::Code::InvalidArgument,
+        "invalid key: `gov.v1.Notice` records carry no natural key to look up by",
     );
     // what can match still answers, empty or not
     let all = api.list(list("")).await.unwrap().into_inner();

@@ -4,6 +4,7 @@
 mod amend;
 mod audit;
 mod chain;
+mod departments;
 mod input;
 mod integrity;
 mod join;

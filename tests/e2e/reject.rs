@@ -211,7 +211,7 @@ async fn unknown_kinds_are_refused_at_the_local_api() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         err.message(),
-        "unknown kind `civil.v9.Pet`; this node accepts: civil.v1.Household, civil.v1.Resident, gov.v1.Notice, service.v1.Application"
+        "unknown kind `civil.v9.Pet`; this node accepts: civil.v1.Household, civil.v1.Resident, gov.v1.Notice, service.v1.Application, tiersync.v1.Department, tiersync.v1.Grant"
     );
     // a payload that is not the kind it claims
     let err = api

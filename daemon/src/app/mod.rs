@@ -34,7 +34,7 @@ mod serve;
 
 use build::JoinMaterial;
 pub use offline::{Material, load_material, new_epoch, open_audit_log};
-use serve::{AdminServer, Grpc, LocalApi, ParentLink, PeerServer, TrustWorker};
+use serve::{AdapterPort, AdminServer, LocalApi, ParentLink, PeerServer, TrustWorker};
 
 /// How long tasks get to finish after cancellation before they are aborted.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -46,6 +46,8 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     pub peer_addr: Option<SocketAddr>,
     pub api_addr: Option<SocketAddr>,
+    /// The adapter port, if this node has one (`listen.adapter`).
+    pub adapter_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     cancel: CancellationToken,
@@ -91,13 +93,14 @@ impl App {
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let grpc = Grpc::build().await?;
-        let peer = PeerServer::build(&config, &node, &tls, &join, &grpc, &cancel).await?;
-        let api = LocalApi::build(&config, &node, &join, &grpc, &cancel).await?;
+        let peer = PeerServer::build(&config, &node, &tls, &join, &cancel).await?;
+        let api = LocalApi::build(&config, &node, &join, &cancel).await?;
+        let adapter = AdapterPort::build(&config, &node, &tls, &cancel).await?;
         let admin = AdminServer::build(admin_listener, &node, &registry, &cancel)?;
         let parent = ParentLink::build(&config, &node, &tls, &cancel)?;
         let peer_addr = peer.map(|s| s.spawn(&node, &mut tasks));
         let api_addr = api.map(|s| s.spawn(&node, &mut tasks));
+        let adapter_addr = adapter.map(|s| s.spawn(&node, &mut tasks));
         let admin_addr = admin.map(|s| s.spawn(&node, &mut tasks));
         if let Some(link) = parent {
             tasks.spawn(link);
@@ -109,6 +112,7 @@ impl App {
             node,
             peer_addr,
             api_addr,
+            adapter_addr,
             admin_addr,
             registry,
             cancel,

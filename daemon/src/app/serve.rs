@@ -12,6 +12,7 @@ use anyhow::Context;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
+use tiersync_proto::pb::tiersync::adapter::v1::adapter_service_server::AdapterServiceServer;
 use tiersync_proto::wire::join_server::JoinServer;
 use tiersync_proto::wire::local_api_server::LocalApiServer;
 use tiersync_proto::wire::sync_server::SyncServer;
@@ -24,6 +25,7 @@ use tracing::{error, info, warn};
 use super::build::JoinMaterial;
 use crate::api::LocalApiService;
 use crate::config::NodeConfig;
+use crate::departments::service::AdapterService;
 use crate::identity::join::JoinService;
 use crate::identity::tls::TlsMaterial;
 use crate::node::Node;
@@ -31,27 +33,46 @@ use crate::ops::admin::Admin;
 use crate::sync::server::SyncService;
 use crate::worker::WorkerHandle;
 
-/// The gRPC services both servers carry: health and reflection.
-pub struct Grpc {
-    common: tonic::service::Routes,
-}
+/// The gRPC services every port carries besides its own: health and
+/// reflection, each about that port alone. Reflection (v1, and v1alpha for
+/// older grpcurl) lists only the services the port serves, and health
+/// reports each of them by name.
+pub struct Grpc;
 
 impl Grpc {
-    pub async fn build() -> anyhow::Result<Grpc> {
+    /// The peer port's services.
+    pub const PEER: &[&str] = &["tiersync.v1.Sync", "tiersync.v1.Join"];
+    /// The local API port's services.
+    pub const LOCAL: &[&str] = &["tiersync.v1.LocalApi"];
+    /// The adapter port's services.
+    pub const ADAPTER: &[&str] = &["tiersync.adapter.v1.AdapterService"];
+
+    /// Health and reflection for a port serving `services`.
+    pub async fn for_port(services: &[&str]) -> anyhow::Result<tonic::service::Routes> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tiersync_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("gRPC reflection")?;
-        health_reporter
-            .set_serving::<SyncServer<SyncService>>()
-            .await;
-        health_reporter
-            .set_serving::<LocalApiServer<LocalApiService>>()
-            .await;
-        Ok(Grpc {
-            common: tonic::service::Routes::new(health_service).add_service(reflection),
-        })
+        let health_name = "grpc.health.v1.Health";
+        let configure = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tiersync_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(health_name);
+            for name in services {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let v1 = configure().build_v1().context("gRPC reflection v1")?;
+        let v1alpha = configure()
+            .build_v1alpha()
+            .context("gRPC reflection v1alpha")?;
+        for name in services {
+            health_reporter
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        Ok(tonic::service::Routes::new(health_service)
+            .add_service(v1)
+            .add_service(v1alpha))
     }
 }
 
@@ -94,7 +115,6 @@ impl PeerServer {
         node: &Arc<Node>,
         tls: &TlsMaterial,
         join: &JoinMaterial,
-        grpc: &Grpc,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Option<Server>> {
         let Some(addr) = config.listen_peer else {
@@ -114,7 +134,7 @@ impl PeerServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .initial_stream_window_size(Some(crate::identity::tls::STREAM_WINDOW))
             .initial_connection_window_size(Some(crate::identity::tls::CONNECTION_WINDOW))
-            .add_routes(grpc.common.clone())
+            .add_routes(Grpc::for_port(Grpc::PEER).await?)
             .add_service(JoinServer::new(JoinService::new(
                 node.clone(),
                 join.ca_pem.clone(),
@@ -145,7 +165,6 @@ impl LocalApi {
         config: &NodeConfig,
         node: &Arc<Node>,
         join: &JoinMaterial,
-        grpc: &Grpc,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Option<Server>> {
         let Some(addr) = config.listen_api else {
@@ -164,7 +183,7 @@ impl LocalApi {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         let router = tonic::transport::Server::builder()
-            .add_routes(grpc.common.clone())
+            .add_routes(Grpc::for_port(Grpc::LOCAL).await?)
             .add_service(api);
         let stop = cancel.clone();
         Ok(Some(Server {
@@ -177,6 +196,50 @@ impl LocalApi {
                         TcpListenerStream::new(listener),
                         stop.cancelled_owned(),
                     )
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .boxed(),
+        }))
+    }
+}
+
+/// The adapter port (mutual TLS): department systems, each calling as the
+/// department its certificate names.
+pub struct AdapterPort;
+
+impl AdapterPort {
+    pub async fn build(
+        config: &NodeConfig,
+        node: &Arc<Node>,
+        tls: &TlsMaterial,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Option<Server>> {
+        let Some(addr) = config.listen_adapter else {
+            return Ok(None);
+        };
+        let max = config.sync.max_frame_bytes;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind listen.adapter {addr}"))?;
+        let addr = listener.local_addr()?;
+        let incoming = crate::identity::transport::tls_incoming(listener, tls.server_config()?);
+        let service = AdapterServiceServer::new(AdapterService::new(node.clone(), cancel.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_routes(Grpc::for_port(Grpc::ADAPTER).await?)
+            .add_service(service);
+        let stop = cancel.clone();
+        Ok(Some(Server {
+            name: "adapter-server",
+            what: "adapter port (mutual TLS, departments)",
+            addr,
+            serve: async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                     .map_err(|e| e.to_string())
             }

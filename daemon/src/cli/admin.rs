@@ -39,7 +39,33 @@ pub(super) async fn pki(command: PkiCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        PkiCommand::Issue { dir, code, days } => {
+        PkiCommand::Issue {
+            dir,
+            code,
+            department: Some(department),
+            days,
+        } => {
+            crate::departments::check_code(&department).map_err(anyhow::Error::msg)?;
+            let id = crate::identity::department::DepartmentId {
+                node: DivisionCode::parse(&code)?,
+                department,
+            };
+            let (cert, key) = crate::identity::department::issue_into_dir(&dir, &id, days)?;
+            println!(
+                "issued {} and {} for department `{}` at node {} (its adapter port)",
+                cert.display(),
+                key.display(),
+                id.department,
+                id.node
+            );
+            Ok(())
+        }
+        PkiCommand::Issue {
+            dir,
+            code,
+            department: None,
+            days,
+        } => {
             let code = DivisionCode::parse(&code)?;
             let (cert, key) = crate::identity::pki::issue_into_dir(&dir, &code, days)?;
             let (origin_cert, origin_key) =

@@ -16,6 +16,7 @@ use tiersync_proto::wire::local_api_client::LocalApiClient;
 use tonic::transport::Channel;
 
 mod admin;
+mod grants;
 mod node;
 mod records;
 
@@ -107,6 +108,11 @@ pub enum Command {
     Trust {
         #[command(subcommand)]
         command: TrustCommand,
+    },
+    /// Departments' grants (事项准入): request, approve, withdraw, list.
+    Grant {
+        #[command(subcommand)]
+        command: grants::GrantCommand,
     },
     /// The deployment's certificate authority and node certificates.
     Pki {
@@ -232,12 +238,18 @@ pub enum PkiCommand {
         #[arg(long)]
         city: String,
     },
-    /// Issue a node certificate carrying its division code.
+    /// Issue a node certificate carrying its division code, or with
+    /// --department a department system's certificate for that node's
+    /// adapter port.
     Issue {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
         code: String,
+        /// Issue a client certificate for this department (its catalogue
+        /// code) at node --code, instead of a node certificate.
+        #[arg(long)]
+        department: Option<String>,
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
@@ -323,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => node::audit(command).await,
         Command::Demo { dir, residents } => crate::demo::run(dir, residents).await,
         Command::Pki { command } => admin::pki(command).await,
+        Command::Grant { command } => grants::run(command).await,
         Command::Trust { command } => admin::trust(command).await,
         Command::Join {
             parent,

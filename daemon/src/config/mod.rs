@@ -175,6 +175,8 @@ pub struct NodeConfig {
     pub lease: crate::store::postgres::LeaseTiming,
     pub listen_peer: Option<SocketAddr>,
     pub listen_api: Option<SocketAddr>,
+    /// The adapter port: department systems (mutual TLS).
+    pub listen_adapter: Option<SocketAddr>,
     pub listen_admin: Option<SocketAddr>,
     pub parent: Option<ParentConfig>,
     pub tls: TlsPaths,

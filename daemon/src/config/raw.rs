@@ -51,6 +51,9 @@ pub struct RawListen {
     pub peer: Option<String>,
     /// Local API (plain gRPC, keep it on loopback).
     pub api: Option<String>,
+    /// Adapter API: department systems, mutual TLS with department
+    /// certificates. Absent: no department docks here.
+    pub adapter: Option<String>,
     /// Admin HTTP: /metrics, /healthz, /readyz, status page.
     pub admin: Option<String>,
 }
@@ -116,6 +119,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TIERSYNC_STORAGE_PATH", "storage.path"),
     ("TIERSYNC_LISTEN_PEER", "listen.peer"),
     ("TIERSYNC_LISTEN_API", "listen.api"),
+    ("TIERSYNC_LISTEN_ADAPTER", "listen.adapter"),
     ("TIERSYNC_LISTEN_ADMIN", "listen.admin"),
     ("TIERSYNC_PARENT_ADDRESS", "parent.address"),
 ];
@@ -133,6 +137,7 @@ impl RawConfig {
                 }
                 "TIERSYNC_LISTEN_PEER" => self.listen.peer = Some(value),
                 "TIERSYNC_LISTEN_API" => self.listen.api = Some(value),
+                "TIERSYNC_LISTEN_ADAPTER" => self.listen.adapter = Some(value),
                 "TIERSYNC_LISTEN_ADMIN" => self.listen.admin = Some(value),
                 "TIERSYNC_PARENT_ADDRESS" => {
                     let parent = self.parent.get_or_insert(RawParent {

@@ -140,6 +140,7 @@ impl RawConfig {
         };
         let listen_peer = addr("listen.peer", self.listen.peer);
         let listen_api = addr("listen.api", self.listen.api);
+        let listen_adapter = addr("listen.adapter", self.listen.adapter);
         let listen_admin = addr("listen.admin", self.listen.admin);
 
         if let Some(code) = &code {
@@ -384,6 +385,7 @@ impl RawConfig {
             lease,
             listen_peer,
             listen_api,
+            listen_adapter,
             listen_admin,
             parent,
             tls: tls.expect("checked"),

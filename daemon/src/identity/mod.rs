@@ -3,6 +3,7 @@
 //! the keyring of origin keys and the city's trust list ([`origin`]), and
 //! onboarding by join token ([`join`]).
 
+pub mod department;
 pub mod join;
 pub mod joining;
 pub mod keyring;

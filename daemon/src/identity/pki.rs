@@ -195,6 +195,24 @@ impl Ca {
         })
     }
 
+    /// The CA of a PKI directory (`ca.pem`, `ca.key`).
+    pub fn load_dir(dir: &Path) -> Result<Ca, PkiError> {
+        let ca_cert_path = dir.join(CA_CERT_FILE);
+        let ca_key_path = dir.join(CA_KEY_FILE);
+        let read = |path: &Path| {
+            fs::read_to_string(path).map_err(|source| PkiError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ca::load_described(
+            &read(&ca_cert_path)?,
+            &ca_cert_path.display().to_string(),
+            &read(&ca_key_path)?,
+            &ca_key_path.display().to_string(),
+        )
+    }
+
     /// A CA from its PEM certificate and key; checks that the certificate is
     /// a tiersync deployment CA and that the key is its key.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
@@ -363,6 +381,28 @@ impl Ca {
                 source,
             })?;
         Ok(cert.pem())
+    }
+}
+
+impl Ca {
+    /// Signs `params` for a fresh ECDSA P-256 key, for certificates other
+    /// than a node's (a department system's, see
+    /// [`super::department`]); `subject` names it in errors.
+    pub(crate) fn issue_with(
+        &self,
+        subject: &str,
+        params: CertificateParams,
+    ) -> Result<CertifiedKey, PkiError> {
+        let generate = |source| PkiError::Generate {
+            subject: subject.to_owned(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -544,21 +584,7 @@ pub fn issue_into_dir(
     code: &DivisionCode,
     validity_days: u32,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
-    let ca_cert_path = dir.join(CA_CERT_FILE);
-    let ca_key_path = dir.join(CA_KEY_FILE);
-    let read = |path: &Path| {
-        fs::read_to_string(path).map_err(|source| PkiError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let ca = Ca::load_described(
-        &read(&ca_cert_path)?,
-        &ca_cert_path.display().to_string(),
-        &read(&ca_key_path)?,
-        &ca_key_path.display().to_string(),
-    )?;
-    let issued = ca.issue_node(code, validity_days)?;
+    let issued = Ca::load_dir(dir)?.issue_node(code, validity_days)?;
 
     let cert_path = dir.join(format!("{code}.pem"));
     let key_path = dir.join(format!("{code}.key"));
@@ -574,7 +600,7 @@ pub fn issue_into_dir(
 }
 
 /// `now - BACKDATE` to `now + validity_days`.
-fn validity_window(
+pub(crate) fn validity_window(
     subject: &str,
     now: SystemTime,
     validity_days: u32,
@@ -597,7 +623,7 @@ fn validity_window(
 
 /// A random positive 128-bit serial: serials must be unique per CA, and
 /// random ones need no state to stay so.
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // DER integers are signed; keep the top bit clear so the serial is positive.
     bytes[0] &= 0x7f;
@@ -615,7 +641,7 @@ pub(crate) fn write_new_private(path: &Path, contents: &str) -> io::Result<()> {
 }
 
 /// Writes (or replaces) a secret file, readable by the owner only.
-fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     restrict_mode(&mut options);

@@ -263,6 +263,8 @@ impl Node {
         if !r.deleted && self.schemas.is_canonical(&r.kind) {
             self.check_payload(&r.kind, &r.payload)
                 .map_err(what(Payload))?;
+            crate::departments::check_authority(&owner, &r.kind, &r.payload)
+                .map_err(what(Payload))?;
         }
         if let Err(e) = self.hlc.observe(HlcTimestamp::from_u64(r.updated_at)) {
             warn!(record = %id, %owner, error = %e, "record clock ahead of ours; not adopted");

@@ -21,11 +21,15 @@
 //! - Kinds this node does not know are relayed without decoding, so a tree
 //!   upgraded one node at a time keeps syncing; the local API refuses them.
 //! - Reads at any node but the owner mask the fields the schema marks
-//!   personal ([`read`]).
+//!   personal ([`read`]); a department reads under one of its grants
+//!   ([`access`]): its kinds, area and purpose, the personal fields it names
+//!   in clear, and an audit entry for every record shown.
 //! - The city's trust list and this node's published key: [`trust`].
 
+pub mod access;
 pub mod amend;
 pub mod arrival;
+pub mod collect;
 pub mod handlers;
 pub mod quarantine;
 pub mod read;
@@ -50,6 +54,7 @@ use crate::sync::links::LinkTable;
 use crate::worker::Workers;
 
 pub use arrival::{PreparedBatch, ScreenedBatch};
+pub use collect::Submitted;
 pub use handlers::KindHandler;
 pub use quarantine::ReplayOutcome;
 pub use read::{Reader, Reads};
@@ -73,6 +78,10 @@ pub enum NodeError {
     Signing(#[from] crate::identity::origin::OriginError),
     #[error("record {0} not found")]
     NotFound(String),
+    /// A department asked for what its grants do not allow; says which
+    /// grant and what it lacks.
+    #[error("{0}")]
+    Denied(String),
 }
 
 pub struct Node {

@@ -1,8 +1,18 @@
 //! The one read path. Every read of records by anyone but the node's own
-//! rules goes through [`Node::reads`], which decides what the reader sees:
-//! personal fields (marked in the schema) are masked at every node but the
-//! record's owner. Department scope and grants are enforced here too, when
-//! departments have an identity of their own.
+//! rules goes through [`Node::reads`], which decides what the reader sees,
+//! in this order:
+//!
+//! 1. sharing scope: a record scoped to departments (`Scope.departments`)
+//!    is shown to those departments only (the operator of a node that does
+//!    not own it sees that it exists, not its payload);
+//! 2. grant: a department reads under one [`Access`] (see
+//!    [`super::access`]): its kinds, inside its area;
+//! 3. masking: personal fields (marked in the schema) are masked at every
+//!    node but the record's owner, except those a department's grant names
+//!    in clear;
+//! 4. audit: every record shown to a department is written to the audit
+//!    log (department, grant, purpose) before the read answers, in one
+//!    transaction per read.
 //!
 //! The link's sender reads the change log through [`Node::link_page`]:
 //! stored bytes, each decided per record by `route::delivery` before it
@@ -13,9 +23,10 @@ use tiersync_proto::types::DivisionCode;
 use tiersync_proto::wire;
 
 use super::{Node, NodeError};
+use crate::departments::grant::Access;
 use crate::kinds::{KIND_AMENDMENT, natural_keys};
 use crate::route::Owners;
-use crate::store::audit::{AuditEntry, AuditSource};
+use crate::store::audit::AuditSource;
 use crate::store::{AuditEvent, Cursor, LinkPage, ListQuery, StoreError};
 
 /// Who reads.
@@ -27,6 +38,8 @@ pub enum Reader {
     Operator,
     /// The node's own services (joining): records as they are stored.
     Node,
+    /// A department system through the adapter port, under one grant.
+    Department(Access),
 }
 
 /// Reads of records as one reader may see them.
@@ -39,37 +52,6 @@ impl Node {
     /// Reads as `reader` may see them.
     pub fn reads(&self, reader: Reader) -> Reads<'_> {
         Reads { node: self, reader }
-    }
-
-    /// Records that `department` read a record (for the adapters), in the
-    /// audit log's own transaction.
-    pub async fn audit_read(
-        &self,
-        department: &str,
-        kind: &str,
-        record_id: &[u8],
-        purpose: &str,
-    ) -> Result<AuditEntry, NodeError> {
-        if department.is_empty() {
-            return Err(NodeError::Invalid {
-                field: "department",
-                reason: "a read is audited under the department that made it; name it".into(),
-            });
-        }
-        Ok(self
-            .store
-            .audit_append(AuditEvent {
-                actor: department.to_owned(),
-                action: "read".into(),
-                kind: kind.to_owned(),
-                record_id: if record_id.is_empty() {
-                    String::new()
-                } else {
-                    crate::store::id_text(record_id)
-                },
-                detail: purpose.to_owned(),
-            })
-            .await?)
     }
 
     /// The audit log, for reading and verifying it.
@@ -127,7 +109,20 @@ impl Node {
 impl Reads<'_> {
     /// The record `id`, if held here.
     pub async fn get(&self, id: &[u8]) -> Result<Option<wire::Record>, NodeError> {
-        Ok(self.node.store.get(id).await?.map(|s| self.show(s.record)))
+        let Some(stored) = self.node.store.get(id).await? else {
+            return Ok(None);
+        };
+        if let Reader::Department(access) = &self.reader
+            && !access.kinds.contains(&stored.record.kind)
+        {
+            return Err(NodeError::Denied(format!(
+                "record {} is a `{}`, a kind grant {} does not cover",
+                crate::store::id_text(id),
+                stored.record.kind,
+                crate::store::id_text(&access.grant_id)
+            )));
+        }
+        Ok(self.deliver(vec![stored.record]).await?.pop())
     }
 
     /// Records by kind and owner prefix, in id order. An empty kind lists
@@ -137,14 +132,9 @@ impl Reads<'_> {
         if !query.kind.is_empty() {
             self.known_kind(&query.kind)?;
         }
-        Ok(self
-            .node
-            .store
-            .list(query)
-            .await?
-            .into_iter()
-            .map(|s| self.show(s.record))
-            .collect())
+        let records = self.node.store.list(query).await?;
+        self.deliver(records.into_iter().map(|s| s.record).collect())
+            .await
     }
 
     /// Live records of `kind` with the natural key `name` = `value`. A kind
@@ -174,14 +164,9 @@ impl Reads<'_> {
                 },
             });
         }
-        Ok(self
-            .node
-            .store
-            .lookup(kind, name, value)
-            .await?
-            .into_iter()
-            .map(|s| self.show(s.record))
-            .collect())
+        let records = self.node.store.lookup(kind, name, value).await?;
+        self.deliver(records.into_iter().map(|s| s.record).collect())
+            .await
     }
 
     /// Changes after `after` in log order, each at its latest version, with
@@ -191,14 +176,102 @@ impl Reads<'_> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, wire::Record)>, NodeError> {
-        Ok(self
-            .node
-            .store
-            .changes_after(after, limit)
-            .await?
+        let changes = self.node.store.changes_after(after, limit).await?;
+        let seqs: Vec<(Vec<u8>, u64)> = changes
+            .iter()
+            .map(|s| (s.record.id.clone(), s.seq))
+            .collect();
+        let shown = self
+            .deliver(changes.into_iter().map(|s| s.record).collect())
+            .await?;
+        // `deliver` keeps the order and drops what this reader may not see.
+        let mut seqs = seqs.into_iter();
+        Ok(shown
             .into_iter()
-            .map(|s| (s.seq, self.show(s.record)))
+            .filter_map(|r| {
+                seqs.by_ref()
+                    .find(|(id, _)| *id == r.id)
+                    .map(|(_, seq)| (seq, r))
+            })
             .collect())
+    }
+
+    /// A page of the change log for a department's subscription: the
+    /// changes of `kinds` it may read after `after`, and how far the log was
+    /// read (`through`; whether that is the head). Changes it may not read
+    /// are passed over, not held back.
+    pub async fn subscription_page(
+        &self,
+        after: u64,
+        limit: u32,
+        kinds: &[String],
+    ) -> Result<(Vec<(u64, wire::Record)>, u64, bool), NodeError> {
+        let head = self.node.store.head_seq().await?;
+        let changes = self.node.store.changes_after(after, limit).await?;
+        let full = changes.len() >= limit as usize;
+        let last = changes.last().map_or(after, |s| s.seq);
+        let (through, caught_up) = if full {
+            (last, last >= head)
+        } else {
+            (last.max(head), true)
+        };
+        let wanted: Vec<_> = changes
+            .into_iter()
+            .filter(|s| kinds.contains(&s.record.kind))
+            .collect();
+        let seqs: Vec<(Vec<u8>, u64)> = wanted
+            .iter()
+            .map(|s| (s.record.id.clone(), s.seq))
+            .collect();
+        let shown = self
+            .deliver(wanted.into_iter().map(|s| s.record).collect())
+            .await?;
+        let mut seqs = seqs.into_iter();
+        let page = shown
+            .into_iter()
+            .filter_map(|r| {
+                seqs.by_ref()
+                    .find(|(id, _)| *id == r.id)
+                    .map(|(_, seq)| (seq, r))
+            })
+            .collect();
+        Ok((page, through, caught_up))
+    }
+
+    /// One record as this reader is shown it (`None`: not at all), audited
+    /// for a department like every read.
+    pub async fn shown(&self, record: wire::Record) -> Result<Option<wire::Record>, NodeError> {
+        Ok(self.deliver(vec![record]).await?.pop())
+    }
+
+    /// What this reader is shown of `records`, in order: for a department,
+    /// only what its access admits, masked by its grant, each one audited
+    /// (in one transaction, before anything is shown); for the others, each
+    /// record as [`Reads::show`] makes it.
+    async fn deliver(&self, records: Vec<wire::Record>) -> Result<Vec<wire::Record>, NodeError> {
+        let Reader::Department(access) = &self.reader else {
+            return Ok(records.into_iter().map(|r| self.show(r)).collect());
+        };
+        let shown: Vec<wire::Record> = records
+            .into_iter()
+            .filter(|r| access.admits(r))
+            .map(|r| self.show(r))
+            .collect();
+        if !shown.is_empty() {
+            let detail = access.audit_detail();
+            let events = shown
+                .iter()
+                .map(|r| AuditEvent {
+                    actor: access.department.clone(),
+                    action: "read".into(),
+                    kind: r.kind.clone(),
+                    record_id: crate::store::id_text(&r.id),
+                    detail: detail.clone(),
+                })
+                .collect();
+            self.node.store.audit_append_many(events).await?;
+        }
+        Ok(shown)
     }
 
     fn known_kind(&self, kind: &str) -> Result<(), NodeError> {
@@ -212,16 +285,41 @@ impl Reads<'_> {
         })
     }
 
-    /// A record as this reader may see it: masked unless this node owns it.
+    /// A record as this reader may see it: masked unless this node owns it
+    /// (for a department, unless its grant names the field in clear).
     pub fn show(&self, mut record: wire::Record) -> wire::Record {
         let node = self.node;
         if self.reader == Reader::Node {
+            return record;
+        }
+        if let Reader::Department(access) = &self.reader {
+            if !record.payload.is_empty() {
+                record.payload =
+                    match node
+                        .schemas
+                        .mask_except(&record.kind, &record.payload, &access.clear)
+                    {
+                        Ok(masked) => masked.into(),
+                        // Never hand out what could not be masked.
+                        Err(_) => Default::default(),
+                    };
+            }
             return record;
         }
         let owned_here = record
             .owner
             .as_ref()
             .is_some_and(|o| o.node == node.code.as_str());
+        let for_departments = record
+            .scope
+            .as_ref()
+            .is_some_and(|s| !s.departments.is_empty());
+        if !owned_here && for_departments {
+            // Shown to its departments only: the operator sees that it
+            // exists and where it travels, not what it says.
+            record.payload = Default::default();
+            return record;
+        }
         if !owned_here && record.kind == KIND_AMENDMENT && !record.payload.is_empty() {
             // An amendment carries a whole encoded target record: mask that
             // by the target's kind.

@@ -4,12 +4,12 @@
 //! ([`crate::store::GroupCommit`]), through [`Node::put_own`].
 
 use prost::Message;
-use tiersync_proto::pb::civil;
-use tiersync_proto::types::{DivisionCode, RecordId, ResidentId, Tier};
+use tiersync_proto::types::{DivisionCode, RecordId, Tier};
 use tiersync_proto::wire;
 
+use super::collect::Derived;
 use super::{MAX_PAYLOAD_BYTES, Node, NodeError, city_of, default_scope, owner_code};
-use crate::kinds::{INTERNAL_KINDS, KEY_ID_DIGEST, KIND_HOUSEHOLD, KIND_RESIDENT};
+use crate::kinds::{INTERNAL_KINDS, KIND_GRANT};
 use crate::route::{self, Scope};
 use crate::store::{AuditNote, LocalWrite, Stored};
 
@@ -48,9 +48,6 @@ impl Node {
                 known,
             });
         }
-        // A resident's payload is decoded once, here, for its address code
-        // and then its natural key.
-        let mut resident = None;
         if !input.delete {
             self.schemas
                 .validate_payload(&input.kind, &input.payload)
@@ -58,7 +55,6 @@ impl Node {
                     field: "payload",
                     reason: e.to_string(),
                 })?;
-            resident = check_division_codes(&input.kind, &input.payload)?;
             if input.payload.len() > MAX_PAYLOAD_BYTES {
                 return Err(NodeError::Invalid {
                     field: "payload",
@@ -109,14 +105,30 @@ impl Node {
                 });
             }
         }
-        let keys = if input.delete {
-            Vec::new()
+        let derived = if input.delete {
+            if input.kind == KIND_GRANT
+                && let Some(existing) = &existing
+            {
+                check_grant_delete(existing)?;
+            }
+            Derived::default()
         } else {
-            self.natural_keys(resident.as_ref())?
+            self.derive(&input.kind, &input.payload, existing.as_ref())
+                .await?
         };
-        let scope = match &input.scope {
-            Some(s) => Scope::from_wire(&self.code, Some(s)),
-            None => match &existing {
+        let scope = match (&derived.scope, &input.scope) {
+            (Some(_), Some(_)) => {
+                return Err(NodeError::Invalid {
+                    field: "scope",
+                    reason: format!(
+                        "a `{}` travels where its kind's rules say; leave scope unset",
+                        input.kind
+                    ),
+                });
+            }
+            (Some(ruled), None) => Ok(ruled.clone()),
+            (None, Some(s)) => Scope::from_wire(&self.code, Some(s)),
+            (None, None) => match &existing {
                 Some(e) => Scope::from_wire(&self.code, e.record.scope.as_ref()),
                 None => Ok(default_scope(&self.code)),
             },
@@ -154,12 +166,12 @@ impl Node {
             &scope,
             &reach,
             payload,
-            keys,
+            derived.keys,
         );
         record.deleted = input.delete;
         let audit = AuditNote::write(api_actor(&record), record.deleted);
         let stored = self
-            .put_own(record, input.expected_version, true, audit)
+            .put_own(record, input.expected_version, derived.unique_keys, audit)
             .await?;
         self.metrics
             .record_applied(&stored.record.kind, self.schemas);
@@ -228,33 +240,6 @@ impl Node {
         Ok(stored)
     }
 
-    /// Natural keys the node derives from a payload: for a resident (the
-    /// payload as [`check_division_codes`] decoded it), the keyed digest of
-    /// a valid ID number (the raw number never leaves the record's personal
-    /// field). Other kinds have none.
-    fn natural_keys(
-        &self,
-        resident: Option<&civil::v1::Resident>,
-    ) -> Result<Vec<wire::NaturalKey>, NodeError> {
-        let Some(resident) = resident else {
-            return Ok(Vec::new());
-        };
-        if resident.id_number.is_empty() {
-            return Err(NodeError::Invalid {
-                field: "id_number",
-                reason: "a resident needs an ID number (GB 11643)".into(),
-            });
-        }
-        let id = ResidentId::parse(&resident.id_number).map_err(|e| NodeError::Invalid {
-            field: "id_number",
-            reason: e.to_string(),
-        })?;
-        Ok(vec![wire::NaturalKey {
-            name: KEY_ID_DIGEST.into(),
-            value: self.id_digest(&id),
-        }])
-    }
-
     /// Writes this node's one record of `kind` (found by the natural key
     /// `key_name` = this node's code) for the whole deployment: a new version
     /// of `held`, or a new record.
@@ -320,45 +305,18 @@ impl Node {
     }
 }
 
-/// The division codes a payload names are real codes: an address is a
-/// community's (12 digits), checked where a record is first accepted.
-/// Returns a resident's payload decoded, for its natural key.
-fn check_division_codes(
-    kind: &str,
-    payload: &[u8],
-) -> Result<Option<civil::v1::Resident>, NodeError> {
-    let undecodable = |e: prost::DecodeError| NodeError::Invalid {
-        field: "payload",
-        reason: e.to_string(),
-    };
-    let (address_code, resident) = match kind {
-        KIND_RESIDENT => {
-            let r = civil::v1::Resident::decode(payload).map_err(undecodable)?;
-            (r.address_code.clone(), Some(r))
-        }
-        KIND_HOUSEHOLD => (
-            civil::v1::Household::decode(payload)
-                .map_err(undecodable)?
-                .address_code,
-            None,
-        ),
-        _ => return Ok(None),
-    };
-    if address_code.is_empty() {
-        return Ok(resident);
+/// A grant is withdrawn, not deleted, once approved: its history stays
+/// where it was used. A grant still requested may be deleted.
+fn check_grant_delete(existing: &Stored) -> Result<(), NodeError> {
+    let held = wire::Grant::decode(&existing.record.payload[..]).unwrap_or_default();
+    if held.state() == wire::GrantState::Requested {
+        return Ok(());
     }
-    let invalid = |reason: String| NodeError::Invalid {
-        field: "address_code",
-        reason,
-    };
-    let code = DivisionCode::parse(&address_code).map_err(|e| invalid(e.to_string()))?;
-    if code.tier() != Tier::Community {
-        return Err(invalid(format!(
-            "`{code}` is a {} code; an address is a community's 12-digit code",
-            code.tier()
-        )));
-    }
-    Ok(resident)
+    Err(NodeError::Invalid {
+        field: "delete",
+        reason: "a grant that was approved is withdrawn, not deleted (`tiersync grant withdraw`)"
+            .into(),
+    })
 }
 
 /// The audit actor of a write through the local API: the record's

@@ -158,7 +158,8 @@ pub struct LookupRequest {
     #[prost(string, tag = "2")]
     pub key: ::prost::alloc::string::String,
     /// The value. For a key that is a keyed digest (id_digest,
-    /// head_id_digest): the raw identity number; the node digests it.
+    /// head_id_digest): the raw identity number, which the node digests (a
+    /// value that is no identity number is taken as the digest itself).
     #[prost(string, tag = "3")]
     pub value: ::prost::alloc::string::String,
     /// Why the department reads it.
