@@ -126,6 +126,9 @@ async fn run(
     let mut head = node.subscribe_head();
     let mut position = start;
     let mut sent_through = start;
+    // The first time it reaches the head, a subscription says so even with
+    // nothing to deliver, so a department can tell "caught up" from "slow".
+    let mut announced = false;
     loop {
         head.borrow_and_update();
         let page = async {
@@ -142,7 +145,7 @@ async fn run(
                 return;
             }
         };
-        if !deliveries.is_empty() || (caught_up && through > sent_through) {
+        if !deliveries.is_empty() || (caught_up && (through > sent_through || !announced)) {
             let response = adapter::SubscribeResponse {
                 deliveries: deliveries
                     .into_iter()
@@ -158,6 +161,7 @@ async fn run(
                 return;
             }
             sent_through = through;
+            announced |= caught_up;
         }
         position = through;
         if caught_up {

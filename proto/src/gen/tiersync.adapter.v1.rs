@@ -78,7 +78,8 @@ pub struct SubscribeResponse {
     #[prost(uint64, tag = "2")]
     pub through_seq: u64,
     /// True when the page reaches the node's newest change; the next page
-    /// waits for new changes.
+    /// waits for new changes. A subscription that starts caught up answers
+    /// at once with an empty page saying so.
     #[prost(bool, tag = "3")]
     pub caught_up: bool,
 }
