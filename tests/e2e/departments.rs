@@ -102,6 +102,11 @@ async fn dock_as(
     cert_node: &str,
     dept: &str,
 ) -> AdapterServiceClient<Channel> {
+    AdapterServiceClient::new(dock_channel(cluster, code, cert_node, dept).await)
+}
+
+/// A mutual-TLS channel to `code`'s adapter port as `dept` at `cert_node`.
+async fn dock_channel(cluster: &Cluster, code: &str, cert_node: &str, dept: &str) -> Channel {
     let pki = cluster.dir().join("pki");
     let node = DivisionCode::parse(code).unwrap();
     let id = DepartmentId {
@@ -113,10 +118,9 @@ async fn dock_as(
     let config =
         department::client_config(&read(&pki.join("ca.pem")), &read(&cert), &read(&key)).unwrap();
     let addr = cluster.running(code).adapter_addr.expect("adapter port");
-    let channel = tiersync::identity::transport::connect(&addr.to_string(), &node, config)
+    tiersync::identity::transport::connect(&addr.to_string(), &node, config)
         .await
-        .expect("connect");
-    AdapterServiceClient::new(channel)
+        .expect("connect")
 }
 
 fn purpose(clear: &[&str]) -> Option<adapter::Purpose> {
@@ -529,5 +533,124 @@ async fn a_subscription_resumes_after_its_last_acknowledgement() {
         "{}",
         e.message()
     );
+    cluster.shutdown().await;
+}
+
+/// The services reflection lists on a port, asked with v1 and with v1alpha
+/// (older grpcurl); both must agree.
+async fn reflected(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no v1alpha service list");
+    };
+    let mut alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    alpha_names.sort();
+    assert_eq!(names, alpha_names, "v1 and v1alpha list the same services");
+    names
+}
+
+async fn health(channel: Channel, service: &str) -> i32 {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    match HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().status,
+        Err(e) => panic!("health of {service}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_port_reflects_and_reports_only_its_own_services() {
+    let cluster = Cluster::with(&CHAIN[..2]).await;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let expect = |own: &[&str]| {
+        let mut all: Vec<String> = common.iter().chain(own).map(|s| s.to_string()).collect();
+        all.sort();
+        all
+    };
+
+    let channel = dock_channel(&cluster, CHAIN[1], CHAIN[1], "civil-affairs").await;
+    assert_eq!(
+        reflected(channel.clone()).await,
+        expect(&["tiersync.adapter.v1.AdapterService"])
+    );
+    assert_eq!(
+        health(channel, "tiersync.adapter.v1.AdapterService").await,
+        serving
+    );
+
+    let peer = tiersync_e2e::fake_channel(&cluster, "511102004", CHAIN[1]).await;
+    assert_eq!(
+        reflected(peer.clone()).await,
+        expect(&["tiersync.v1.Join", "tiersync.v1.Sync"])
+    );
+    assert_eq!(health(peer.clone(), "tiersync.v1.Sync").await, serving);
+    let unknown = tonic_health::pb::health_client::HealthClient::new(peer)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tiersync.adapter.v1.AdapterService".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.code(),
+        Code::NotFound,
+        "the peer port serves no adapter API"
+    );
+
+    let local = Channel::from_shared(format!(
+        "http://{}",
+        cluster.running(CHAIN[1]).api_addr.unwrap()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    assert_eq!(
+        reflected(local.clone()).await,
+        expect(&["tiersync.v1.LocalApi"])
+    );
+    assert_eq!(health(local, "tiersync.v1.LocalApi").await, serving);
     cluster.shutdown().await;
 }
