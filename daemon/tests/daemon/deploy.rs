@@ -91,6 +91,8 @@ fn generated(out: &Path) -> BTreeMap<String, (PathBuf, NodeConfig)> {
     nodes
 }
 
+/// Every config gen.sh writes passes `check-config --files`: it also makes
+/// the PKI they name, so every file is there and holds what it should.
 #[test]
 fn gen_sh_makes_configs_check_config_accepts_one_per_compose_service() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -101,7 +103,7 @@ fn gen_sh_makes_configs_check_config_accepts_one_per_compose_service() {
     for (service, (dir, _)) in &nodes {
         let config = dir.join("tiersync.toml");
         let result = Command::new(BIN)
-            .args(["check-config", "--config"])
+            .args(["check-config", "--files", "--config"])
             .arg(&config)
             .env("NO_COLOR", "1")
             .output()
