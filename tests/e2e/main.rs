@@ -7,6 +7,7 @@ mod chain;
 mod input;
 mod integrity;
 mod join;
+mod links;
 mod operate;
 mod postgres;
 mod reject;

@@ -188,10 +188,18 @@ pub enum Command {
         #[arg(long)]
         value: String,
     },
-    /// A node's links, lag and counts.
+    /// A node's links (each ok, connecting, retrying, stalled, must-resync
+    /// or quarantining, why, and since when), lag, counts and workers.
     Status {
         #[command(flatten)]
         api: ApiArgs,
+        /// Print JSON for scripts: the fields of /status.json, times in ms
+        /// since the Unix epoch.
+        #[arg(long)]
+        json: bool,
+        /// Only the links that are not ok and the workers retrying or failed.
+        #[arg(long)]
+        problems: bool,
     },
     /// Records refused on arrival.
     Quarantine {
@@ -407,7 +415,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             value,
         } => records::lookup(api.api, kind, key, value).await,
-        Command::Status { api } => admin::status(api.api).await,
+        Command::Status {
+            api,
+            json,
+            problems,
+        } => admin::status(api.api, json, problems).await,
         Command::Quarantine { command } => admin::quarantine(command).await,
         Command::Kinds => records::kinds(),
     }
