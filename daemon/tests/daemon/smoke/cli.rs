@@ -1,6 +1,6 @@
-//! What the command line takes in: a record's payload from a file or
-//! standard input, and a config file (`check-config`, with and without
-//! `--files`).
+//! What the command line takes in and prints: a record's payload from a
+//! file or standard input, a config file (`check-config`, with and without
+//! `--files`), and a node's link states (`status --json`, `--problems`).
 
 use super::*;
 
@@ -226,5 +226,61 @@ fn check_config_opens_the_files_a_config_names_only_with_files() {
             "`deployment.digest_key_file`: {pki}/deployment.key is not a deployment secret (hex): "
         )),
         "{stderr}"
+    );
+}
+
+/// `tiersync status --json` prints the links with their states, reasons
+/// and ms times; `--problems` only what is not ok: nothing while the
+/// county's link is up, the link once the county is gone.
+#[test]
+fn status_json_and_problems_show_link_states() {
+    let mut cluster = Cluster::new();
+    cluster.launch(CITY, None);
+    cluster.launch(COUNTY, Some(CITY));
+    let api = cluster.api(CITY);
+    let status = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["status", "--api", api.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&run_ok(&args)).expect("status --json is JSON")
+    };
+    let link = eventually("the county's link ok at the city", READY_TIMEOUT, || {
+        let s = status(&[]);
+        let link = s["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == COUNTY)?
+            .clone();
+        (link["state"] == "ok").then_some(link)
+    });
+    assert_eq!(link["direction"], "child");
+    assert_eq!(link["reason"], "session up");
+    assert!(link["since_ms"].as_i64().is_some_and(|ms| ms > 0), "{link}");
+    let printed = run_ok(&["status", "--api", &api, "--problems"]);
+    assert!(
+        printed.contains("no problems: every link is ok, no worker is retrying or failed"),
+        "{printed}"
+    );
+
+    cluster.kill(COUNTY);
+    let link = eventually(
+        "the county's link retrying at the city",
+        READY_TIMEOUT,
+        || {
+            let s = status(&["--problems"]);
+            let links = s["links"].as_array()?.clone();
+            (links.len() == 1 && links[0]["state"] == "retrying").then(|| links[0].clone())
+        },
+    );
+    assert_eq!(link["peer"], COUNTY);
+    assert!(
+        link["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("; waiting for the child to dial again")),
+        "{link}"
+    );
+    let printed = run_ok(&["status", "--api", &api, "--problems"]);
+    assert!(
+        printed.contains(COUNTY) && printed.contains("retrying") && printed.contains(" UTC ("),
+        "{printed}"
     );
 }
