@@ -160,6 +160,14 @@ fn check_config_reports_every_mistake_at_once() {
         );
         assert!(stderr.contains("has 5 problem(s)"), "{stderr}");
     }
+    // `serve` refuses the file with the same complete report.
+    let checked = run(&["check-config", path.as_str()]);
+    let served = run(&["serve", "--config", path.as_str()]);
+    assert!(!served.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&served.stderr),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 /// Without `--files`, `check-config` opens none of the files a config
@@ -227,6 +235,10 @@ fn check_config_opens_the_files_a_config_names_only_with_files() {
         )),
         "{stderr}"
     );
+    // `serve` refuses to start with the same complete report.
+    let served = run(&["serve", "--config", &path]);
+    assert!(!served.status.success());
+    assert_eq!(String::from_utf8_lossy(&served.stderr), stderr);
 }
 
 /// `tiersync status --json` prints the links with their states, reasons
