@@ -239,6 +239,8 @@ fn exported_metric_names() -> BTreeSet<String> {
         std::time::Duration::from_secs(10),
     );
     tiersync::ops::metrics::register_lease(&mut registry, lease);
+    let links = tiersync::sync::links::LinkTable::new(tiersync::clock::SystemClock::shared());
+    tiersync::ops::metrics::register_link_states(&mut registry, links);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
     text.lines()
