@@ -14,8 +14,9 @@
 //! This module owns the validated types and [`NodeConfig::load`]; `raw`
 //! holds the file as written (the serde structs: the one list of keys and
 //! their types) and its environment overrides, `read` reads a file's text
-//! into them collecting unknown keys and type errors, `validate` turns them
-//! into a [`NodeConfig`].
+//! into them collecting unknown keys and type errors (`schema` knows every
+//! table's keys, from the same structs), `validate` turns them into a
+//! [`NodeConfig`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,7 @@ use tiersync_proto::types::{DivisionCode, Tier};
 
 mod raw;
 mod read;
+mod schema;
 mod validate;
 
 pub use raw::{

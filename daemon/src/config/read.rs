@@ -8,10 +8,12 @@
 //! file is walked by a small serde `Deserializer` over toml's spanned
 //! document: a struct asking for a table names its fields
 //! (`deserialize_struct`), so the walker knows which keys belong and reports
-//! the others instead of handing them over. A value of the wrong type ends
-//! a pass (serde cannot go on past a failed field); it is reported, taken
-//! out of the document, and the document read again, until a pass goes
-//! through. A file has a few dozen keys, so this costs nothing.
+//! the others instead of handing them over; a key that belongs to another
+//! table is pointed there, from the tables `schema` learns of the same
+//! structs. A value of the wrong type ends a pass (serde cannot
+//! go on past a failed field); it is reported, taken out of the document,
+//! and the document read again, until a pass goes through. A file has a
+//! few dozen keys, so this costs nothing.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -25,6 +27,7 @@ use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 use super::raw::RawConfig;
+use super::schema::{Schema, schema};
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +143,7 @@ impl<'t> Document<'t> {
     /// Reads the document into a [`RawConfig`], collecting every unknown
     /// key and every value of the wrong type on the way.
     pub fn read(&self) -> Reading {
+        let schema = schema();
         let mut root = self.root.clone();
         let mut found = Vec::new();
         let mut dropped = Vec::new();
@@ -149,6 +153,7 @@ impl<'t> Document<'t> {
                 value: &root,
                 path: Vec::new(),
                 unknown: &unknown,
+                schema: &schema,
             };
             let (raw, wrong) = match RawConfig::deserialize(walker) {
                 Ok(raw) => (Some(raw), None),
@@ -297,7 +302,7 @@ impl de::Error for Error {
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Error {
-        Error::new(unknown_key(field, expected))
+        Error::new(unknown_key(field, expected, &Vec::new()))
     }
 }
 
@@ -336,10 +341,26 @@ fn found_words(unexpected: &Unexpected<'_>) -> String {
 }
 
 /// The report for a key the struct does not have: the known key it most
-/// resembles, or else the keys it has.
-fn unknown_key(key: &str, fields: &[&str]) -> String {
+/// resembles; or else the other tables that have it (a key put under the
+/// wrong table); or else the keys it has.
+fn unknown_key(key: &str, fields: &[&str], schema: &Schema) -> String {
+    let elsewhere: Vec<String> = schema
+        .iter()
+        .filter(|(_, keys)| keys.contains(&key))
+        .map(|(table, _)| {
+            if table.is_empty() {
+                "the top level".to_owned()
+            } else {
+                format!("[{table}]")
+            }
+        })
+        .collect();
     match closest(key, fields) {
         Some(known) => format!("unknown key (did you mean `{known}`?)"),
+        None if !elsewhere.is_empty() => format!(
+            "unknown key here; `{key}` is a key of {}",
+            elsewhere.join(" and of ")
+        ),
         None if fields.is_empty() => "unknown key; nothing is set here".into(),
         None => format!(
             "unknown key; the keys here are {}",
@@ -429,6 +450,8 @@ struct Walker<'a, 't> {
     path: Vec<Step>,
     /// Unknown keys found in this pass.
     unknown: &'a RefCell<Vec<Found>>,
+    /// Every table's keys, for a key put under the wrong table.
+    schema: &'a Schema,
 }
 
 impl<'de> de::Deserializer<'de> for Walker<'_, '_> {
@@ -459,6 +482,7 @@ impl<'de> de::Deserializer<'de> for Walker<'_, '_> {
                 items: items.iter().enumerate(),
                 path: self.path,
                 unknown: self.unknown,
+                schema: self.schema,
             }),
             DeValue::Table(table) => visitor.visit_map(Entries::new(table, None, self)),
         }
@@ -510,6 +534,7 @@ struct Entries<'a, 't> {
     fields: Option<&'static [&'static str]>,
     path: Vec<Step>,
     unknown: &'a RefCell<Vec<Found>>,
+    schema: &'a Schema,
     pending: Option<Entry<'a, 't>>,
 }
 
@@ -524,6 +549,7 @@ impl<'a, 't> Entries<'a, 't> {
             fields,
             path: walker.path,
             unknown: walker.unknown,
+            schema: walker.schema,
             pending: None,
         }
     }
@@ -551,7 +577,7 @@ impl<'de> MapAccess<'de> for Entries<'_, '_> {
                 self.unknown.borrow_mut().push(Found {
                     path,
                     span: key.span(),
-                    problem: unknown_key(name, fields),
+                    problem: unknown_key(name, fields, self.schema),
                 });
                 continue;
             }
@@ -571,6 +597,7 @@ impl<'de> MapAccess<'de> for Entries<'_, '_> {
             value,
             path: path.clone(),
             unknown: self.unknown,
+            schema: self.schema,
         })
         .map_err(|e| e.at(path, value.span()))
     }
@@ -581,6 +608,7 @@ struct Items<'a, 't> {
     items: std::iter::Enumerate<std::slice::Iter<'a, Spanned<DeValue<'t>>>>,
     path: Vec<Step>,
     unknown: &'a RefCell<Vec<Found>>,
+    schema: &'a Schema,
 }
 
 impl<'de> SeqAccess<'de> for Items<'_, '_> {
@@ -599,6 +627,7 @@ impl<'de> SeqAccess<'de> for Items<'_, '_> {
             value,
             path: path.clone(),
             unknown: self.unknown,
+            schema: self.schema,
         })
         .map(Some)
         .map_err(|e| e.at(path, value.span()))
@@ -743,6 +772,21 @@ addresses = ["a:1", 2]
         assert_eq!(
             render(&[Step::Key("a b".into()), Step::Key("c".into())]),
             "\"a b\".c"
+        );
+    }
+
+    #[test]
+    fn a_key_under_the_wrong_table_is_pointed_to_the_right_one() {
+        let (_, found) = read(
+            "version = 1\n[tls]\nroot = \"pki/trust-root.pem\"\n[node]\npeer = \"0.0.0.0:7400\"\nbatch_records = 5\n",
+        );
+        assert_eq!(
+            found,
+            vec![
+                "tls.root (line 3): unknown key here; `root` is a key of [trust]",
+                "node.peer (line 5): unknown key here; `peer` is a key of [listen]",
+                "node.batch_records (line 6): unknown key here; `batch_records` is a key of [sync]",
+            ]
         );
     }
 
