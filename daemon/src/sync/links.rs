@@ -117,6 +117,9 @@ pub struct LinkInfo {
     pub last_progress_ms: i64,
     /// `None` while there is no session.
     session: Option<Session>,
+    /// Sessions begun: the end of a session a newer one replaced (a child
+    /// that reconnected) leaves the newer one's state alone.
+    sessions_begun: u64,
 }
 
 impl LinkInfo {
@@ -137,6 +140,7 @@ impl LinkInfo {
             rejected: 0,
             last_progress_ms: now,
             session: None,
+            sessions_begun: 0,
         }
     }
 
@@ -196,15 +200,27 @@ impl LinkInfo {
         self.enter(LinkState::Retrying, reason, clock);
     }
 
+    /// The session numbered `session` (from [`LinkInfo::session_up`])
+    /// ended for `reason`: retrying, unless a newer session has begun
+    /// meanwhile. Whether it was still the link's session.
+    pub fn session_ended(&mut self, session: u64, reason: String, clock: &dyn Clock) -> bool {
+        if session != self.sessions_begun {
+            return false;
+        }
+        self.retrying(reason, clock);
+        true
+    }
+
     /// The hellos are exchanged and the session runs. `resync_in`: why we
     /// read the peer's log from the start, if we do; `resync_out`: why we
-    /// resend ours from the start, with our head now.
+    /// resend ours from the start, with our head now. Returns the session's
+    /// number, for [`LinkInfo::session_ended`].
     pub fn session_up(
         &mut self,
         resync_in: Option<String>,
         resync_out: Option<(String, u64)>,
         clock: &dyn Clock,
-    ) {
+    ) -> u64 {
         if resync_in.is_some() {
             // The peer's head and our cursor belong to its old log.
             self.applied_through = 0;
@@ -219,6 +235,8 @@ impl LinkInfo {
             ..Session::default()
         });
         self.settle(clock);
+        self.sessions_begun += 1;
+        self.sessions_begun
     }
 
     /// A written batch from the peer: our cursor is at `through`, the
@@ -417,7 +435,7 @@ mod tests {
         (l.state, l.reason, l.since_ms)
     }
 
-    fn at(t: &LinkTable, f: impl FnOnce(&mut LinkInfo, &dyn Clock)) {
+    fn at<R>(t: &LinkTable, f: impl FnOnce(&mut LinkInfo, &dyn Clock) -> R) {
         t.update_at(PEER, Toward::Child, f);
     }
 
@@ -482,6 +500,33 @@ mod tests {
             l.batch_applied(5, 9, 5, 2, Some("bad"), clock);
         });
         assert_eq!(state(&t).0, LinkState::Retrying);
+    }
+
+    #[test]
+    fn the_end_of_a_replaced_session_leaves_its_successor_alone() {
+        let (t, _clock) = table();
+        let first = t.update_at(PEER, Toward::Child, |l, clock| {
+            l.session_up(None, None, clock)
+        });
+        // The child reconnects: a second session begins before the first
+        // has wound down.
+        let second = t.update_at(PEER, Toward::Child, |l, clock| {
+            l.session_up(None, None, clock)
+        });
+        assert_ne!(first, second);
+        let ended = t.update_at(PEER, Toward::Child, |l, clock| {
+            l.session_ended(first, "session ended: replaced".into(), clock)
+        });
+        assert!(!ended);
+        assert_eq!(state(&t).0, LinkState::Ok);
+        let ended = t.update_at(PEER, Toward::Child, |l, clock| {
+            l.session_ended(second, "session ended".into(), clock)
+        });
+        assert!(ended);
+        assert_eq!(
+            state(&t),
+            (LinkState::Retrying, "session ended".into(), state(&t).2)
+        );
     }
 
     #[test]

@@ -173,9 +173,9 @@ where
     };
     node.metrics().link_up.get_or_create(&labels).set(1);
     node.metrics().link_sessions.get_or_create(&labels).inc();
-    node.links().update_at(peer.as_str(), toward, |l, clock| {
+    let session_number = node.links().update_at(peer.as_str(), toward, |l, clock| {
         l.peer_applied = start;
-        l.session_up(resync_in, resync_out, clock);
+        l.session_up(resync_in, resync_out, clock)
     });
     info!(peer = %peer, direction = direction(toward), from_seq = start, "link session up");
 
@@ -203,23 +203,28 @@ where
     .await;
     session.cancel();
     let sent = sender.await.unwrap_or(Ok(()));
-    node.metrics().link_up.get_or_create(&labels).set(0);
-    node.metrics().link_stalled.get_or_create(&labels).set(0);
     let result = result.and(sent);
-    node.links().update_at(peer.as_str(), toward, |l, clock| {
+    // A child that reconnected has a newer session on this link by now:
+    // its state and gauges are that session's.
+    let current = node.links().update_at(peer.as_str(), toward, |l, clock| {
         let ended = match &result {
             Ok(()) => "session ended".to_owned(),
-            Err(e) => {
-                l.last_error = e.to_string();
-                format!("session ended: {e}")
-            }
+            Err(e) => format!("session ended: {e}"),
         };
         let next = match toward {
             Toward::Child => "waiting for the child to dial again",
             Toward::Parent => "dialling again",
         };
-        l.retrying(format!("{ended}; {next}"), clock);
+        let current = l.session_ended(session_number, format!("{ended}; {next}"), clock);
+        if current && let Err(e) = &result {
+            l.last_error = e.to_string();
+        }
+        current
     });
+    if current {
+        node.metrics().link_up.get_or_create(&labels).set(0);
+        node.metrics().link_stalled.get_or_create(&labels).set(0);
+    }
     if result.is_err() {
         node.metrics().link_errors.get_or_create(&labels).inc();
     }
