@@ -188,6 +188,7 @@ impl LocalApi for LocalApiService {
         let node = &self.node;
         Ok(Response::new(wire::StatusResponse {
             node: node.code().to_string(),
+            name: node.name().unwrap_or_default().to_owned(),
             tier: node.code().tier().to_string(),
             head_seq: node.head_seq().await.map_err(store_status)?,
             records: node.record_count().await.map_err(store_status)?,

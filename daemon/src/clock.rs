@@ -3,7 +3,8 @@
 //! stalled) read the node's [`Clock`], so tests move time by hand
 //! ([`ManualClock`]) instead of sleeping for it to pass. Record-keeping
 //! stamps (audit entries, quarantine rows) read the system clock
-//! ([`now_ms`]).
+//! ([`now_ms`]). [`human_time`] writes a time for people: a date in UTC
+//! and how long ago.
 
 use std::fmt;
 use std::sync::Arc;
@@ -71,9 +72,94 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A time (`ms` since the Unix epoch) as people read it, with how long
+/// before or after `now_ms` it is: `2026-12-07 21:40:03 UTC (3 min ago)`.
+/// 0 (what the status views hold for "not yet") reads `never`.
+pub fn human_time(ms: i64, now_ms: i64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    format!("{} ({})", utc(ms), relative(now_ms - ms))
+}
+
+/// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
+/// A span of `ms` (positive: in the past) in words: `3 min ago`, `in 2 h`.
+fn relative(ms: i64) -> String {
+    let secs = ms.unsigned_abs() / 1000;
+    let span = match secs {
+        0 => return "now".into(),
+        1..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => match secs % 3600 / 60 {
+            0 => format!("{} h", secs / 3600),
+            min => format!("{} h {min} min", secs / 3600),
+        },
+        _ => match secs % 86_400 / 3600 {
+            0 => format!("{} d", secs / 86_400),
+            h => format!("{} d {h} h", secs / 86_400),
+        },
+    };
+    if ms < 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// Year, month and day of the `days`-th day since 1970-01-01, in the
+/// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of the era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_dates_in_utc_with_how_long_ago() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_796_679_603_000), "2026-12-07 21:40:03 UTC");
+        assert_eq!(utc(951_868_799_999), "2000-02-29 23:59:59 UTC");
+        assert_eq!(utc(4_107_542_400_000), "2100-03-01 00:00:00 UTC");
+        assert_eq!(utc(-1000), "1969-12-31 23:59:59 UTC");
+        let at = 1_796_679_603_000;
+        assert_eq!(
+            human_time(at, at + 180_000),
+            "2026-12-07 21:40:03 UTC (3 min ago)"
+        );
+        assert_eq!(human_time(at, at + 400), "2026-12-07 21:40:03 UTC (now)");
+        assert_eq!(
+            human_time(at, at + 59_000).split_once(" (").unwrap().1,
+            "59 s ago)"
+        );
+        assert_eq!(relative(2 * 3_600_000), "2 h ago");
+        assert_eq!(relative(3_600_000 + 5 * 60_000), "1 h 5 min ago");
+        assert_eq!(relative(3 * 86_400_000 + 3_600_000), "3 d 1 h ago");
+        assert_eq!(relative(-90_000), "in 1 min");
+        assert_eq!(human_time(0, at), "never");
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_told() {

@@ -39,6 +39,26 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state, in the order above.
+    pub const ALL: [WorkerState; 6] = [
+        WorkerState::Busy,
+        WorkerState::Idle,
+        WorkerState::Up,
+        WorkerState::Retrying,
+        WorkerState::Failed,
+        WorkerState::Stopped,
+    ];
+
+    /// The state named `name` (as [`WorkerState::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<WorkerState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether an operator should look: failed, or failing and retrying.
+    pub fn is_problem(self) -> bool {
+        matches!(self, WorkerState::Retrying | WorkerState::Failed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Busy => "busy",

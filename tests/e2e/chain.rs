@@ -26,7 +26,7 @@ async fn community_records_converge_at_the_city() {
     let street = cluster.node("511102004");
     eventually("link status caught up", || async {
         street.links().get("511102").is_some_and(|l| {
-            l.state == tiersync::sync::links::LinkState::Up && l.peer_applied >= 50
+            l.state == tiersync::sync::links::LinkState::Ok && l.peer_applied >= 50
         })
     })
     .await;

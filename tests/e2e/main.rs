@@ -8,6 +8,7 @@ mod departments;
 mod input;
 mod integrity;
 mod join;
+mod links;
 mod operate;
 mod postgres;
 mod reject;

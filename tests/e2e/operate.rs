@@ -7,7 +7,7 @@ use tiersync_proto::types::Tier;
 use tiersync_proto::wire::{self, local_api_client::LocalApiClient};
 
 /// A plain HTTP GET (the admin listener is plain HTTP on loopback).
-fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -259,7 +259,9 @@ async fn workers_are_listed_and_an_unreachable_parent_shows_retrying() {
         names.contains(&"group-commit") && names.contains(&"parent-link"),
         "{names:?}"
     );
-    let printed = tiersync::cli::format_status(&status);
+    let report =
+        tiersync::ops::status::StatusReport::from_wire(&status, tiersync::clock::now_ms()).unwrap();
+    let printed = tiersync::cli::format_status(&report, false);
     assert!(
         printed.contains("workers:") && printed.contains("parent-link"),
         "{printed}"

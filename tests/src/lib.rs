@@ -403,17 +403,39 @@ impl FakeChild {
         code: &str,
         parent: &str,
     ) -> Result<FakeChild, tonic::Status> {
+        let mut child = Self::connect_with_hello(cluster, code, parent, |_| {}).await?;
+        let key = node_key_record(cluster, code);
+        let ack = child.send_batch_as_is(0, vec![key]).await?;
+        assert_eq!(
+            ack.rejected, 0,
+            "the parent refused the fake child's key: {:?}",
+            ack.rejections
+        );
+        Ok(child)
+    }
+
+    /// Connects as `code` to `parent` with the hello `edit` makes of a
+    /// fresh child's, and exchanges hellos; it sends nothing else (not its
+    /// key) and acknowledges nothing until told to.
+    pub async fn connect_with_hello(
+        cluster: &Cluster,
+        code: &str,
+        parent: &str,
+        edit: impl FnOnce(&mut wire::Hello),
+    ) -> Result<FakeChild, tonic::Status> {
         let channel = fake_channel(cluster, code, parent).await;
         let mut client = SyncClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
+        let mut hello = wire::Hello {
+            protocol: tiersync::sync::PROTOCOL,
+            node: code.into(),
+            applied_through: 0,
+            epoch: "fake-epoch".into(),
+            applied_epoch: String::new(),
+        };
+        edit(&mut hello);
         tx.send(wire::LinkFrame {
-            body: Some(Body::Hello(wire::Hello {
-                protocol: tiersync::sync::PROTOCOL,
-                node: code.into(),
-                applied_through: 0,
-                epoch: "fake-epoch".into(),
-                applied_epoch: String::new(),
-            })),
+            body: Some(Body::Hello(hello)),
         })
         .await
         .expect("queue hello");
@@ -424,21 +446,13 @@ impl FakeChild {
             }) => h,
             other => panic!("expected the parent's hello, got {other:?}"),
         };
-        let mut child = FakeChild {
+        Ok(FakeChild {
             tx,
             inbound,
             parent_hello,
             code: code.to_owned(),
             identity: identity(cluster, code),
-        };
-        let key = node_key_record(cluster, code);
-        let ack = child.send_batch_as_is(0, vec![key]).await?;
-        assert_eq!(
-            ack.rejected, 0,
-            "the parent refused the fake child's key: {:?}",
-            ack.rejections
-        );
-        Ok(child)
+        })
     }
 
     /// Sends one batch, first signing the records this child owns that

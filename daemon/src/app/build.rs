@@ -158,6 +158,7 @@ pub async fn build_node(
     )
     .await?;
     crate::ops::metrics::register_workers(registry, node.workers().clone());
+    crate::ops::metrics::register_link_states(registry, node.links().clone());
     node.publish_own_key().await?;
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))

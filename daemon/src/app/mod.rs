@@ -6,8 +6,9 @@
 //! one subsystem and registering its metrics: the store and the node
 //! ([`build`]), then what serves or dials ([`serve`]: the peer server, the
 //! local API, the admin listener, the parent link, the trust worker), each
-//! a named worker operators can read (see [`crate::worker`]). What the
-//! command line does with a config without running a node is in
+//! a named worker operators can read (see [`crate::worker`]). The files a
+//! config names are loaded, or only checked, in [`material`]; what the
+//! command line does with a node's store without running it is in
 //! [`offline`].
 //!
 //! Shutdown: one `CancellationToken` reaches every task. Servers stop
@@ -29,11 +30,13 @@ use crate::node::Node;
 use crate::store::postgres::ActiveLease;
 
 mod build;
+mod material;
 mod offline;
 mod serve;
 
 use build::JoinMaterial;
-pub use offline::{Material, load_material, new_epoch, open_audit_log};
+pub use material::{Material, check_files, load_material};
+pub use offline::{new_epoch, open_audit_log};
 use serve::{AdapterPort, AdminServer, LocalApi, ParentLink, PeerServer, TrustWorker};
 
 /// How long tasks get to finish after cancellation before they are aborted.

@@ -10,6 +10,8 @@ use tiersync_proto::types::{DivisionCode, Tier};
 use tiersync_proto::wire;
 
 use super::{PkiCommand, QuarantineCommand, TrustCommand, connect, status_error};
+use crate::clock::human_time;
+use crate::ops::status::StatusReport;
 
 /// `tiersync pki`: makes the deployment CA, issues certificates and join tokens.
 pub(super) async fn pki(command: PkiCommand) -> anyhow::Result<()> {
@@ -175,15 +177,27 @@ pub(super) async fn trust(command: TrustCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tiersync status`: a node's links, lag and counts.
-pub(super) async fn status(api: SocketAddr) -> anyhow::Result<()> {
+/// `tiersync status`: a node's links, lag and counts, as a table for
+/// people or (`json`) as JSON for scripts; `problems`: only the links not
+/// ok and the workers retrying or failed.
+pub(super) async fn status(api: SocketAddr, json: bool, problems: bool) -> anyhow::Result<()> {
     let mut client = connect(api).await?;
     let s = client
         .status(wire::StatusRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    print!("{}", format_status(&s));
+    let mut report = StatusReport::from_wire(&s, crate::clock::now_ms()).map_err(|e| {
+        anyhow::anyhow!("the node at {api} answered a status this build cannot read: {e}")
+    })?;
+    if problems {
+        report = report.problems_only();
+    }
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", format_status(&report, problems));
+    }
     Ok(())
 }
 
@@ -225,66 +239,202 @@ pub(super) async fn quarantine(command: QuarantineCommand) -> anyhow::Result<()>
     }
 }
 
-pub fn format_status(s: &wire::StatusResponse) -> String {
+/// A status report as `tiersync status` prints it: the node, its trust
+/// list, a table of its links and one of its workers, times as dates with
+/// how long ago. `problems`: the report holds only what is not ok.
+pub fn format_status(s: &StatusReport, problems: bool) -> String {
+    let when = |ms: i64| human_time(ms, s.now_ms);
     let mut out = format!(
-        "node {} ({}) head {} records {} quarantined {}\n",
-        s.node, s.tier, s.head_seq, s.records, s.quarantined
+        "node {}{} ({}): head {}, records {}, quarantined {}\n",
+        s.node,
+        s.name
+            .as_deref()
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default(),
+        s.tier,
+        s.head_seq,
+        s.records,
+        s.quarantined
     );
-    match &s.trust {
-        Some(t) if t.sequence > 0 => out.push_str(&format!(
-            "  trust list {}{} next update at {} ms, {} revoked{}\n",
+    let t = &s.trust;
+    if t.sequence > 0 {
+        out.push_str(&format!(
+            "trust list {}{}, next update {}, {} revoked{}\n",
             t.sequence,
             if t.stale { " STALE" } else { "" },
-            t.next_update_ms,
-            t.revocations.len(),
-            t.revocations
-                .iter()
-                .map(|r| format!(" {} ({})", r.node, r.reason))
-                .collect::<String>()
-        )),
-        _ => out.push_str("  trust list: none yet (stale)\n"),
-    }
-    if s.links.is_empty() {
-        out.push_str("  no links\n");
-    }
-    for l in &s.links {
-        out.push_str(&format!(
-            "  {:<7} {:<13} {:<10} applied {:>8} lag {:>6} changes {:>6.1}s  in {:>8} out {:>8} rejected {}{}\n",
-            l.direction,
-            l.peer,
-            l.state,
-            l.applied_through,
-            l.lag_changes,
-            l.lag_seconds,
-            l.records_in,
-            l.records_out,
-            l.rejected,
-            if l.last_error.is_empty() { String::new() } else { format!("  last error: {}", l.last_error) }
-        ));
-    }
-    if !s.workers.is_empty() {
-        out.push_str("  workers:\n");
-    }
-    for w in &s.workers {
-        out.push_str(&format!(
-            "    {:<26} {:<8} since {} ms  iterations {:>8} errors {:>5}{}{}{}\n",
-            w.name,
-            w.state,
-            w.since_ms,
-            w.iterations,
-            w.errors,
-            w.queue.map(|q| format!("  queue {q}")).unwrap_or_default(),
-            if w.info.is_empty() {
+            when(t.next_update_ms),
+            t.revoked.len(),
+            if t.revoked.is_empty() {
                 String::new()
             } else {
-                format!("  ({})", w.info)
-            },
-            if w.last_error.is_empty() {
-                String::new()
-            } else {
-                format!("  last error at {} ms: {}", w.last_error_ms, w.last_error)
+                format!(": {}", t.revoked.join(", "))
             }
         ));
+    } else {
+        out.push_str("trust list: none yet (stale)\n");
+    }
+    if problems && s.links.is_empty() && s.workers.is_empty() {
+        out.push_str("no problems: every link is ok, no worker is retrying or failed\n");
+        return out;
+    }
+    if s.links.is_empty() {
+        out.push_str(if problems {
+            "links: all ok\n"
+        } else {
+            "links: none\n"
+        });
+    } else {
+        out.push_str(&format!(
+            "links:\n  {:<13} {:<9} {:<12} {:<40} {:>8} {:>9} {:>9} {:>8}  {}\n",
+            "peer", "direction", "state", "since", "lag", "in", "out", "rejected", "why"
+        ));
+        for l in &s.links {
+            out.push_str(&format!(
+                "  {:<13} {:<9} {:<12} {:<40} {:>8} {:>9} {:>9} {:>8}  {}\n",
+                l.peer,
+                l.direction,
+                l.state,
+                when(l.since_ms),
+                l.lag_changes,
+                l.records_in,
+                l.records_out,
+                l.rejected,
+                l.reason
+            ));
+            if !l.last_error.is_empty() {
+                out.push_str(&format!("  {:<13} last error: {}\n", "", l.last_error));
+            }
+        }
+    }
+    if s.workers.is_empty() {
+        if problems {
+            out.push_str("workers: none retrying or failed\n");
+        }
+        return out;
+    }
+    out.push_str(&format!(
+        "workers:\n  {:<26} {:<8} {:<40} {:>10} {:>6}  {}\n",
+        "worker", "state", "since", "iterations", "errors", "doing"
+    ));
+    for w in &s.workers {
+        out.push_str(&format!(
+            "  {:<26} {:<8} {:<40} {:>10} {:>6}  {}{}\n",
+            w.name,
+            w.state,
+            when(w.since_ms),
+            w.iterations,
+            w.errors,
+            w.info,
+            w.queue.map(|q| format!(" (queue {q})")).unwrap_or_default(),
+        ));
+        if !w.last_error.is_empty() {
+            out.push_str(&format!(
+                "  {:<26} last error {}: {}\n",
+                "",
+                when(w.last_error_ms),
+                w.last_error
+            ));
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-07 21:40:03 UTC.
+    const AT: i64 = 1_796_679_603_000;
+
+    fn report() -> StatusReport {
+        let link = |peer: &str, state: &str, reason: &str, since_ms: i64| wire::LinkStatus {
+            peer: peer.into(),
+            direction: "child".into(),
+            state: state.into(),
+            reason: reason.into(),
+            since_ms,
+            lag_changes: 3,
+            ..Default::default()
+        };
+        let status = wire::StatusResponse {
+            node: "511102004".into(),
+            tier: "street".into(),
+            links: vec![
+                link("511102004001", "ok", "session up", AT - 3_600_000),
+                link(
+                    "511102004002",
+                    "must-resync",
+                    "`511102004002`'s store has a new epoch",
+                    AT - 180_000,
+                ),
+            ],
+            workers: vec![wire::WorkerStatus {
+                name: "parent-link".into(),
+                state: "retrying".into(),
+                since_ms: AT - 5_000,
+                errors: 2,
+                last_error: "cannot reach the parent".into(),
+                last_error_ms: AT - 5_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        StatusReport::from_wire(&status, AT).unwrap()
+    }
+
+    #[test]
+    fn status_prints_a_table_with_human_times() {
+        let printed = format_status(&report(), false);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(
+            lines[0],
+            "node 511102004 (street): head 0, records 0, quarantined 0"
+        );
+        assert_eq!(lines[1], "trust list: none yet (stale)");
+        assert_eq!(lines[2], "links:");
+        assert!(lines[3].split_whitespace().eq([
+            "peer",
+            "direction",
+            "state",
+            "since",
+            "lag",
+            "in",
+            "out",
+            "rejected",
+            "why"
+        ]));
+        assert!(
+            lines[4].contains("ok") && lines[4].contains("2026-12-07 20:40:03 UTC (1 h ago)"),
+            "{printed}"
+        );
+        assert!(
+            lines[5].starts_with(
+                "  511102004002  child     must-resync  2026-12-07 21:37:03 UTC (3 min ago)"
+            ) && lines[5].ends_with("`511102004002`'s store has a new epoch"),
+            "{printed}"
+        );
+        assert!(
+            printed
+                .contains("last error 2026-12-07 21:39:58 UTC (5 s ago): cannot reach the parent"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn problems_leave_out_what_is_ok_and_say_when_nothing_is_wrong() {
+        let printed = format_status(&report().problems_only(), true);
+        assert!(!printed.contains("511102004001"), "{printed}");
+        assert!(
+            printed.contains("must-resync") && printed.contains("parent-link"),
+            "{printed}"
+        );
+        let mut fine = report();
+        fine.links.truncate(1);
+        fine.workers.clear();
+        let printed = format_status(&fine.problems_only(), true);
+        assert!(
+            printed.ends_with("no problems: every link is ok, no worker is retrying or failed\n"),
+            "{printed}"
+        );
+    }
 }

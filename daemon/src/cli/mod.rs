@@ -48,10 +48,25 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file and report every problem (use as ExecStartPre).
+    /// Validate a config file and report every problem at once, each with
+    /// its key and line: unknown keys, values of the wrong type, and what
+    /// the values say (use as ExecStartPre). The key and certificate files
+    /// it names are not opened unless --files is given.
     CheckConfig {
+        /// The config file (or --config FILE).
+        #[arg(
+            value_name = "FILE",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )]
+        file: Option<PathBuf>,
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Also check every file the config names: that it exists, is
+        /// readable and holds what it should (certificates, keys, the
+        /// deployment secret), and that they fit together.
+        #[arg(long)]
+        files: bool,
     },
     /// Give the node's store a new epoch after restoring it from a backup, so
     /// its peers resend instead of skipping renumbered changes. Run it with
@@ -179,10 +194,18 @@ pub enum Command {
         #[arg(long)]
         value: String,
     },
-    /// A node's links, lag and counts.
+    /// A node's links (each ok, connecting, retrying, stalled, must-resync
+    /// or quarantining, why, and since when), lag, counts and workers.
     Status {
         #[command(flatten)]
         api: ApiArgs,
+        /// Print JSON for scripts: the fields of /status.json, times in ms
+        /// since the Unix epoch.
+        #[arg(long)]
+        json: bool,
+        /// Only the links that are not ok and the workers retrying or failed.
+        #[arg(long)]
+        problems: bool,
     },
     /// Records refused on arrival.
     Quarantine {
@@ -331,7 +354,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => node::serve(&config).await,
         Command::NewEpoch { config } => node::new_epoch(&config).await,
-        Command::CheckConfig { config } => node::check_config(&config),
+        Command::CheckConfig {
+            file,
+            config,
+            files,
+        } => {
+            let path = file.or(config).expect("clap requires FILE or --config");
+            node::check_config(&path, files)
+        }
         Command::Audit { command } => node::audit(command).await,
         Command::Demo { dir, residents } => crate::demo::run(dir, residents).await,
         Command::Pki { command } => admin::pki(command).await,
@@ -398,7 +428,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             value,
         } => records::lookup(api.api, kind, key, value).await,
-        Command::Status { api } => admin::status(api.api).await,
+        Command::Status {
+            api,
+            json,
+            problems,
+        } => admin::status(api.api, json, problems).await,
         Command::Quarantine { command } => admin::quarantine(command).await,
         Command::Kinds => records::kinds(),
     }

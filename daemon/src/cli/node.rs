@@ -5,14 +5,23 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use super::{AuditCommand, environment};
-use crate::config::NodeConfig;
+use crate::config::{ConfigError, NodeConfig};
 
-/// Runs the node configured in `config` until SIGINT or SIGTERM.
+/// Runs the node configured in `config` until SIGINT or SIGTERM. A bad
+/// config, or a file it names that is missing or wrong, stops it before
+/// anything starts, with every problem found.
 pub(super) async fn serve(config: &Path) -> anyhow::Result<()> {
-    let config = NodeConfig::load(config, &environment())?;
+    let path = config;
+    let config = NodeConfig::load(path, &environment())?;
+    let issues = crate::app::check_files(&config);
+    if !issues.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            issues,
+        }
+        .into());
+    }
     let node = crate::App::start(config).await?;
     let cancel = node.cancel_token();
     tokio::spawn(async move {
@@ -23,12 +32,22 @@ pub(super) async fn serve(config: &Path) -> anyhow::Result<()> {
     node.wait().await
 }
 
-/// `tiersync check-config`: validates the file and loads its key material.
-pub(super) fn check_config(config: &Path) -> anyhow::Result<()> {
+/// `tiersync check-config`: validates the file, reporting every problem at
+/// once; with `files`, also checks every file it names.
+pub(super) fn check_config(config: &Path, files: bool) -> anyhow::Result<()> {
     let c = NodeConfig::load(config, &environment())?;
-    crate::app::load_material(&c).with_context(|| format!("{}", config.display()))?;
+    if files {
+        let issues = crate::app::check_files(&c);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: config.to_owned(),
+                issues,
+            }
+            .into());
+        }
+    }
     println!(
-        "{}: ok ({} node `{}`{}, store {})",
+        "{}: ok ({} node `{}`{}, store {}{})",
         config.display(),
         c.tier(),
         c.code,
@@ -36,7 +55,12 @@ pub(super) fn check_config(config: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| format!(", parent `{}` at {}", p.code, p.addresses.join(" or ")))
             .unwrap_or_default(),
-        c.storage
+        c.storage,
+        if files {
+            "; every file it names is readable and holds what it should"
+        } else {
+            "; the files it names were not opened (--files checks them)"
+        }
     );
     Ok(())
 }

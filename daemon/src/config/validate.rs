@@ -19,12 +19,7 @@ impl RawConfig {
     /// Checks every field; returns all problems, not just the first.
     pub fn validate(self, base: &Path) -> Result<NodeConfig, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
-        let mut issue = |key: &str, problem: String| {
-            issues.push(ConfigIssue {
-                key: key.to_owned(),
-                problem,
-            })
-        };
+        let mut issue = |key: &str, problem: String| issues.push(ConfigIssue::new(key, problem));
 
         match self.version {
             Some(CONFIG_VERSION) => {}
@@ -138,6 +133,9 @@ impl RawConfig {
                 }
             }
         };
+        // A peer address given but unusable is reported as such, not also
+        // as missing.
+        let peer_given = self.listen.peer.is_some();
         let listen_peer = addr("listen.peer", self.listen.peer);
         let listen_api = addr("listen.api", self.listen.api);
         let listen_adapter = addr("listen.adapter", self.listen.adapter);
@@ -151,7 +149,7 @@ impl RawConfig {
                         "`{addr}`: node `{code}` is a community and has no children to listen for; remove listen.peer"
                     ),
                 ),
-                (tier, None) if tier != Tier::Community => issue(
+                (tier, None) if tier != Tier::Community && !peer_given => issue(
                     "listen.peer",
                     format!("missing; a {tier} node listens for its children, e.g. `0.0.0.0:7400`"),
                 ),

@@ -5,7 +5,8 @@
 //! at most a few dozen children), never a subtree code; `kind` is a canonical
 //! kind this build knows, or `other` for relayed kinds it does not, so a peer
 //! cannot blow up cardinality by inventing kinds; `worker` is a worker's
-//! name with `child-link:<code>` collapsed to `child-link`.
+//! name with `child-link:<code>` collapsed to `child-link`; `state` is one
+//! of the six link states.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 use tiersync_proto::types::Schemas;
 
 use crate::store::postgres::LeaseView;
+use crate::sync::links::LinkTable;
 use crate::worker::Workers;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -273,6 +275,43 @@ pub fn register_workers(registry: &mut Registry, workers: Workers) {
         .register_collector(Box::new(WorkerMetrics(workers)));
 }
 
+/// `tiersync_links{state}`: how many links of this node are in each state
+/// (ok, connecting, retrying, stalled, must-resync, quarantining), read
+/// from the link table at each scrape, every state listed (at 0 too) so
+/// alerts can compare. The label is the state, never a peer.
+#[derive(Debug)]
+pub struct LinkStateMetrics(pub LinkTable);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkStateLabels {
+    pub state: String,
+}
+
+impl Collector for LinkStateMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "links",
+            "Links of this node in each state: ok, connecting, retrying, stalled, must-resync, quarantining",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in self.0.count_by_state() {
+            let labels = LinkStateLabels {
+                state: state.as_str().to_owned(),
+            };
+            ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers `tiersync_links{state}` ([`LinkStateMetrics`]) of `links`.
+pub fn register_link_states(registry: &mut Registry, links: LinkTable) {
+    registry
+        .sub_registry_with_prefix("tiersync")
+        .register_collector(Box::new(LinkStateMetrics(links)));
+}
+
 /// Registers `tiersync_standby`: 1 while this daemon waits as the standby of
 /// a node whose active lease another daemon holds, 0 once it is active.
 pub fn register_standby(registry: &mut Registry, standby: bool) -> Gauge {
@@ -377,6 +416,37 @@ mod tests {
             "tiersync_worker_errors_total{worker=\"child-link\"} 2",
             "tiersync_worker_errors_total{worker=\"group-commit\"} 0",
             "tiersync_worker_queue_length{worker=\"group-commit\"} 3",
+        ] {
+            assert!(text.contains(needle), "lacks `{needle}`:\n{text}");
+        }
+        assert!(!text.contains("511102004001"), "{text}");
+    }
+
+    #[test]
+    fn links_are_counted_by_state_with_every_state_listed() {
+        let links = LinkTable::new(crate::clock::SystemClock::shared());
+        let mut registry = Registry::default();
+        register_link_states(&mut registry, links.clone());
+        let toward = crate::route::Toward::Child;
+        links.update_at("511102004001", toward, |l, clock| {
+            l.session_up(None, None, clock)
+        });
+        links.update_at("511102004002", toward, |l, clock| {
+            l.session_up(None, Some(("new epoch".into(), 9)), clock)
+        });
+        links.update_at("511102004003", toward, |l, clock| {
+            l.session_up(None, None, clock)
+        });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for needle in [
+            "# TYPE tiersync_links gauge",
+            "tiersync_links{state=\"ok\"} 2",
+            "tiersync_links{state=\"must-resync\"} 1",
+            "tiersync_links{state=\"connecting\"} 0",
+            "tiersync_links{state=\"retrying\"} 0",
+            "tiersync_links{state=\"stalled\"} 0",
+            "tiersync_links{state=\"quarantining\"} 0",
         ] {
             assert!(text.contains(needle), "lacks `{needle}`:\n{text}");
         }

@@ -1,10 +1,14 @@
 //! A node's status report: its store, trust list, links and workers, as the status
 //! page, `/status.json`, the `Status` API call and `tiersync status` show
-//! it. Metrics mirror the same fields.
+//! it. Metrics mirror the same fields. Times are ms since the Unix epoch in
+//! JSON and on the wire, and dates with how long ago for people.
 
+use tiersync_proto::wire;
+
+use crate::clock::human_time;
 use crate::store::postgres::LeaseStatus;
 use crate::sync::links::direction;
-use crate::worker::WorkerStatus;
+use crate::worker::{WorkerState, WorkerStatus};
 
 /// One line on the lease for the status page.
 fn describe_lease(lease: &LeaseStatus) -> String {
@@ -24,17 +28,24 @@ fn describe_lease(lease: &LeaseStatus) -> String {
     )
 }
 
-/// A snapshot of a node for the status page, `/status.json` and the CLI.
+/// A snapshot of a node for the status page, `/status.json` and
+/// `tiersync status --json`. The field names are stable: scripts read them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusReport {
     pub node: String,
     pub name: Option<String>,
     pub tier: String,
+    /// When the snapshot was taken, ms since the Unix epoch (the node's
+    /// clock for the page, the caller's for the command line).
+    pub now_ms: i64,
     pub head_seq: u64,
     pub records: u64,
     pub quarantined: u64,
     pub trust: TrustReport,
     /// The node's active lease (PostgreSQL only): holder, age, expiry.
+    /// Left out where there is none, and by `tiersync status --json`, whose
+    /// API call does not carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,
     pub links: Vec<LinkReport>,
     /// The node's long-running loops (see [`crate::worker`]).
@@ -53,15 +64,15 @@ pub struct TrustReport {
 }
 
 impl TrustReport {
-    fn describe(&self) -> String {
+    fn describe(&self, now_ms: i64) -> String {
         if self.sequence == 0 {
             return "trust list: none yet (stale)".into();
         }
         format!(
-            "trust list {}{}, next update at {} ms{}",
+            "trust list {}{}, next update {}{}",
             self.sequence,
             if self.stale { " STALE" } else { "" },
-            self.next_update_ms,
+            human_time(self.next_update_ms, now_ms),
             if self.revoked.is_empty() {
                 String::new()
             } else {
@@ -71,11 +82,14 @@ impl TrustReport {
     }
 }
 
+/// One link: its state (ok, connecting, retrying, stalled, must-resync,
+/// quarantining; see `crate::sync::links::LinkState`), why, since when.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkReport {
     pub peer: String,
     pub direction: String,
     pub state: String,
+    pub reason: String,
     pub since_ms: i64,
     pub applied_through: u64,
     pub peer_head: u64,
@@ -92,6 +106,7 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
         node: node.code().to_string(),
         name: node.name().map(str::to_owned),
         tier: node.code().tier().to_string(),
+        now_ms: node.clock().now_ms(),
         head_seq: node.head_seq().await?,
         records: node.record_count().await?,
         quarantined: node.quarantined_count().await?,
@@ -114,6 +129,7 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
                 peer: l.peer,
                 direction: direction(l.toward).into(),
                 state: l.state.as_str().into(),
+                reason: l.reason,
                 since_ms: l.since_ms,
                 applied_through: l.applied_through,
                 peer_head: l.peer_head,
@@ -126,6 +142,87 @@ pub async fn report(node: &crate::node::Node) -> Result<StatusReport, crate::sto
             .collect(),
         workers: node.workers().snapshot(),
     })
+}
+
+impl LinkReport {
+    /// A link as the `Status` API call carries it.
+    pub fn from_wire(l: &wire::LinkStatus) -> LinkReport {
+        LinkReport {
+            peer: l.peer.clone(),
+            direction: l.direction.clone(),
+            state: l.state.clone(),
+            reason: l.reason.clone(),
+            since_ms: l.since_ms,
+            applied_through: l.applied_through,
+            peer_head: l.peer_head,
+            lag_changes: l.lag_changes,
+            lag_seconds: l.lag_seconds,
+            records_in: l.records_in,
+            records_out: l.records_out,
+            rejected: l.rejected,
+            last_error: l.last_error.clone(),
+        }
+    }
+
+    /// Whether an operator should look: any state but ok.
+    pub fn is_problem(&self) -> bool {
+        self.state != crate::sync::links::LinkState::Ok.as_str()
+    }
+}
+
+impl StatusReport {
+    /// The report from the `Status` API call's answer, taken at `now_ms`;
+    /// it carries no lease. An unknown worker state (a newer daemon) is an
+    /// error naming it.
+    pub fn from_wire(s: &wire::StatusResponse, now_ms: i64) -> Result<StatusReport, String> {
+        let trust = s.trust.clone().unwrap_or_default();
+        let workers = s
+            .workers
+            .iter()
+            .map(|w| {
+                let state = WorkerState::from_name(&w.state).ok_or_else(|| {
+                    format!("worker `{}` is in an unknown state `{}`", w.name, w.state)
+                })?;
+                Ok(WorkerStatus {
+                    name: w.name.clone(),
+                    state,
+                    since_ms: w.since_ms,
+                    iterations: w.iterations,
+                    errors: w.errors,
+                    last_error: w.last_error.clone(),
+                    last_error_ms: w.last_error_ms,
+                    queue: w.queue,
+                    info: w.info.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(StatusReport {
+            node: s.node.clone(),
+            name: (!s.name.is_empty()).then(|| s.name.clone()),
+            tier: s.tier.clone(),
+            now_ms,
+            head_seq: s.head_seq,
+            records: s.records,
+            quarantined: s.quarantined,
+            trust: TrustReport {
+                sequence: trust.sequence,
+                next_update_ms: trust.next_update_ms,
+                stale: trust.stale,
+                revoked: trust.revocations.into_iter().map(|r| r.node).collect(),
+            },
+            lease: None,
+            links: s.links.iter().map(LinkReport::from_wire).collect(),
+            workers,
+        })
+    }
+
+    /// Only what an operator should look at: links not ok, workers
+    /// retrying or failed.
+    pub fn problems_only(mut self) -> StatusReport {
+        self.links.retain(LinkReport::is_problem);
+        self.workers.retain(|w| w.state.is_problem());
+        self
+    }
 }
 
 /// A worker as the `Status` RPC carries it.
@@ -159,11 +256,13 @@ impl StatusReport {
         let mut rows = String::new();
         for l in &self.links {
             rows.push_str(&format!(
-                "<tr class=\"{state}\"><td>{peer}</td><td>{dir}</td><td>{state}</td><td>{since}</td><td>{applied}</td><td>{lag}</td><td>{lag_s:.1}</td><td>{inn}</td><td>{out}</td><td>{rej}</td><td>{err}</td></tr>\n",
+                "<tr class=\"{state}\"><td>{peer}</td><td>{dir}</td><td>{state}</td><td>{reason}</td><td title=\"{since_ms} ms\">{since}</td><td>{applied}</td><td>{lag}</td><td>{lag_s:.1}</td><td>{inn}</td><td>{out}</td><td>{rej}</td><td>{err}</td></tr>\n",
                 peer = escape(&l.peer),
                 dir = l.direction,
                 state = l.state,
-                since = l.since_ms,
+                reason = escape(&l.reason),
+                since_ms = l.since_ms,
+                since = human_time(l.since_ms, self.now_ms),
                 applied = l.applied_through,
                 lag = l.lag_changes,
                 lag_s = l.lag_seconds,
@@ -179,11 +278,11 @@ impl StatusReport {
                 "<tr class=\"{state}\"><td>{name}</td><td>{state}</td><td>{since}</td><td>{iter}</td><td>{errors}</td><td>{err}</td><td>{err_at}</td><td>{queue}</td><td>{info}</td></tr>\n",
                 name = escape(&w.name),
                 state = w.state,
-                since = w.since_ms,
+                since = human_time(w.since_ms, self.now_ms),
                 iter = w.iterations,
                 errors = w.errors,
                 err = escape(&w.last_error),
-                err_at = if w.last_error_ms == 0 { String::new() } else { w.last_error_ms.to_string() },
+                err_at = if w.last_error_ms == 0 { String::new() } else { human_time(w.last_error_ms, self.now_ms) },
                 queue = w.queue.map(|q| q.to_string()).unwrap_or_default(),
                 info = escape(&w.info),
             ));
@@ -191,11 +290,11 @@ impl StatusReport {
         format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>tiersync {node}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
-p.stale{{color:#b00}}tr.up td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.down td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}\
+p.stale{{color:#b00}}tr.ok td:nth-child(3){{color:green}}tr.stalled td:nth-child(3),tr.must-resync td:nth-child(3),tr.quarantining td:nth-child(3),tr.retrying td:nth-child(3){{color:#b00}}\
 tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></head>\
 <body><h1>tiersync {node} {name}</h1><p>tier: {tier} &middot; change log head: {head} &middot; records held: {records} &middot; quarantined: {q}</p><p class=\"{trust_class}\">{trust}</p>{lease}\
-<table><tr><th>peer</th><th>direction</th><th>state</th><th>since (ms)</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
-<h2>workers</h2><table><tr><th>worker</th><th>state</th><th>since (ms)</th><th>iterations</th><th>errors</th><th>last error</th><th>last error at (ms)</th><th>queue</th><th>doing</th></tr>\n{workers}</table>\
+<table><tr><th>peer</th><th>direction</th><th>state</th><th>why</th><th>since</th><th>applied through</th><th>lag (changes)</th><th>lag (s)</th><th>records in</th><th>records out</th><th>rejected</th><th>last error</th></tr>\n{rows}</table>\
+<h2>workers</h2><table><tr><th>worker</th><th>state</th><th>since</th><th>iterations</th><th>errors</th><th>last error</th><th>last error at</th><th>queue</th><th>doing</th></tr>\n{workers}</table>\
 <p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/status.json\">status.json</a></p></body></html>\n",
             node = escape(&self.node),
             name = escape(self.name.as_deref().unwrap_or("")),
@@ -203,7 +302,7 @@ tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></hea
             head = self.head_seq,
             records = self.records,
             q = self.quarantined,
-            trust = escape(&self.trust.describe()),
+            trust = escape(&self.trust.describe(self.now_ms)),
             trust_class = if self.trust.stale { "stale" } else { "fresh" },
             lease = match &self.lease {
                 Some(lease) => format!(
@@ -214,5 +313,109 @@ tr.failed td:nth-child(2),tr.retrying td:nth-child(2){{color:#b00}}</style></hea
                 None => String::new(),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-07 21:40:03 UTC.
+    const AT: i64 = 1_796_679_603_000;
+
+    fn sample() -> wire::StatusResponse {
+        let link = |peer: &str, state: &str, reason: &str, since_ms: i64| wire::LinkStatus {
+            peer: peer.into(),
+            direction: "child".into(),
+            state: state.into(),
+            reason: reason.into(),
+            since_ms,
+            applied_through: 40,
+            peer_head: 90,
+            lag_changes: 50,
+            ..Default::default()
+        };
+        let worker = |name: &str, state: &str| wire::WorkerStatus {
+            name: name.into(),
+            state: state.into(),
+            since_ms: AT - 60_000,
+            ..Default::default()
+        };
+        wire::StatusResponse {
+            node: "511102004".into(),
+            name: "大佛街道".into(),
+            tier: "street".into(),
+            head_seq: 7,
+            records: 5,
+            quarantined: 1,
+            links: vec![
+                link("511102", "ok", "session up", AT - 3_600_000),
+                link(
+                    "511102004001",
+                    "stalled",
+                    "50 changes behind `511102004001` and no progress for 31 s",
+                    AT - 180_000,
+                ),
+            ],
+            trust: None,
+            workers: vec![
+                worker("group-commit", "idle"),
+                worker("parent-link", "retrying"),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_status_call_reads_as_the_report_with_its_stable_fields() {
+        let report = StatusReport::from_wire(&sample(), AT).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let keys = |v: &serde_json::Value| {
+            v.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            keys(&json),
+            "head_seq,links,name,node,now_ms,quarantined,records,tier,trust,workers"
+        );
+        assert_eq!(
+            keys(&json["links"][1]),
+            "applied_through,direction,lag_changes,lag_seconds,last_error,peer,peer_head,reason,records_in,records_out,rejected,since_ms,state"
+        );
+        assert_eq!(json["links"][1]["state"], "stalled");
+        assert_eq!(json["links"][1]["since_ms"], AT - 180_000);
+        assert_eq!(json["name"], "大佛街道");
+        assert_eq!(json["workers"][1]["state"], "retrying");
+
+        let mut bad = sample();
+        bad.workers[0].state = "dreaming".into();
+        assert_eq!(
+            StatusReport::from_wire(&bad, AT).unwrap_err(),
+            "worker `group-commit` is in an unknown state `dreaming`"
+        );
+    }
+
+    #[test]
+    fn problems_are_the_links_not_ok_and_the_workers_retrying_or_failed() {
+        let report = StatusReport::from_wire(&sample(), AT)
+            .unwrap()
+            .problems_only();
+        let links: Vec<&str> = report.links.iter().map(|l| l.peer.as_str()).collect();
+        let workers: Vec<&str> = report.workers.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(links, ["511102004001"]);
+        assert_eq!(workers, ["parent-link"]);
+    }
+
+    #[test]
+    fn the_page_shows_states_with_their_reasons_and_human_times() {
+        let html = StatusReport::from_wire(&sample(), AT).unwrap().to_html();
+        assert!(
+            html.contains("<td>stalled</td><td>50 changes behind `511102004001` and no progress for 31 s</td><td title=\"1796679423000 ms\">2026-12-07 21:37:03 UTC (3 min ago)</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<tr class=\"ok\">"), "{html}");
     }
 }

@@ -27,7 +27,6 @@ use crate::config::ParentConfig;
 use crate::node::Node;
 use crate::ops::metrics::LinkLabels;
 use crate::route::Toward;
-use crate::sync::links::LinkState;
 use crate::worker::WorkerHandle;
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -62,7 +61,9 @@ pub async fn parent_link(
     let worker = node.workers().register("parent-link");
     loop {
         node.links()
-            .set_state(parent.code.as_str(), Toward::Parent, LinkState::Connecting);
+            .update_at(parent.code.as_str(), Toward::Parent, |l, clock| {
+                l.connecting(format!("dialling {}", parent.addresses[at]), clock)
+            });
         worker.busy();
         worker.set_info(format!(
             "connecting to {} at {}",
@@ -122,8 +123,17 @@ pub async fn parent_link(
             delays = backoff();
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(60));
+        let why = match &result {
+            Ok(_) => "session ended".to_owned(),
+            Err((_, error)) => error.to_string(),
+        };
         node.links()
-            .set_state(parent.code.as_str(), Toward::Parent, LinkState::Retrying);
+            .update_at(parent.code.as_str(), Toward::Parent, |l, clock| {
+                l.retrying(
+                    format!("{why}; next attempt in {:.1} s", delay.as_secs_f64()),
+                    clock,
+                )
+            });
         worker.set_info(format!("next attempt in {} ms", delay.as_millis()));
         tokio::select! {
             _ = cancel.cancelled() => {

@@ -19,7 +19,6 @@ use super::session;
 use crate::identity::tls::{NoPeerIdentity, peer_code};
 use crate::node::Node;
 use crate::route::{NotAChild, Toward, admit_child};
-use crate::sync::links::LinkState;
 
 pub struct SyncService {
     node: Arc<Node>,
@@ -78,6 +77,10 @@ impl Sync for SyncService {
         }
         if let Some(reason) = node.revoked_now(&peer) {
             warn!(peer = %peer, %reason, "link refused: the child is revoked");
+            node.links()
+                .update_at(peer.as_str(), Toward::Child, |l, clock| {
+                    l.retrying(format!("refused: {reason}"), clock)
+                });
             return Err(LinkRefused::Revoked(reason).into());
         }
         let mut inbound = request.into_inner();
@@ -109,8 +112,6 @@ impl Sync for SyncService {
             info!(peer = %peer, "child reconnected; ending its previous session");
             previous.cancel();
         }
-        node.links()
-            .set_state(peer.as_str(), Toward::Child, LinkState::Up);
         // Registered when the session starts, stopped when it ends; a
         // reconnecting child takes over its entry.
         let worker = node.workers().register(format!("child-link:{peer}"));

@@ -132,7 +132,9 @@ where
     // our store, or beyond our head, is not ours: start over (apply is
     // idempotent, so resending is harmless, skipping is not).
     let head = node.head_seq().await?;
-    let start = if peer_hello.applied_epoch == node.epoch() && peer_hello.applied_through <= head {
+    let into_our_log =
+        peer_hello.applied_epoch == node.epoch() && peer_hello.applied_through <= head;
+    let start = if into_our_log {
         peer_hello.applied_through
     } else {
         if peer_hello.applied_through > 0 {
@@ -140,15 +142,40 @@ where
         }
         0
     };
+    // A peer that had read our log (it names a cursor) but not this
+    // store's: we resend it all, and the link must resync until the peer
+    // has acknowledged our head.
+    let resync_out = (!into_our_log
+        && (peer_hello.applied_through > 0 || !peer_hello.applied_epoch.is_empty()))
+    .then(|| {
+        let why = if peer_hello.applied_epoch != node.epoch() {
+            format!(
+                "this node's store has a new epoch since `{peer}` read its log (was `{}`, now `{}`); resending the log from the start",
+                peer_hello.applied_epoch,
+                node.epoch()
+            )
+        } else {
+            format!(
+                "`{peer}` has applied this node's log through {}, past its head {head} (a store restored without new-epoch?); resending the log from the start",
+                peer_hello.applied_through
+            )
+        };
+        (why, head)
+    });
+    // Our cursor into an earlier store of the peer: we read its new log
+    // from the start.
+    let resync_in = match node.cursor(&peer).await? {
+        Some(c) if !c.peer_epoch.is_empty() && c.peer_epoch != peer_hello.epoch => Some(format!(
+            "`{peer}`'s store has a new epoch (was `{}`, now `{}`); reading its log again from the start",
+            c.peer_epoch, peer_hello.epoch
+        )),
+        _ => None,
+    };
     node.metrics().link_up.get_or_create(&labels).set(1);
     node.metrics().link_sessions.get_or_create(&labels).inc();
-    let now = node.clock().now_ms();
-    node.links().update(peer.as_str(), toward, |l| {
-        l.state = LinkState::Up;
-        l.since_ms = now;
-        l.last_error.clear();
+    let session_number = node.links().update_at(peer.as_str(), toward, |l, clock| {
         l.peer_applied = start;
-        l.last_progress_ms = now;
+        l.session_up(resync_in, resync_out, clock)
     });
     info!(peer = %peer, direction = direction(toward), from_seq = start, "link session up");
 
@@ -176,17 +203,28 @@ where
     .await;
     session.cancel();
     let sent = sender.await.unwrap_or(Ok(()));
-    node.metrics().link_up.get_or_create(&labels).set(0);
-    node.metrics().link_stalled.get_or_create(&labels).set(0);
     let result = result.and(sent);
-    let now = node.clock().now_ms();
-    node.links().update(peer.as_str(), toward, |l| {
-        l.state = LinkState::Down;
-        l.since_ms = now;
-        if let Err(e) = &result {
+    // A child that reconnected has a newer session on this link by now:
+    // its state and gauges are that session's.
+    let current = node.links().update_at(peer.as_str(), toward, |l, clock| {
+        let ended = match &result {
+            Ok(()) => "session ended".to_owned(),
+            Err(e) => format!("session ended: {e}"),
+        };
+        let next = match toward {
+            Toward::Child => "waiting for the child to dial again",
+            Toward::Parent => "dialling again",
+        };
+        let current = l.session_ended(session_number, format!("{ended}; {next}"), clock);
+        if current && let Err(e) = &result {
             l.last_error = e.to_string();
         }
+        current
     });
+    if current {
+        node.metrics().link_up.get_or_create(&labels).set(0);
+        node.metrics().link_stalled.get_or_create(&labels).set(0);
+    }
     if result.is_err() {
         node.metrics().link_errors.get_or_create(&labels).inc();
     }
@@ -348,19 +386,16 @@ async fn finish_batch(
     } else {
         newest_ms.map_or(0.0, |ms| (now_ms() - ms as i64).max(0) as f64 / 1000.0)
     };
-    let now = node.clock().now_ms();
-    node.links().update(peer.as_str(), toward, |l| {
-        if through > l.applied_through {
-            l.last_progress_ms = now;
-        }
-        l.applied_through = through;
-        l.peer_head = l.peer_head.max(head);
-        l.records_in += received;
-        l.rejected += report.refused.len() as u64;
+    node.links().update_at(peer.as_str(), toward, |l, clock| {
         l.lag_seconds = lag_seconds;
-        if l.state == LinkState::Stalled {
-            l.state = LinkState::Up;
-        }
+        l.batch_applied(
+            through,
+            head,
+            received,
+            report.refused.len() as u64,
+            report.refused.first().map(|r| r.reason.as_str()),
+            clock,
+        );
     });
     update_lag_metrics(node, peer, labels);
     // One ack per batch received, so the sender's window gets every slot
@@ -535,16 +570,13 @@ where
                         warn!(peer = %peer, kind = %r.kind, origin = %r.origin, reason = %r.reason, "peer rejected a record we sent");
                     }
                 }
-                node.links().update(peer.as_str(), toward, |l| {
-                    l.peer_applied = l.peer_applied.max(ack.through_seq)
+                node.links().update_at(peer.as_str(), toward, |l, clock| {
+                    l.acknowledged(ack.through_seq, clock)
                 });
             }
             Some(Body::Heartbeat(hb)) => {
-                node.links().update(peer.as_str(), toward, |l| {
-                    l.peer_head = l.peer_head.max(hb.head_seq);
-                    if l.peer_head <= l.applied_through {
-                        l.lag_seconds = 0.0;
-                    }
+                node.links().update_at(peer.as_str(), toward, |l, clock| {
+                    l.heard_head(hb.head_seq, clock)
                 });
                 update_lag_metrics(node, peer, &labels);
             }
@@ -615,11 +647,19 @@ fn silent(
 fn check_stall(node: &Node, peer: &DivisionCode, toward: Toward, labels: &LinkLabels) {
     let stall_after = node.tuning().stall_after.as_millis() as i64;
     let now = node.clock().now_ms();
-    let stalled = node.links().update(peer.as_str(), toward, |l| {
-        let stalled = l.lag_changes() > 0 && now - l.last_progress_ms >= stall_after;
-        if stalled && l.state == LinkState::Up {
-            l.state = LinkState::Stalled;
-            l.since_ms = now;
+    let stalled = node.links().update_at(peer.as_str(), toward, |l, clock| {
+        let still = now - l.last_progress_ms;
+        let stalled = l.lag_changes() > 0 && still >= stall_after;
+        let why = stalled.then(|| {
+            format!(
+                "{} changes behind `{peer}` and no progress for {} s",
+                l.lag_changes(),
+                still / 1000
+            )
+        });
+        let was = l.state;
+        l.set_stalled(why, clock);
+        if l.state == LinkState::Stalled && was != LinkState::Stalled {
             warn!(peer = %peer, lag = l.lag_changes(), "link stalled: behind and no progress");
         }
         stalled

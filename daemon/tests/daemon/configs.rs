@@ -70,6 +70,31 @@ fn load_examples() -> BTreeMap<String, (PathBuf, NodeConfig)> {
     by_tier
 }
 
+/// `tiersync check-config FILE` accepts every example as shipped, although
+/// the key and certificate files they name (under /etc/tiersync/pki) are
+/// not on a build machine: without `--files` it does not open them.
+#[test]
+fn check_config_accepts_every_example_as_shipped() {
+    let files = example_files();
+    assert_eq!(files.len(), TIERS.len(), "{files:?}");
+    for path in files {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiersync"))
+            .arg("check-config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run tiersync check-config");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(": ok ("),
+            "check-config {}: {}\n{stdout}{}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn every_example_validates_and_is_named_for_its_tier() {
     let examples = load_examples();

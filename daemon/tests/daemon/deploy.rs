@@ -91,6 +91,8 @@ fn generated(out: &Path) -> BTreeMap<String, (PathBuf, NodeConfig)> {
     nodes
 }
 
+/// Every config gen.sh writes passes `check-config --files`: it also makes
+/// the PKI they name, so every file is there and holds what it should.
 #[test]
 fn gen_sh_makes_configs_check_config_accepts_one_per_compose_service() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -101,7 +103,7 @@ fn gen_sh_makes_configs_check_config_accepts_one_per_compose_service() {
     for (service, (dir, _)) in &nodes {
         let config = dir.join("tiersync.toml");
         let result = Command::new(BIN)
-            .args(["check-config", "--config"])
+            .args(["check-config", "--files", "--config"])
             .arg(&config)
             .env("NO_COLOR", "1")
             .output()
@@ -237,6 +239,8 @@ fn exported_metric_names() -> BTreeSet<String> {
         std::time::Duration::from_secs(10),
     );
     tiersync::ops::metrics::register_lease(&mut registry, lease);
+    let links = tiersync::sync::links::LinkTable::new(tiersync::clock::SystemClock::shared());
+    tiersync::ops::metrics::register_link_states(&mut registry, links);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
     text.lines()

@@ -742,7 +742,8 @@ pub struct LinkStatus {
     /// "parent" or "child"
     #[prost(string, tag = "2")]
     pub direction: ::prost::alloc::string::String,
-    /// connecting, up, retrying, stalled
+    /// ok, connecting, retrying, stalled, must-resync or quarantining; why in
+    /// `reason`, since `since_ms`.
     #[prost(string, tag = "3")]
     pub state: ::prost::alloc::string::String,
     #[prost(uint64, tag = "4")]
@@ -753,6 +754,7 @@ pub struct LinkStatus {
     pub lag_changes: u64,
     #[prost(double, tag = "7")]
     pub lag_seconds: f64,
+    /// When the link entered `state`, ms since the Unix epoch (node clock).
     #[prost(int64, tag = "8")]
     pub since_ms: i64,
     #[prost(string, tag = "9")]
@@ -763,6 +765,9 @@ pub struct LinkStatus {
     pub records_out: u64,
     #[prost(uint64, tag = "12")]
     pub rejected: u64,
+    /// Why the link is in `state`, in words.
+    #[prost(string, tag = "13")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusResponse {
@@ -783,6 +788,9 @@ pub struct StatusResponse {
     /// The node's long-running loops, by name.
     #[prost(message, repeated, tag = "8")]
     pub workers: ::prost::alloc::vec::Vec<WorkerStatus>,
+    /// The node's name from its config (node.name); empty if unset.
+    #[prost(string, tag = "9")]
+    pub name: ::prost::alloc::string::String,
 }
 /// One long-running loop of a node (group commit, the signer, the parent
 /// link, a child's session, a server), as operators see it.

@@ -460,54 +460,6 @@ fn four_real_processes_converge_through_a_street_crash() {
     );
 }
 
-/// `check-config` reports every mistake in one run, and fails.
-#[test]
-fn check_config_reports_every_mistake_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("bad.toml");
-    // Two mistakes: the tier does not match the 12-digit code, and the
-    // parent is not the street the code belongs to.
-    std::fs::write(
-        &path,
-        r#"version = 1
-[node]
-code = "511102004001"
-tier = "street"
-[storage]
-path = "node.db"
-[listen]
-api = "127.0.0.1:7401"
-[parent]
-code = "511102006"
-address = "street.example:7400"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/511102004001.pem"
-key = "pki/511102004001.key"
-[trust]
-root = "pki/trust-root.pem"
-key = "pki/511102004001.sm2.key"
-cert = "pki/511102004001.sm2.pem"
-[deployment]
-digest_key_file = "pki/deployment.key"
-"#,
-    )
-    .expect("write");
-    let out = run(&["check-config", "--config", path.to_str().expect("utf-8")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "check-config accepted it:\n{stderr}");
-    assert!(out.stdout.is_empty(), "nothing on stdout for a bad file");
-    assert!(stderr.contains("2 problem(s)"), "{stderr}");
-    assert!(
-        stderr.contains("`node.tier`: `street` does not match node.code `511102004001`"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("`parent.code`: `511102006` does not own node `511102004001`"),
-        "{stderr}"
-    );
-}
-
 /// `tiersync audit verify` finds a row of the audit log edited behind the
 /// running daemon's back, and names its entry; `audit show` filters.
 #[test]
