@@ -13,7 +13,8 @@ use tiersync_proto::types::RecordId;
 use tiersync_proto::wire::{self, GrantState};
 
 use super::{ApiArgs, connect, status_error};
-use crate::departments::grant::{GrantStatus, HeldGrant, human_ms};
+use crate::clock::utc;
+use crate::departments::grant::{GrantStatus, HeldGrant};
 use crate::kinds::KIND_GRANT;
 use crate::store::id_text;
 
@@ -254,7 +255,7 @@ async fn list(api: SocketAddr, department: Option<String>) -> anyhow::Result<()>
                 status.word(),
                 g.matter_code,
                 g.division_prefix,
-                human_ms(g.valid_until_ms).trim_end_matches(" UTC"),
+                utc(g.valid_until_ms).trim_end_matches(" UTC"),
                 g.kinds.join(",")
             );
             if let GrantStatus::Withdrawn(reason) | GrantStatus::Void(reason) = &status

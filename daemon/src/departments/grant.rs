@@ -79,8 +79,8 @@ impl fmt::Display for GrantStatus {
         match self {
             GrantStatus::Requested => write!(f, "requested, not approved"),
             GrantStatus::InEffect => write!(f, "in effect"),
-            GrantStatus::NotYet(at) => write!(f, "not in effect until {}", human_ms(*at)),
-            GrantStatus::Expired(at) => write!(f, "expired at {}", human_ms(*at)),
+            GrantStatus::NotYet(at) => write!(f, "not in effect until {}", crate::clock::utc(*at)),
+            GrantStatus::Expired(at) => write!(f, "expired at {}", crate::clock::utc(*at)),
             GrantStatus::Withdrawn(reason) if reason.is_empty() => write!(f, "withdrawn"),
             GrantStatus::Withdrawn(reason) => write!(f, "withdrawn ({reason})"),
             GrantStatus::Void(why) => write!(f, "void: {why}"),
@@ -99,22 +99,6 @@ impl GrantStatus {
             GrantStatus::Withdrawn(_) => "withdrawn",
             GrantStatus::Void(_) => "void",
         }
-    }
-}
-
-/// A time for people: `2026-12-07 21:40:03 UTC`.
-pub fn human_ms(ms: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => format!("{ms} ms"),
     }
 }
 
