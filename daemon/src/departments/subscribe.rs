@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use tiersync_proto::pb::tiersync::adapter::v1 as adapter;
+use tiersync_proto::wire;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -129,42 +131,38 @@ async fn run(
     // The first time it reaches the head, a subscription says so even with
     // nothing to deliver, so a department can tell "caught up" from "slow".
     let mut announced = false;
+    // The page whose audit entries are being written while the next one is
+    // read: pages go out in order, each once its entries committed.
+    let mut in_flight: Option<JoinHandle<Result<Page, NodeError>>> = None;
     loop {
         head.borrow_and_update();
-        let page = async {
+        let read = async {
             let access = node.access(&department, &want).await?;
             node.reads(Reader::Department(access))
                 .subscription_page(position, page_size, &request.kinds)
                 .await
         }
         .await;
-        let (deliveries, through, caught_up) = match page {
-            Ok(page) => page,
+        let sealed = match read {
+            Ok(sealed) => sealed,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
                 return;
             }
         };
-        if !deliveries.is_empty() || (caught_up && (through > sent_through || !announced)) {
-            let response = adapter::SubscribeResponse {
-                deliveries: deliveries
-                    .into_iter()
-                    .map(|(seq, record)| adapter::Delivery {
-                        seq,
-                        record: Some(record),
-                    })
-                    .collect(),
-                through_seq: through,
-                caught_up,
-            };
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-            sent_through = through;
-            announced |= caught_up;
+        let (through, caught_up) = (sealed.through(), sealed.caught_up());
+        let writing = tokio::spawn(sealed.commit());
+        if let Some(previous) = in_flight.replace(writing)
+            && !send(&tx, previous, &mut sent_through, &mut announced).await
+        {
+            return;
         }
         position = through;
         if caught_up {
+            let last = in_flight.take().expect("just set");
+            if !send(&tx, last, &mut sent_through, &mut announced).await {
+                return;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tx.closed() => return,
@@ -173,4 +171,49 @@ async fn run(
             }
         }
     }
+}
+
+/// A page once its audit entries committed.
+type Page = (Vec<(u64, wire::Record)>, u64, bool);
+
+/// Sends the page `writing` yields once its audit entries commit, if it
+/// has something to say; false when the stream is over (the department
+/// hung up, or the page could not be audited, which ends it).
+async fn send(
+    tx: &mpsc::Sender<Result<adapter::SubscribeResponse, Status>>,
+    writing: JoinHandle<Result<Page, NodeError>>,
+    sent_through: &mut u64,
+    announced: &mut bool,
+) -> bool {
+    let page = match writing.await {
+        Ok(page) => page,
+        Err(e) => Err(NodeError::Invalid {
+            field: "subscription",
+            reason: format!("the page's audit task failed: {e}"),
+        }),
+    };
+    let (deliveries, through, caught_up) = match page {
+        Ok(page) => page,
+        Err(e) => {
+            let _ = tx.send(Err(e.into())).await;
+            return false;
+        }
+    };
+    if deliveries.is_empty() && !(caught_up && (through > *sent_through || !*announced)) {
+        return true;
+    }
+    let response = adapter::SubscribeResponse {
+        deliveries: deliveries
+            .into_iter()
+            .map(|(seq, record)| adapter::Delivery {
+                seq,
+                record: Some(record),
+            })
+            .collect(),
+        through_seq: through,
+        caught_up,
+    };
+    *sent_through = through;
+    *announced |= caught_up;
+    tx.send(Ok(response)).await.is_ok()
 }

@@ -57,7 +57,7 @@ pub use arrival::{PreparedBatch, ScreenedBatch};
 pub use collect::Submitted;
 pub use handlers::KindHandler;
 pub use quarantine::ReplayOutcome;
-pub use read::{Reader, Reads};
+pub use read::{Audited, Reader, Reads};
 pub use write::{PutInput, PutOutcome};
 
 /// Largest payload a record may carry; documents travel out of band.

@@ -42,6 +42,38 @@ pub enum Reader {
     Department(Access),
 }
 
+/// A page of a department's subscription, sealed until the audit entries
+/// of the records it shows commit: only [`Audited::commit`] hands it out.
+pub struct Audited {
+    page: Vec<(u64, wire::Record)>,
+    through: u64,
+    caught_up: bool,
+    events: Vec<AuditEvent>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+}
+
+impl Audited {
+    /// How far the log was read for this page.
+    pub fn through(&self) -> u64 {
+        self.through
+    }
+
+    /// Whether the page reaches the head.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// Writes the page's audit entries, then hands out the page: the
+    /// changes shown with their sequence numbers, how far the log was read,
+    /// and whether that is the head.
+    pub async fn commit(self) -> Result<(Vec<(u64, wire::Record)>, u64, bool), NodeError> {
+        if !self.events.is_empty() {
+            self.store.audit_append_many(self.events).await?;
+        }
+        Ok((self.page, self.through, self.caught_up))
+    }
+}
+
 /// Reads of records as one reader may see them.
 pub struct Reads<'a> {
     node: &'a Node,
@@ -198,14 +230,16 @@ impl Reads<'_> {
 
     /// A page of the change log for a department's subscription: the
     /// changes of `kinds` it may read after `after`, and how far the log was
-    /// read (`through`; whether that is the head). Changes it may not read
-    /// are passed over, not held back.
+    /// read (through; whether that is the head). Changes it may not read
+    /// are passed over, not held back. The page is sealed until its audit
+    /// entries commit ([`Audited::commit`]), so a subscription can read the
+    /// next page while the last one's entries are written.
     pub async fn subscription_page(
         &self,
         after: u64,
         limit: u32,
         kinds: &[String],
-    ) -> Result<(Vec<(u64, wire::Record)>, u64, bool), NodeError> {
+    ) -> Result<Audited, NodeError> {
         let head = self.node.store.head_seq().await?;
         let changes = self.node.store.changes_after(after, limit).await?;
         let full = changes.len() >= limit as usize;
@@ -215,27 +249,28 @@ impl Reads<'_> {
         } else {
             (last.max(head), true)
         };
-        let wanted: Vec<_> = changes
-            .into_iter()
-            .filter(|s| kinds.contains(&s.record.kind))
-            .collect();
-        let seqs: Vec<(Vec<u8>, u64)> = wanted
-            .iter()
-            .map(|s| (s.record.id.clone(), s.seq))
-            .collect();
-        let shown = self
-            .deliver(wanted.into_iter().map(|s| s.record).collect())
-            .await?;
+        let mut seqs = Vec::new();
+        let mut records = Vec::new();
+        for s in changes {
+            if kinds.contains(&s.record.kind) {
+                seqs.push(s.seq);
+                records.push(s.record);
+            }
+        }
+        let (shown, events) = self.screen(records);
+        // `screen` keeps the order and drops what this reader may not see.
         let mut seqs = seqs.into_iter();
         let page = shown
             .into_iter()
-            .filter_map(|r| {
-                seqs.by_ref()
-                    .find(|(id, _)| *id == r.id)
-                    .map(|(_, seq)| (seq, r))
-            })
+            .map(|(gap, record)| (seqs.nth(gap).expect("a seq per record"), record))
             .collect();
-        Ok((page, through, caught_up))
+        Ok(Audited {
+            page,
+            through,
+            caught_up,
+            events,
+            store: self.node.store.clone(),
+        })
     }
 
     /// One record as this reader is shown it (`None`: not at all), audited
@@ -249,29 +284,46 @@ impl Reads<'_> {
     /// (in one transaction, before anything is shown); for the others, each
     /// record as [`Reads::show`] makes it.
     async fn deliver(&self, records: Vec<wire::Record>) -> Result<Vec<wire::Record>, NodeError> {
-        let Reader::Department(access) = &self.reader else {
-            return Ok(records.into_iter().map(|r| self.show(r)).collect());
-        };
-        let shown: Vec<wire::Record> = records
-            .into_iter()
-            .filter(|r| access.admits(r))
-            .map(|r| self.show(r))
-            .collect();
-        if !shown.is_empty() {
-            let detail = access.audit_detail();
-            let events = shown
-                .iter()
-                .map(|r| AuditEvent {
-                    actor: access.department.clone(),
-                    action: "read".into(),
-                    kind: r.kind.clone(),
-                    record_id: crate::store::id_text(&r.id),
-                    detail: detail.clone(),
-                })
-                .collect();
+        let (shown, events) = self.screen(records);
+        if !events.is_empty() {
             self.node.store.audit_append_many(events).await?;
         }
-        Ok(shown)
+        Ok(shown.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The records of `records` this reader may see, as it sees them, each
+    /// with its gap from the one before in `records` (for a caller that
+    /// keeps a parallel list), and the audit entries showing them takes
+    /// (none but for a department).
+    fn screen(&self, records: Vec<wire::Record>) -> (Vec<(usize, wire::Record)>, Vec<AuditEvent>) {
+        let Reader::Department(access) = &self.reader else {
+            return (
+                records.into_iter().map(|r| (0, self.show(r))).collect(),
+                Vec::new(),
+            );
+        };
+        let mut shown = Vec::with_capacity(records.len());
+        let mut skipped = 0;
+        for r in records {
+            if access.admits(&r) {
+                shown.push((skipped, self.show(r)));
+                skipped = 0;
+            } else {
+                skipped += 1;
+            }
+        }
+        let detail = access.audit_detail();
+        let events = shown
+            .iter()
+            .map(|(_, r)| AuditEvent {
+                actor: access.department.clone(),
+                action: "read".into(),
+                kind: r.kind.clone(),
+                record_id: crate::store::id_text(&r.id),
+                detail: detail.clone(),
+            })
+            .collect();
+        (shown, events)
     }
 
     fn known_kind(&self, kind: &str) -> Result<(), NodeError> {
@@ -293,6 +345,9 @@ impl Reads<'_> {
             return record;
         }
         if let Reader::Department(access) = &self.reader {
+            // The owner's proof signs the unmasked payload: of no use to a
+            // department, which is shown the masked one.
+            record.proof = Default::default();
             if !record.payload.is_empty() {
                 record.payload =
                     match node

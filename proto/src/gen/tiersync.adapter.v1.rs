@@ -90,7 +90,8 @@ pub struct Delivery {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
     /// The record at this change, masked as the grant requires. A deleted
-    /// record arrives with `deleted` set and no payload.
+    /// record arrives with `deleted` set and no payload. Its `proof` is left
+    /// out: the owner's signature covers the unmasked payload.
     #[prost(message, optional, tag = "2")]
     pub record: ::core::option::Option<super::super::v1::Record>,
 }
