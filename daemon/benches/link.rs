@@ -6,9 +6,16 @@
 //!    has applied all of them, over mutual TLS, SQLite at both ends.
 //! 2. Latency: community → street → county → city with residents put at the
 //!    community at a steady rate; p50/p99 from put to applied at the city.
+//! 3. Department delivery: the same backlog delivered to one department
+//!    subscribed at the community's adapter port (grant checked, every
+//!    personal field masked but the one the grant names, every record
+//!    audited, acknowledged page by page), as a ratio of the link's rate
+//!    in the same run; and the cost of the grant check and audit entry per
+//!    read (a lookup as a department against the same lookup as the
+//!    operator).
 //!
 //! `cargo bench -p tiersync --bench link` (env: BENCH_RECORDS, BENCH_RATE,
-//! BENCH_SECONDS, BENCH_ONLY).
+//! BENCH_SECONDS, BENCH_ONLY=verified|unverified|latency|department).
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -102,34 +109,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
     let community = d.start("511102004001").await?;
     let sample = kilobyte_record(0, "511102004001", &key);
     let load = Instant::now();
-    let mut signing = Duration::ZERO;
-    let (mut signed_len, mut proof_len) = (0, 0);
-    for chunk in 0..records.div_ceil(1000) {
-        let mut batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
-            .map(|n| kilobyte_record(n, "511102004001", &key))
-            .collect();
-        let t = Instant::now();
-        community.node.identity().sign(&mut batch)?;
-        signing += t.elapsed();
-        if chunk == 0 {
-            signed_len = batch[0].encoded_len();
-            proof_len = batch[0].proof.len();
-        }
-        community
-            .node
-            .store_for_tests()
-            .apply(ApplyBatch {
-                via: String::new(),
-                cursor: None,
-                records: batch
-                    .into_iter()
-                    .map(tiersync::store::Encoded::new)
-                    .collect(),
-                refused: vec![],
-                audit: Vec::new(),
-            })
-            .await?;
-    }
+    let (signing, signed_len, proof_len) = load_backlog(&community.node, records, &key).await?;
     let load_s = load.elapsed().as_secs_f64();
     if verify {
         println!(
@@ -157,6 +137,7 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(120), head.changed()).await??;
     }
     let secs = start.elapsed().as_secs_f64();
+    *LAST_LINK_RATE.lock().unwrap() = Some(records as f64 / secs);
     let rejected = street.node.quarantined_count().await?;
     println!(
         "link throughput, signatures {}: {records} records caught up over one mutual-TLS link in {secs:.2} s = {:.0} records/s ({:.1} MB/s), {rejected} rejected",
@@ -168,6 +149,228 @@ async fn throughput(records: usize, verify: bool) -> anyhow::Result<()> {
     street.shutdown().await;
     Ok(())
 }
+
+/// Loads `records` signed kilobyte residents owned by `node` into its
+/// store, in batches of 1,000. Returns the time spent signing, and one
+/// signed record's encoded and proof lengths.
+async fn load_backlog(
+    node: &tiersync::node::Node,
+    records: usize,
+    key: &tiersync_proto::types::DigestKey,
+) -> anyhow::Result<(Duration, usize, usize)> {
+    let owner = node.code().to_string();
+    let mut signing = Duration::ZERO;
+    let (mut signed_len, mut proof_len) = (0, 0);
+    for chunk in 0..records.div_ceil(1000) {
+        let mut batch: Vec<_> = (chunk * 1000..((chunk + 1) * 1000).min(records))
+            .map(|n| kilobyte_record(n, &owner, key))
+            .collect();
+        let t = Instant::now();
+        node.identity().sign(&mut batch)?;
+        signing += t.elapsed();
+        if chunk == 0 {
+            signed_len = batch[0].encoded_len();
+            proof_len = batch[0].proof.len();
+        }
+        node.store_for_tests()
+            .apply(ApplyBatch {
+                via: String::new(),
+                cursor: None,
+                records: batch
+                    .into_iter()
+                    .map(tiersync::store::Encoded::new)
+                    .collect(),
+                refused: vec![],
+                audit: Vec::new(),
+            })
+            .await?;
+    }
+    Ok((signing, signed_len, proof_len))
+}
+
+/// Delivery to one subscribed department, against the link's rate (run
+/// `throughput` in the same process for the peer figure), and the cost of
+/// the grant check and audit entry per read.
+async fn department(records: usize) -> anyhow::Result<()> {
+    use tiersync::identity::department::{DepartmentId, client_config, issue_into_dir};
+    use tiersync_proto::pb::tiersync::adapter::v1 as adapter;
+    use tiersync_proto::types::DivisionCode;
+
+    let link_rate = link_rate(records).await?;
+    let dir = tempfile::tempdir()?;
+    let d = Deployment::create(dir.path())?;
+    let key_hex = std::fs::read_to_string(dir.path().join("pki/deployment.key"))?;
+    let key = tiersync_proto::types::DigestKey::from_hex(key_hex.trim())?;
+    let code = "511102004001";
+    let mut chain = d
+        .start_all(&["5111", "511102", "511102004", code])
+        .await?
+        .into_iter();
+    let city = chain.next().expect("city");
+    let rest: Vec<_> = chain.collect();
+    let community = rest.last().expect("community");
+    city.node
+        .put(PutInput {
+            kind: "tiersync.v1.Department".into(),
+            payload: wire::Department {
+                code: "civil-affairs".into(),
+                name: "民政局".into(),
+                description: String::new(),
+            }
+            .encode_to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    while community
+        .node
+        .catalogue_entry("civil-affairs")
+        .await?
+        .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = community.node.clock().now_ms();
+    let mut grant = wire::Grant {
+        department: "civil-affairs".into(),
+        kinds: vec!["civil.v1.Resident".into()],
+        clear_fields: vec!["civil.v1.Resident.id_number".into()],
+        division_prefix: code.into(),
+        matter_code: "BENCH-1".into(),
+        legal_basis: "bench".into(),
+        valid_from_ms: now - 1000,
+        valid_until_ms: now + 86_400_000,
+        state: wire::GrantState::Requested as i32,
+        ..Default::default()
+    };
+    let requested = community
+        .node
+        .put(PutInput {
+            kind: "tiersync.v1.Grant".into(),
+            payload: grant.encode_to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .stored
+        .record;
+    grant.state = wire::GrantState::Approved as i32;
+    grant.approved_by = "bench".into();
+    community
+        .node
+        .put(PutInput {
+            id: requested.id,
+            kind: "tiersync.v1.Grant".into(),
+            payload: grant.encode_to_vec(),
+            expected_version: requested.version,
+            ..Default::default()
+        })
+        .await?;
+    load_backlog(&community.node, records, &key).await?;
+
+    let pki = dir.path().join("pki");
+    let node = DivisionCode::parse(code)?;
+    let id = DepartmentId {
+        node: node.clone(),
+        department: "civil-affairs".into(),
+    };
+    let (cert, key_file) = issue_into_dir(&pki, &id, 30)?;
+    let config = client_config(
+        &std::fs::read_to_string(pki.join("ca.pem"))?,
+        &std::fs::read_to_string(cert)?,
+        &std::fs::read_to_string(key_file)?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let addr = community.adapter_addr.expect("adapter port").to_string();
+    let channel = tiersync::identity::transport::connect(&addr, &node, config).await?;
+    let mut client = adapter::adapter_service_client::AdapterServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20);
+    let purpose = adapter::Purpose {
+        matter_code: "BENCH-1".into(),
+        clear_fields: vec![],
+    };
+    let start = Instant::now();
+    let mut stream = client
+        .subscribe(adapter::SubscribeRequest {
+            subscription: "bench".into(),
+            kinds: vec!["civil.v1.Resident".into()],
+            purpose: Some(purpose.clone()),
+            division_prefix: String::new(),
+            page_size: 1000,
+        })
+        .await?
+        .into_inner();
+    let mut delivered = 0;
+    while delivered < records {
+        let page = stream.message().await?.expect("page");
+        delivered += page.deliveries.len();
+        client
+            .acknowledge(adapter::AcknowledgeRequest {
+                subscription: "bench".into(),
+                through_seq: page.through_seq,
+            })
+            .await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(stream);
+    let rate = records as f64 / secs;
+    println!(
+        "department delivery: {records} residents to one subscribed department (masked, audited, acknowledged per page of 1,000) in {secs:.2} s = {rate:.0} records/s; link in the same run {link_rate:.0} records/s: ratio {:.2} (target >= 0.80)",
+        rate / link_rate
+    );
+
+    // The grant check and audit entry per read: the same lookup as the
+    // department and as the operator, in process.
+    let reads = 2_000;
+    let ids: Vec<String> = (0..reads).map(|n| numbered_id_number(n as u64)).collect();
+    let n = &community.node;
+    let t = Instant::now();
+    for id in &ids {
+        let (k, v) = n.lookup_key("civil.v1.Resident", "id_number", id)?;
+        n.reads(Reader::Operator)
+            .lookup("civil.v1.Resident", &k, &v)
+            .await?;
+    }
+    let operator = t.elapsed().as_secs_f64() / reads as f64;
+    let kinds = ["civil.v1.Resident".to_owned()];
+    let want = tiersync::departments::grant::Want {
+        kinds: &kinds,
+        clear_fields: &[],
+        area: None,
+        matter_code: "BENCH-1",
+        submit: false,
+    };
+    let t = Instant::now();
+    for id in &ids {
+        let access = n.access("civil-affairs", &want).await?;
+        let (k, v) = n.lookup_key("civil.v1.Resident", "id_number", id)?;
+        n.reads(Reader::Department(access))
+            .lookup("civil.v1.Resident", &k, &v)
+            .await?;
+    }
+    let department = t.elapsed().as_secs_f64() / reads as f64;
+    println!(
+        "read by natural key, in process, {reads} reads: operator {:.0} µs, department {:.0} µs: the grant check and audit entry cost {:.0} µs a read",
+        operator * 1e6,
+        department * 1e6,
+        (department - operator) * 1e6
+    );
+    for node in rest.into_iter().rev() {
+        node.shutdown().await;
+    }
+    city.shutdown().await;
+    Ok(())
+}
+
+/// The link's rate in this run (`throughput`, signatures verified).
+async fn link_rate(records: usize) -> anyhow::Result<f64> {
+    throughput(records, true).await?;
+    LAST_LINK_RATE
+        .lock()
+        .unwrap()
+        .ok_or_else(|| anyhow::anyhow!("the link run recorded no rate"))
+}
+
+/// The rate the last `throughput` run measured.
+static LAST_LINK_RATE: Mutex<Option<f64>> = Mutex::new(None);
 
 async fn latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -296,6 +499,9 @@ fn main() -> anyhow::Result<()> {
         }
         if runs("latency") {
             latency(env("BENCH_RATE", 1000), env("BENCH_SECONDS", 10)).await?;
+        }
+        if runs("department") {
+            department(records).await?;
         }
         anyhow::Ok(())
     })
