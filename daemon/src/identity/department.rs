@@ -7,7 +7,6 @@
 //! as it refuses anything that is not a node; the adapter port accepts only
 //! department certificates for its own node.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -19,7 +18,7 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use tiersync_proto::types::DivisionCode;
 
-use super::pki::{Ca, CertifiedKey, PkiError, random_serial, validity_window, write_private};
+use super::pki::{Ca, CertifiedKey, PkiError, random_serial, validity_window, write_issued};
 
 /// Prefix of the URI SAN that names a department at a node.
 pub const DEPARTMENT_URI_PREFIX: &str = "tiersync://department/";
@@ -173,18 +172,7 @@ pub fn issue_into_dir(
     validity_days: u32,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     let issued = issue(&Ca::load_dir(dir)?, id, validity_days)?;
-    let stem = format!("{}-{}", id.node, id.department);
-    let cert_path = dir.join(format!("{stem}.pem"));
-    let key_path = dir.join(format!("{stem}.key"));
-    write_private(&key_path, &issued.key_pem).map_err(|source| PkiError::Write {
-        path: key_path.clone(),
-        source,
-    })?;
-    fs::write(&cert_path, &issued.cert_pem).map_err(|source| PkiError::Write {
-        path: cert_path.clone(),
-        source,
-    })?;
-    Ok((cert_path, key_path))
+    write_issued(dir, &format!("{}-{}", id.node, id.department), &issued)
 }
 
 #[cfg(test)]

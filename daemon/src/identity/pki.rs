@@ -585,9 +585,18 @@ pub fn issue_into_dir(
     validity_days: u32,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     let issued = Ca::load_dir(dir)?.issue_node(code, validity_days)?;
+    write_issued(dir, code.as_str(), &issued)
+}
 
-    let cert_path = dir.join(format!("{code}.pem"));
-    let key_path = dir.join(format!("{code}.key"));
+/// Writes `issued` into `dir` as `<stem>.pem` and `<stem>.key` (0600),
+/// replacing earlier files of that name; returns their paths.
+pub(crate) fn write_issued(
+    dir: &Path,
+    stem: &str,
+    issued: &CertifiedKey,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
     write_private(&key_path, &issued.key_pem).map_err(|source| PkiError::Write {
         path: key_path.clone(),
         source,
@@ -641,7 +650,7 @@ pub(crate) fn write_new_private(path: &Path, contents: &str) -> io::Result<()> {
 }
 
 /// Writes (or replaces) a secret file, readable by the owner only.
-pub(crate) fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     restrict_mode(&mut options);

@@ -267,12 +267,7 @@ impl Node {
             });
         }
         if input.id.is_empty() && self.schemas.is_canonical(&input.kind) {
-            self.schemas
-                .validate_payload(&input.kind, &input.payload)
-                .map_err(|e| NodeError::Invalid {
-                    field: "payload",
-                    reason: e.to_string(),
-                })?;
+            self.check_put_payload(&input.kind, &input.payload)?;
             let derived = self.derive(&input.kind, &input.payload, None).await?;
             for k in derived.keys.iter().filter(|_| derived.unique_keys) {
                 let held = self.store.lookup(&input.kind, &k.name, &k.value).await?;

@@ -49,21 +49,7 @@ impl Node {
             });
         }
         if !input.delete {
-            self.schemas
-                .validate_payload(&input.kind, &input.payload)
-                .map_err(|e| NodeError::Invalid {
-                    field: "payload",
-                    reason: e.to_string(),
-                })?;
-            if input.payload.len() > MAX_PAYLOAD_BYTES {
-                return Err(NodeError::Invalid {
-                    field: "payload",
-                    reason: format!(
-                        "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
-                        input.payload.len()
-                    ),
-                });
-            }
+            self.check_put_payload(&input.kind, &input.payload)?;
         }
         let existing = if input.id.is_empty() {
             None
@@ -179,6 +165,26 @@ impl Node {
             stored,
             amendment: false,
         })
+    }
+
+    /// A payload a put brings: it decodes as its kind and is not too large.
+    pub(super) fn check_put_payload(&self, kind: &str, payload: &[u8]) -> Result<(), NodeError> {
+        self.schemas
+            .validate_payload(kind, payload)
+            .map_err(|e| NodeError::Invalid {
+                field: "payload",
+                reason: e.to_string(),
+            })?;
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(NodeError::Invalid {
+                field: "payload",
+                reason: format!(
+                    "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                    payload.len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A new version of a record this node owns, before the store assigns its
