@@ -8,14 +8,15 @@
 #
 #   adapters/examples/run.sh [python|node|all]   (default: all)
 #
-# Needs: a built `tiersync` (TIERSYNC_BIN, default target/debug/tiersync),
+# Needs: a built `tiersync` (TIERSYNC_BIN, default target/debug/tiersync, or
+# $CARGO_TARGET_DIR/debug/tiersync; built here if missing),
 # python3 with venv, node and npm. Installs the examples' packages into
 # target/adapter-examples/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$PWD"
 which="${1:-all}"
-bin="${TIERSYNC_BIN:-$root/target/debug/tiersync}"
+bin="${TIERSYNC_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/tiersync}"
 [[ -x "$bin" ]] || cargo build -q -p tiersync --locked
 work="$root/target/adapter-examples"
 mkdir -p "$work"
