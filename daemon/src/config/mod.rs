@@ -196,7 +196,18 @@ impl NodeConfig {
             path: path.to_owned(),
             source,
         })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path, env)
+    }
+
+    /// Parses and validates the text of the file at `path` (which names it
+    /// in errors and anchors its relative paths); `env` as for
+    /// [`NodeConfig::load`].
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

@@ -48,27 +48,11 @@ impl Node {
                 known,
             });
         }
-        // A resident's payload is decoded once, here, for its address code
-        // and then its natural key.
-        let mut resident = None;
-        if !input.delete {
-            self.schemas
-                .validate_payload(&input.kind, &input.payload)
-                .map_err(|e| NodeError::Invalid {
-                    field: "payload",
-                    reason: e.to_string(),
-                })?;
-            resident = check_division_codes(&input.kind, &input.payload)?;
-            if input.payload.len() > MAX_PAYLOAD_BYTES {
-                return Err(NodeError::Invalid {
-                    field: "payload",
-                    reason: format!(
-                        "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
-                        input.payload.len()
-                    ),
-                });
-            }
-        }
+        let resident = if input.delete {
+            None
+        } else {
+            self.check_put_payload(&input.kind, &input.payload)?
+        };
         let existing = if input.id.is_empty() {
             None
         } else {
@@ -169,6 +153,34 @@ impl Node {
         })
     }
 
+    /// The checks of a put's payload that need no store: it decodes as its
+    /// kind, names real division codes and fits the size limit. A
+    /// resident's payload is decoded once, here, for its address code and
+    /// then its natural key ([`Node::natural_keys`]), so it is returned.
+    pub(crate) fn check_put_payload(
+        &self,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<Option<civil::v1::Resident>, NodeError> {
+        self.schemas
+            .validate_payload(kind, payload)
+            .map_err(|e| NodeError::Invalid {
+                field: "payload",
+                reason: e.to_string(),
+            })?;
+        let resident = check_division_codes(kind, payload)?;
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(NodeError::Invalid {
+                field: "payload",
+                reason: format!(
+                    "{} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+                    payload.len()
+                ),
+            });
+        }
+        Ok(resident)
+    }
+
     /// A new version of a record this node owns, before the store assigns its
     /// version: the one place owner-created envelopes are made.
     #[allow(clippy::too_many_arguments)]
@@ -232,7 +244,7 @@ impl Node {
     /// payload as [`check_division_codes`] decoded it), the keyed digest of
     /// a valid ID number (the raw number never leaves the record's personal
     /// field). Other kinds have none.
-    fn natural_keys(
+    pub(crate) fn natural_keys(
         &self,
         resident: Option<&civil::v1::Resident>,
     ) -> Result<Vec<wire::NaturalKey>, NodeError> {
