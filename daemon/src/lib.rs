@@ -16,6 +16,9 @@ pub mod config;
 pub mod demo;
 pub mod divisions;
 pub mod error;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod kinds;
 pub mod node;
