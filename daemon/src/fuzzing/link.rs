@@ -35,16 +35,13 @@ fn side(first: u8) -> (DivisionCode, Toward) {
     }
 }
 
+/// A session's inbound frames, as tonic yields them.
+pub type Frames = Vec<Result<wire::LinkFrame, tonic::Status>>;
+
 /// Reads an input as a session's frames: the first byte picks the side
 /// ([`side`]), the rest is length-delimited `LinkFrame`s. A frame that does
 /// not decode ends the stream with an error, as tonic ends it.
-pub fn frames(
-    data: &[u8],
-) -> Option<(
-    DivisionCode,
-    Toward,
-    Vec<Result<wire::LinkFrame, tonic::Status>>,
-)> {
+pub fn frames(data: &[u8]) -> Option<(DivisionCode, Toward, Frames)> {
     let (&first, mut rest) = data.split_first()?;
     let (peer, toward) = side(first);
     let mut frames = Vec::new();
@@ -139,45 +136,63 @@ pub fn link_session(data: &[u8]) {
 /// its owner's signature verified; and routed on by the street as a sender
 /// does from its stored bytes (only `RecordRoute` decoded). Checks that
 /// the sender's and the receiver's decoders agree on the routing fields,
-/// and that a withdrawal of a record whose signature verifies verifies too.
+/// and that a record whose signature verifies still verifies as its
+/// withdrawal and as whatever a sender makes of it.
 pub fn record(data: &[u8]) {
     let fx = fixture::node();
     let node = &fx.node;
-    let body = Bytes::copy_from_slice(data);
-    if let Ok(encoded) = Encoded::received(body.clone()) {
-        let r = &encoded.record;
-        let route = wire::RecordRoute::decode(data)
-            .expect("bytes that decode as a Record decode as its RecordRoute");
-        assert_eq!(
-            (&route.owner, &route.scope, &route.reach, route.withdrawn),
-            (&r.owner, &r.scope, &r.reach, r.withdrawn),
-            "a sender reads other routing fields than the receiver"
-        );
-        for (peer, from) in [(COMMUNITY, Toward::Child), (COUNTY, Toward::Parent)] {
-            let _ = node.check_incoming(r, &fixture::code(peer), from);
-        }
-        let _ = signed_bytes(r);
-        let verified = node.keyring().verify(&[r]).pop().expect("one verdict");
-        if verified.is_ok() && !r.withdrawn {
-            let withdrawal = withdrawal_of(r.clone());
-            assert_eq!(
-                node.keyring()
-                    .verify(&[&withdrawal])
-                    .pop()
-                    .expect("one verdict"),
-                Ok(()),
-                "the withdrawal of a record whose signature verifies does not verify"
-            );
-        }
+    let Ok(encoded) = Encoded::received(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let r = &encoded.record;
+    let route = wire::RecordRoute::decode(data)
+        .expect("bytes that decode as a Record decode as its RecordRoute");
+    assert_eq!(
+        (&route.owner, &route.scope, &route.reach, route.withdrawn),
+        (&r.owner, &r.scope, &r.reach, r.withdrawn),
+        "a sender reads other routing fields than the receiver"
+    );
+    for (peer, from) in [(COMMUNITY, Toward::Child), (COUNTY, Toward::Parent)] {
+        let _ = node.check_incoming(r, &fixture::code(peer), from);
     }
+    let _ = signed_bytes(r);
+    let verified = node.keyring().verify(&[r]).pop().expect("one verdict");
+    if verified.is_ok() && !r.withdrawn {
+        let withdrawal = withdrawal_of(r.clone());
+        assert_eq!(
+            node.keyring()
+                .verify(&[&withdrawal])
+                .pop()
+                .expect("one verdict"),
+            Ok(()),
+            "the withdrawal of a record whose signature verifies does not verify"
+        );
+    }
+    route_on(node, &encoded, verified.is_ok());
+}
+
+/// What the street's sender makes of a record it stored (`stored.body`,
+/// the bytes [`Encoded::received`] kept) for each of its links: the
+/// record, a withdrawal or nothing, decoding only the routing fields.
+fn route_on(node: &crate::node::Node, stored: &Encoded, verified: bool) {
     for (peer, toward) in [
         (COMMUNITY, Toward::Child),
         ("511102004002", Toward::Child),
         (COUNTY, Toward::Parent),
     ] {
-        if let Some(out) = send::outgoing(node, body.clone(), &fixture::code(peer), toward) {
-            let sent = Encoded::received(out).expect("what a sender sends decodes as a Record");
-            let _ = node.keyring().verify(&[&sent.record]);
-        }
+        let Some(out) = send::outgoing(node, stored.body.clone(), &fixture::code(peer), toward)
+        else {
+            continue;
+        };
+        let sent = Encoded::received(out).expect("what a sender sends decodes as a Record");
+        let checked = node
+            .keyring()
+            .verify(&[&sent.record])
+            .pop()
+            .expect("one verdict");
+        assert!(
+            !verified || checked.is_ok(),
+            "a record whose signature verifies was sent on as one that does not: {checked:?}"
+        );
     }
 }
