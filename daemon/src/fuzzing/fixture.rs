@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use prost::Message;
 use tiersync_proto::types::{DigestKey, DivisionCode, RecordId, Tier};
 use tiersync_proto::wire;
+use tiersync_trust::cert::Certificate;
 
 use crate::config::SyncTuning;
 use crate::identity::origin::{Identity, RootIssuer, TrustRoot};
@@ -165,9 +166,28 @@ pub fn everywhere() -> wire::Scope {
     }
 }
 
+/// Fixture node `code`'s origin certificate, DER (read once: targets
+/// build records with it on every input).
+pub fn origin_cert_der(code: &str) -> &'static [u8] {
+    static DERS: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
+    let ders = DERS.get_or_init(|| {
+        NODES
+            .iter()
+            .map(|n| {
+                let cert = Certificate::from_pem(n.origin_cert).expect("fixture certificate");
+                (n.code, cert.to_der().to_vec())
+            })
+            .collect()
+    });
+    let (_, der) = ders
+        .iter()
+        .find(|(c, _)| *c == code)
+        .unwrap_or_else(|| panic!("no fixture node `{code}`; the fixture has {CODES:?}"));
+    der
+}
+
 /// The `NodeKey` record fixture node `code` publishes, unsigned.
 pub fn node_key_record(code: &str) -> wire::Record {
-    let identity = identity(code);
     wire::Record {
         id: RecordId::from_bytes(&[
             0x01,
@@ -199,7 +219,7 @@ pub fn node_key_record(code: &str) -> wire::Record {
         updated_at: 1,
         scope: Some(everywhere()),
         payload: wire::NodeKey {
-            certificates: vec![identity.cert_der().to_vec()],
+            certificates: vec![origin_cert_der(code).to_vec()],
         }
         .encode_to_vec()
         .into(),

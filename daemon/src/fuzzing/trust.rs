@@ -9,7 +9,9 @@ use prost::Message;
 use rustls::pki_types::CertificateDer;
 use tiersync_proto::wire;
 use tiersync_trust::cert::Certificate;
-use tiersync_trust::{BatchSigner, Item, ProofDecoder, RecordProof, SigningKey, Verifier};
+use tiersync_trust::{
+    BatchSigner, Item, ProofDecoder, RecordProof, SigningKey, Verifier, VerifyingKey,
+};
 
 use super::fixture::{self, CITY, CODES, COMMUNITY};
 use crate::identity::keyring::Keyring;
@@ -29,6 +31,12 @@ pub const PROOF_LEAVES: [&[u8]; 4] = [
 pub fn proof_signer() -> BatchSigner {
     let key = SigningKey::from_pkcs8_pem(fixture::origin_key_pem(COMMUNITY)).expect("fixture key");
     BatchSigner::new(COMMUNITY, key).expect("a signer")
+}
+
+/// The key the proof seeds verify with (read once).
+fn proof_key() -> &'static VerifyingKey {
+    static KEY: OnceLock<VerifyingKey> = OnceLock::new();
+    KEY.get_or_init(|| proof_signer().verifying_key().clone())
 }
 
 /// A proof of the fixture batch, the header a decoder caches first.
@@ -67,20 +75,20 @@ pub fn proof(data: &[u8]) {
         data,
         "a proof does not encode back to the bytes it was read from"
     );
-    let key = proof_signer().verifying_key().clone();
+    let key = proof_key();
     let leaf = PROOF_LEAVES[(proof.leaf_index % PROOF_LEAVES.len() as u64) as usize];
-    let single = proof.verify(leaf, &key);
+    let single = proof.verify(leaf, key);
     let verifier = Verifier::new(NonZeroUsize::new(4).expect("non-zero"));
     let many = verifier.verify_many(&[
         Item {
             proof: &proof,
             leaf,
-            key: &key,
+            key,
         },
         Item {
             proof: &proof,
             leaf: b"not a leaf of any batch",
-            key: &key,
+            key,
         },
     ]);
     assert_eq!(
