@@ -17,6 +17,9 @@ pub mod demo;
 pub mod departments;
 pub mod divisions;
 pub mod error;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod kinds;
 pub mod node;

@@ -158,14 +158,33 @@ impl Certificate {
         )
     }
 
-    /// Reads a DER certificate.
+    /// Reads a DER certificate. Only DER is read: bytes the decoder accepts
+    /// but that encode back to other bytes (a field written out with its
+    /// default value, such as an explicit version 1) are refused, so a
+    /// certificate has one byte form, the one its signature and
+    /// [`to_der`](Self::to_der) and [`to_pem`](Self::to_pem) all mean.
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
-        let inner = x509_cert::Certificate::from_der(der).map_err(|error| CertError::Decode {
+        let decode = |reason: String| CertError::Decode {
             format: "DER",
-            reason: error.to_string(),
-        })?;
+            reason,
+        };
+        let inner =
+            x509_cert::Certificate::from_der(der).map_err(|error| decode(error.to_string()))?;
+        let canonical = inner.to_der().map_err(|error| decode(error.to_string()))?;
+        if canonical != der {
+            let at = canonical
+                .iter()
+                .zip(der)
+                .position(|(a, b)| a != b)
+                .unwrap_or(canonical.len().min(der.len()));
+            return Err(decode(format!(
+                "it is not in DER form: its {} bytes encode back to {} other bytes, differing from byte {at} on (a field written out with its default value?)",
+                der.len(),
+                canonical.len()
+            )));
+        }
         Ok(Self {
-            der: der.to_vec(),
+            der: canonical,
             inner,
         })
     }
@@ -420,6 +439,35 @@ mod tests {
         let back = Certificate::from_pem(&leaf.to_pem()).unwrap();
         assert_eq!(back, leaf);
         assert_eq!(Certificate::from_der(leaf.to_der()).unwrap(), leaf);
+    }
+
+    /// Found by the fuzz target `certificate`: an explicit version 1 (a
+    /// DEFAULT field, which DER omits) was read, and the certificate kept
+    /// bytes that its PEM and its own encoding did not have.
+    #[test]
+    fn a_certificate_not_in_der_form_is_refused() {
+        let ca_key = SigningKey::generate();
+        let ca = Certificate::self_signed(&ca_key, "CN=5111,O=tiersync", DAY).unwrap();
+        let mut der = ca.to_der().to_vec();
+        let version = der
+            .windows(5)
+            .position(|w| w == [0xa0, 0x03, 0x02, 0x01, 0x02])
+            .expect("a v3 certificate writes its version");
+        der[version + 4] = 0x00;
+        let error = Certificate::from_der(&der).unwrap_err();
+        assert!(
+            matches!(error, CertError::Decode { format: "DER", .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().starts_with(&format!(
+                "DER is not an X.509 certificate: it is not in DER form: its {} bytes encode back to {} other bytes",
+                der.len(),
+                der.len() - 5
+            )),
+            "{error}"
+        );
+        assert_eq!(Certificate::from_der(ca.to_der()).unwrap(), ca);
     }
 
     #[test]

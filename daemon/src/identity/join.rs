@@ -546,7 +546,7 @@ impl Answer for CertificateIssuer {
 /// The city's rule: a node may request certificates for its direct children
 /// only (the same rule by which a parent admits a child's link).
 /// Returns the TLS certificate and the origin certificate, both PEM.
-fn decide(
+pub(crate) fn decide(
     ca: &crate::identity::pki::Ca,
     root: Option<&crate::identity::origin::RootIssuer>,
     requester: &DivisionCode,

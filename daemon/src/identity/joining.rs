@@ -81,7 +81,30 @@ pub async fn join(
         .notify(|e, wait| warn!(error = %e, retry_in = ?wait, "join attempt failed; retrying"))
         .await?;
 
-    // Trust nothing in the answer that does not check out.
+    let links = check_answer(&answer, token, &parent, &key_pem, &origin_key_pem)?;
+    files.write(
+        &answer,
+        &key_pem,
+        &origin_key_pem,
+        &config_text(token, &parent, parent_addr, options, !links.is_empty()),
+    )?;
+    info!(node = %token.code, %parent, config = %files.config.display(), "joined");
+    Ok(files.config)
+}
+
+/// Checks the parent's answer to a join: trust nothing in it that does not
+/// check out. The CA must be the one the token names, the parent the one
+/// dialled, the TLS certificate one for the joining code and `key_pem`, the
+/// deployment secret well-formed, and the origin certificate issued by the
+/// trust root (or a later root its chain leads to) for the joining code and
+/// `origin_key_pem`. Returns the root chain to keep.
+pub(crate) fn check_answer(
+    answer: &wire::JoinResponse,
+    token: &JoinToken,
+    parent: &DivisionCode,
+    key_pem: &str,
+    origin_key_pem: &str,
+) -> Result<Vec<wire::RootLink>, JoinError> {
     let fingerprint = crate::identity::tls::ca_fingerprint(&answer.ca_pem)?;
     if fingerprint != token.ca_fingerprint {
         return Err(JoinError::BadAnswer(
@@ -95,7 +118,7 @@ pub async fn join(
         )));
     }
     let material =
-        crate::identity::tls::TlsMaterial::from_pem(&answer.ca_pem, &answer.cert_pem, &key_pem)?;
+        crate::identity::tls::TlsMaterial::from_pem(&answer.ca_pem, &answer.cert_pem, key_pem)?;
     if material.own_code() != &token.code {
         return Err(JoinError::BadAnswer(format!(
             "the certificate is for `{}`, not `{}`",
@@ -115,20 +138,12 @@ pub async fn join(
         &root,
         &later,
         &token.code,
-        &origin_key_pem,
+        origin_key_pem,
         &answer.origin_cert_pem,
         "the origin",
     )
     .map_err(|e| JoinError::BadAnswer(e.to_string()))?;
-
-    files.write(
-        &answer,
-        &key_pem,
-        &origin_key_pem,
-        &config_text(token, &parent, parent_addr, options, !links.is_empty()),
-    )?;
-    info!(node = %token.code, %parent, config = %files.config.display(), "joined");
-    Ok(files.config)
+    Ok(links)
 }
 
 /// The files a joined node writes.

@@ -276,7 +276,7 @@ impl Node {
     /// decode through them (several times faster than the reflective
     /// decoder, and this runs for every record of every batch); the rest
     /// through the schema.
-    fn check_payload(&self, kind: &str, payload: &[u8]) -> Result<(), String> {
+    pub(crate) fn check_payload(&self, kind: &str, payload: &[u8]) -> Result<(), String> {
         fn decodes<M: Message + Default>(kind: &str, payload: &[u8]) -> Result<M, String> {
             M::decode(payload).map_err(|e| format!("payload is not a valid `{kind}`: {e}"))
         }

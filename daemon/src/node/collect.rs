@@ -26,7 +26,7 @@ use crate::store::Stored;
 
 /// What a payload gives its record.
 #[derive(Debug, Default)]
-pub(super) struct Derived {
+pub(crate) struct Derived {
     /// The natural keys it carries.
     pub keys: Vec<wire::NaturalKey>,
     /// Whether another live record of the kind may not hold the same keys.
@@ -50,7 +50,7 @@ impl Node {
     /// Checks a `kind` payload about to be written by its owner and derives
     /// its keys (and, for kinds with rules of their own, its scope).
     /// `before` is the version it replaces, if any.
-    pub(super) async fn derive(
+    pub(crate) async fn derive(
         &self,
         kind: &str,
         payload: &[u8],

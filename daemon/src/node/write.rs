@@ -168,7 +168,7 @@ impl Node {
     }
 
     /// A payload a put brings: it decodes as its kind and is not too large.
-    pub(super) fn check_put_payload(&self, kind: &str, payload: &[u8]) -> Result<(), NodeError> {
+    pub(crate) fn check_put_payload(&self, kind: &str, payload: &[u8]) -> Result<(), NodeError> {
         self.schemas
             .validate_payload(kind, payload)
             .map_err(|e| NodeError::Invalid {

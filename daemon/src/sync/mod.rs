@@ -8,7 +8,7 @@
 
 pub mod client;
 pub mod links;
-mod send;
+pub(crate) mod send;
 pub mod server;
 pub mod session;
 

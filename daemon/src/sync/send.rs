@@ -23,7 +23,12 @@ use crate::sync::links::direction;
 
 /// What of a stored record goes to the peer, if anything: its stored bytes
 /// as they are, or a withdrawal. Only the fields that route it are decoded.
-fn outgoing(node: &Node, body: Bytes, peer: &DivisionCode, toward: Toward) -> Option<Bytes> {
+pub(crate) fn outgoing(
+    node: &Node,
+    body: Bytes,
+    peer: &DivisionCode,
+    toward: Toward,
+) -> Option<Bytes> {
     let route = wire::RecordRoute::decode(&body[..]).ok()?;
     let owner = DivisionCode::parse(&route.owner.as_ref()?.node).ok()?;
     let scope = Scope::from_wire(&owner, route.scope.as_ref()).ok()?;

@@ -6,5 +6,6 @@
 
 mod configs;
 mod deploy;
+mod fuzz_corpus;
 mod interop;
 mod smoke;

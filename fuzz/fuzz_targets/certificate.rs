@@ -1,0 +1,4 @@
+//! Fuzz target `certificate`: see `tiersync::fuzzing` and `docs/reliability.md`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tiersync::fuzzing::trust::certificate(data));

@@ -1,0 +1,4 @@
+//! Fuzz target `config`: see `tiersync::fuzzing` and `docs/reliability.md`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tiersync::fuzzing::inputs::config(data));
