@@ -14,7 +14,7 @@ use tiersync_proto::types::{DivisionCode, Schemas};
 use tiersync_proto::wire::{self, GrantState};
 
 use super::check_code;
-use crate::kinds::INTERNAL_KINDS;
+use crate::kinds::{INTERNAL_KINDS, KIND_DEPARTMENT, KIND_GRANT};
 use crate::store::id_text;
 
 /// A grant record as held at a node.
@@ -309,7 +309,10 @@ pub fn check_change(
         return Err(("kinds", "a grant names at least one record kind".into()));
     }
     for kind in &grant.kinds {
-        if !schemas.is_canonical(kind) || INTERNAL_KINDS.contains(&kind.as_str()) {
+        if !schemas.is_canonical(kind)
+            || INTERNAL_KINDS.contains(&kind.as_str())
+            || [KIND_DEPARTMENT, KIND_GRANT].contains(&kind.as_str())
+        {
             return Err((
                 "kinds",
                 format!("`{kind}` is not a record kind departments read"),

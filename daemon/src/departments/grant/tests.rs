@@ -288,6 +288,15 @@ fn a_grant_is_checked_field_by_field() {
         }),
         "kinds"
     );
+    // Grants cannot grant the catalogue or grants themselves.
+    assert_eq!(
+        field(&wire::Grant {
+            kinds: vec!["tiersync.v1.Grant".into()],
+            clear_fields: vec![],
+            ..g.clone()
+        }),
+        "kinds"
+    );
     assert_eq!(
         field(&wire::Grant {
             clear_fields: vec!["civil.v1.Resident.notes".into()],
