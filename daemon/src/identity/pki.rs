@@ -330,16 +330,7 @@ impl Ca {
             });
         }
         let params = node_params(code, not_before, not_after)?;
-        let generate = |source| PkiError::Generate {
-            subject: code.to_string(),
-            source,
-        };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(generate)?;
-        Ok(CertifiedKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.issue_with(code.as_str(), params)
     }
 
     /// A node certificate for `code` over the public key of a PKCS#10
@@ -385,9 +376,9 @@ impl Ca {
 }
 
 impl Ca {
-    /// Signs `params` for a fresh ECDSA P-256 key, for certificates other
-    /// than a node's (a department system's, see
-    /// [`super::department`]); `subject` names it in errors.
+    /// Signs `params` for a fresh ECDSA P-256 key (a node's certificate, or
+    /// a department system's, see [`super::department`]); `subject` names
+    /// it in errors.
     pub(crate) fn issue_with(
         &self,
         subject: &str,
