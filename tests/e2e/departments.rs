@@ -298,11 +298,32 @@ async fn a_department_reads_exactly_what_its_grant_allows() {
         e.message()
     );
 
+    // Get by id: the same grant, the same masking.
+    let got = civil
+        .get(adapter::GetRequest {
+            id: first.id.clone(),
+            purpose: purpose(&[]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        civil::v1::Resident::decode(&got.payload[..])
+            .unwrap()
+            .id_number,
+        resident(1).id_number
+    );
+    assert!(got.proof.is_empty(), "the owner's proof is not sent");
+
     // Every record shown was audited, with the grant and the purpose.
     let audited = reads_audited(&county, "civil-affairs").await;
-    assert_eq!(audited.len(), 1, "{audited:?}");
-    assert_eq!(audited[0].0, id_text(&first.id));
-    assert_eq!(audited[0].1, format!("grant {grant_id} matter {MATTER}"));
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    for (record, detail) in &audited {
+        assert_eq!(*record, id_text(&first.id));
+        assert_eq!(*detail, format!("grant {grant_id} matter {MATTER}"));
+    }
 
     // A department-scoped record: shown to its department only.
     let scoped = community

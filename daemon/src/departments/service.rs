@@ -230,8 +230,19 @@ impl AdapterApi for AdapterService {
     ) -> Result<Response<adapter::GetResponse>, Status> {
         let department = self.department(&request)?;
         let r = request.into_inner();
+        // The grant is chosen for the record's kind: a department may hold
+        // several grants for one purpose, each for other kinds. The kind is
+        // read here, not shown: what is shown goes through the read path.
+        let kinds: Vec<String> = self
+            .node
+            .reads(Reader::Node)
+            .get(&r.id)
+            .await?
+            .map(|held| held.kind)
+            .into_iter()
+            .collect();
         let access = self
-            .access(&department, &[], r.purpose.as_ref(), "", false)
+            .access(&department, &kinds, r.purpose.as_ref(), "", false)
             .await?;
         let record = self
             .node
