@@ -14,6 +14,7 @@
 //!
 //! Test support only (feature `testkit`): never in a release build.
 
+pub mod adapter;
 pub mod fixture;
 pub mod inputs;
 pub mod link;
@@ -80,6 +81,11 @@ pub const TARGETS: &[Target] = &[
         name: "put_json",
         feeds: "a payload as JSON, as `tiersync put --json-file` reads it",
         run: inputs::put_json,
+    },
+    Target {
+        name: "adapter_request",
+        feeds: "an adapter API request of a department system: the grant decision, lookup keys, a submission's checks, masking",
+        run: adapter::adapter_request,
     },
 ];
 

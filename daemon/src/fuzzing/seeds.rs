@@ -426,5 +426,108 @@ pub fn seeds() -> Vec<Seed> {
         );
         out.push(seed("put_json", format!("{kind}.json"), bytes));
     }
+    out.extend(adapter_seeds());
     out
+}
+
+/// Adapter API requests of the department the `adapter_request` target's
+/// grants are for: each call once, within its grant and outside it.
+fn adapter_seeds() -> Vec<Seed> {
+    use tiersync_proto::pb::tiersync::adapter::v1 as adapter;
+
+    use super::adapter::MATTER;
+    let purpose = |clear: &[&str]| {
+        Some(adapter::Purpose {
+            matter_code: MATTER.into(),
+            clear_fields: clear.iter().map(|f| f.to_string()).collect(),
+        })
+    };
+    let call = |n: u8, message: Vec<u8>| {
+        let mut bytes = vec![n];
+        bytes.extend(message);
+        bytes
+    };
+    vec![
+        seed(
+            "adapter_request",
+            "subscribe",
+            call(
+                0,
+                adapter::SubscribeRequest {
+                    subscription: "dibao".into(),
+                    kinds: vec![KIND_RESIDENT.into()],
+                    purpose: purpose(&["civil.v1.Resident.id_number"]),
+                    division_prefix: COMMUNITY.into(),
+                    page_size: 500,
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        seed(
+            "adapter_request",
+            "lookup",
+            call(
+                1,
+                adapter::LookupRequest {
+                    kind: KIND_RESIDENT.into(),
+                    key: "id_digest".into(),
+                    value: "11010519491231002X".into(),
+                    purpose: purpose(&[]),
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        seed(
+            "adapter_request",
+            "lookup-household-refused",
+            call(
+                1,
+                adapter::LookupRequest {
+                    kind: KIND_HOUSEHOLD.into(),
+                    key: "head_id_digest".into(),
+                    value: "11010519491231002X".into(),
+                    purpose: purpose(&[]),
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        seed(
+            "adapter_request",
+            "submit",
+            call(
+                2,
+                adapter::SubmitRequest {
+                    kind: KIND_RESIDENT.into(),
+                    payload: resident().encode_to_vec(),
+                    purpose: purpose(&[]),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        seed(
+            "adapter_request",
+            "acknowledge",
+            call(
+                3,
+                adapter::AcknowledgeRequest {
+                    subscription: "dibao".into(),
+                    through_seq: 42,
+                }
+                .encode_to_vec(),
+            ),
+        ),
+        seed(
+            "adapter_request",
+            "get",
+            call(
+                4,
+                adapter::GetRequest {
+                    id: RecordId::new().as_bytes().to_vec(),
+                    purpose: purpose(&[]),
+                }
+                .encode_to_vec(),
+            ),
+        ),
+    ]
 }
