@@ -37,27 +37,6 @@ impl Node {
         Ok(None)
     }
 
-    /// The catalogue as this node holds it, by code.
-    pub async fn catalogue(&self) -> Result<Vec<wire::Department>, NodeError> {
-        let city = super::city_of(&self.code);
-        let query = crate::store::ListQuery {
-            kind: KIND_DEPARTMENT.into(),
-            owner_prefix: city.to_string(),
-            limit: 10_000,
-            ..Default::default()
-        };
-        let mut all: Vec<wire::Department> = self
-            .store
-            .list(&query)
-            .await?
-            .into_iter()
-            .filter(|s| !s.record.withdrawn && s.record.owner_node() == city.as_str())
-            .filter_map(|s| wire::Department::decode(&s.record.payload[..]).ok())
-            .collect();
-        all.sort_by(|a, b| a.code.cmp(&b.code));
-        Ok(all)
-    }
-
     /// Every grant of `department` held at this node, whatever its state.
     pub async fn grants_of(&self, department: &str) -> Result<Vec<HeldGrant>, NodeError> {
         Ok(self

@@ -209,23 +209,11 @@ impl Reads<'_> {
         limit: u32,
     ) -> Result<Vec<(u64, wire::Record)>, NodeError> {
         let changes = self.node.store.changes_after(after, limit).await?;
-        let seqs: Vec<(Vec<u8>, u64)> = changes
-            .iter()
-            .map(|s| (s.record.id.clone(), s.seq))
-            .collect();
-        let shown = self
-            .deliver(changes.into_iter().map(|s| s.record).collect())
-            .await?;
-        // `deliver` keeps the order and drops what this reader may not see.
-        let mut seqs = seqs.into_iter();
-        Ok(shown
-            .into_iter()
-            .filter_map(|r| {
-                seqs.by_ref()
-                    .find(|(id, _)| *id == r.id)
-                    .map(|(_, seq)| (seq, r))
-            })
-            .collect())
+        let (shown, events) = self.screen_changes(changes);
+        if !events.is_empty() {
+            self.node.store.audit_append_many(events).await?;
+        }
+        Ok(shown)
     }
 
     /// A page of the change log for a department's subscription: the
@@ -249,21 +237,11 @@ impl Reads<'_> {
         } else {
             (last.max(head), true)
         };
-        let mut seqs = Vec::new();
-        let mut records = Vec::new();
-        for s in changes {
-            if kinds.contains(&s.record.kind) {
-                seqs.push(s.seq);
-                records.push(s.record);
-            }
-        }
-        let (shown, events) = self.screen(records);
-        // `screen` keeps the order and drops what this reader may not see.
-        let mut seqs = seqs.into_iter();
-        let page = shown
+        let wanted = changes
             .into_iter()
-            .map(|(gap, record)| (seqs.nth(gap).expect("a seq per record"), record))
+            .filter(|s| kinds.contains(&s.record.kind))
             .collect();
+        let (page, events) = self.screen_changes(wanted);
         Ok(Audited {
             page,
             through,
@@ -289,6 +267,30 @@ impl Reads<'_> {
             self.node.store.audit_append_many(events).await?;
         }
         Ok(shown.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The changes of `changes` this reader may see, as it sees them, with
+    /// their sequence numbers, and the audit entries showing them takes.
+    fn screen_changes(
+        &self,
+        changes: Vec<crate::store::Stored>,
+    ) -> (Vec<(u64, wire::Record)>, Vec<AuditEvent>) {
+        let mut seqs = Vec::with_capacity(changes.len());
+        let records = changes
+            .into_iter()
+            .map(|s| {
+                seqs.push(s.seq);
+                s.record
+            })
+            .collect();
+        let (shown, events) = self.screen(records);
+        // `screen` keeps the order and says how many it passed over.
+        let mut seqs = seqs.into_iter();
+        let page = shown
+            .into_iter()
+            .map(|(gap, record)| (seqs.nth(gap).expect("a seq per record"), record))
+            .collect();
+        (page, events)
     }
 
     /// The records of `records` this reader may see, as it sees them, each

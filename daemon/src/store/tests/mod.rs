@@ -17,6 +17,7 @@ use super::*;
 mod files;
 mod full_disk;
 mod lease;
+mod subscriptions;
 
 fn code(s: &str) -> DivisionCode {
     DivisionCode::parse(s).unwrap()
@@ -750,68 +751,6 @@ async fn a_renewed_epoch_survives_reopening_and_keeps_the_records(engine: &mut d
     assert_eq!(reopened.head_seq().await.unwrap(), 1);
 }
 
-async fn subscription_cursors_move_forward_within_an_epoch(engine: &mut dyn Engine) {
-    let store = engine.fresh().await;
-    assert_eq!(
-        store
-            .subscription_acked("civil-affairs", "dibao")
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .subscription_ack("civil-affairs", "dibao", 5)
-            .await
-            .unwrap(),
-        5
-    );
-    // never back
-    assert_eq!(
-        store
-            .subscription_ack("civil-affairs", "dibao", 3)
-            .await
-            .unwrap(),
-        5
-    );
-    assert_eq!(
-        store.subscription_ack("health", "dibao", 2).await.unwrap(),
-        2
-    );
-    assert_eq!(
-        store
-            .subscription_ack("civil-affairs", "other", 1)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .subscription_acked("civil-affairs", "dibao")
-            .await
-            .unwrap(),
-        5
-    );
-    // A restored store renumbers its log: a cursor of the old epoch reads
-    // as the start, and the first acknowledgement replaces it.
-    store.renew_epoch().await.unwrap();
-    let store = engine.reopen("511102").await.unwrap();
-    assert_eq!(
-        store
-            .subscription_acked("civil-affairs", "dibao")
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .subscription_ack("civil-affairs", "dibao", 2)
-            .await
-            .unwrap(),
-        2
-    );
-}
-
 /// Runs every case on one engine, each on a fresh store.
 async fn entries(store: &dyn Store, query: AuditQuery) -> Vec<(u64, String, String, String)> {
     store
@@ -1086,7 +1025,7 @@ async fn suite(engine: &mut dyn Engine) {
     audit_entries_commit_with_their_events(engine).await;
     audit_verify_names_the_first_broken_entry(engine).await;
     a_failed_write_leaves_the_writer_following_the_store(engine).await;
-    subscription_cursors_move_forward_within_an_epoch(engine).await;
+    subscriptions::cursors_move_forward_within_an_epoch(engine).await;
 }
 
 #[tokio::test]
